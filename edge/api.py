@@ -1,0 +1,130 @@
+"""The Python API: ``Runtime`` — what an app (a Raspberry Pi program, the CLI, the server) imports.
+
+    from edge.api import Runtime
+    with Runtime(threads=4, ram_budget="2G") as rt:
+        for piece in rt.chat([{"role": "user", "content": "Hi!"}], stream=True):
+            print(piece, end="", flush=True)
+
+Thread-safe: every call goes through the one shared scheduler.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from typing import Any
+
+from edge.chat.api import ChatAPI
+from edge.config import Settings, _parse_bytes
+from edge.engines import engine_class
+from edge.errors import BadRequest, ModelNotInstalled
+from edge.jobs import JobSpec
+from edge.registry import Catalog, InstalledModel, Store
+from edge.scheduler import JobHandle, Scheduler
+
+
+def _optional_mixins() -> list[type]:
+    """Workload API mixins that exist in this install (edge/<workload>/api.py)."""
+    out = []
+    for module, name in (("edge.image.api", "ImageAPI"), ("edge.segment.api", "SegmentAPI")):
+        try:
+            out.append(getattr(importlib.import_module(module), name))
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+    return out
+
+
+class RuntimeCore:
+    """Settings, model catalog and store, and the shared scheduler."""
+
+    def __init__(self, *, home: str | None = None, ram_budget: int | str | None = None, threads: int | None = None,
+                 device: str | None = None, offline: bool | None = None, keep_alive: float | None = None,
+                 max_queue: int | None = None, chat_slots: int | None = None, ctx: int | None = None,
+                 auto_pull: bool = True, policy: str = "priority", settings: Settings | None = None):
+        if isinstance(ram_budget, str):
+            try:
+                ram_budget = _parse_bytes(ram_budget)
+            except ValueError:
+                raise BadRequest(f"`ram_budget` {ram_budget!r} is not a size; use e.g. '2G' or '512M'.",
+                                 param="ram_budget") from None
+        self.settings = settings or Settings.from_env(home=home, ram_budget=ram_budget, threads=threads,
+                                                      device=device, offline=offline, keep_alive=keep_alive,
+                                                      max_queue=max_queue, chat_slots=chat_slots, ctx=ctx)
+        self.auto_pull = auto_pull
+        self.store = Store(self.settings)
+        self._pull_lock = threading.Lock()
+        self.scheduler = Scheduler(loader=self._load_engine, estimate=self._estimate, threads=self.settings.threads,
+                                   ram_budget=self.settings.ram_budget, max_queue=self.settings.max_queue,
+                                   keep_alive=self.settings.keep_alive, policy=policy)
+
+    # -- models ---------------------------------------------------------------------------
+    @property
+    def catalog(self) -> Catalog:
+        return Catalog(self.settings.user_lock)
+
+    def resolve_model(self, model: str | None, *, task: str) -> str:
+        """The model id to use for ``task``: the given one (checked) or the task's default."""
+        cat = self.catalog
+        if model is None:
+            entry = cat.default_for(task)
+            if entry is None:
+                raise ModelNotInstalled(f"no {task} model is known. Export one with `edge-run export ... --add` "
+                                        "or add it to models.lock.", param="model")
+        else:
+            entry = cat.get(model)
+        if entry.task != task:
+            raise BadRequest(f"model {entry.id!r} is a {entry.task} model, not a {task} model.", param="model")
+        return entry.id
+
+    def ensure(self, model_id: str) -> InstalledModel:
+        """Make sure ``model_id`` is installed and verified, pulling it when allowed."""
+        entry = self.catalog.get(model_id)
+        with self._pull_lock:
+            if not self.store.is_installed(entry) and self.auto_pull:
+                return self.store.pull(entry)
+            return self.store.installed(entry)
+
+    def pull(self, model_id: str, *, force: bool = False) -> InstalledModel:
+        with self._pull_lock:
+            return self.store.pull(self.catalog.get(model_id), force=force)
+
+    def _estimate(self, model_id: str) -> int:
+        entry = self.catalog.get(model_id)
+        size = entry.size
+        if entry.task == "chat":
+            size += 64 << 20  # KV cache + compute buffers of a small model at the default context
+        return int(size * 1.1)
+
+    def _load_engine(self, model_id: str, threads: int) -> Any:
+        model = self.ensure(model_id)
+        cls = engine_class(model.task, model.format)
+        extra: dict[str, Any] = {}
+        if model.task == "chat":
+            extra = {"slots": self.settings.chat_slots, "n_ctx": self.settings.ctx}
+        return cls.load(model, threads=threads, device=self.settings.device, **extra)
+
+    # -- scheduler ------------------------------------------------------------------------
+    def submit(self, spec: JobSpec) -> JobHandle:
+        return self.scheduler.submit(spec)
+
+    def ps(self) -> list[dict[str, Any]]:
+        """Loaded models with their RAM footprint, running jobs and idle time."""
+        return self.scheduler.loaded()
+
+    def close(self) -> None:
+        """Cancel running jobs and unload every model (native handles are freed now)."""
+        self.scheduler.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Runtime(ChatAPI, *_optional_mixins(), RuntimeCore):
+    """edge-run's Python API: chat (and image / segment) behind one shared scheduler.
+
+    ``Runtime(ram_budget="2G", threads=4, device="cpu")``; use as a context manager or call close().
+    """

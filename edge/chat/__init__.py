@@ -1,0 +1,1 @@
+"""Chat: GGUF models through llama-cpp-python, as scheduler step generators."""

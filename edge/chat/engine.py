@@ -1,0 +1,209 @@
+"""GGUF chat engine over llama-cpp-python.
+
+One loaded model keeps ``slots`` llama.cpp contexts (created on first use). With mmap the weights
+are shared between contexts, so a slot costs only its KV cache; each slot keeps its KV cache
+between jobs and a new job takes the free slot with the longest matching prompt prefix, so a
+multi-turn chat re-evaluates only the new turn.
+
+A job is a step generator: it yields after each prefill chunk and after each streamed token.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from edge.chat.request import ChatRequest, ChatResult
+from edge.errors import BadRequest, ContextTooLong, EdgeError
+from edge.jobs import Step, StepGen
+
+PREFILL_CHUNK = 256
+
+
+class LlamaChatEngine:
+    """A GGUF model served through llama-cpp-python."""
+
+    def __init__(self, model_path: str, *, threads: int, slots: int = 2, n_ctx: int = 4096, model_id: str = ""):
+        import llama_cpp
+
+        self._llama_cpp = llama_cpp
+        self.model_path = model_path
+        self.model_id = model_id
+        self.threads = threads
+        self.n_ctx = n_ctx
+        self.slots = slots
+        self._contexts: list[Any | None] = [None] * slots
+        self._busy = [False] * slots
+        self._lock = threading.Lock()
+        self._contexts[0] = self._new_context()  # load now: the footprint is measured around load()
+        first = self._contexts[0]
+        self.formatter = self._make_formatter(first)
+        self.eos_text = first._model.token_get_text(first.token_eos()) if first.token_eos() != -1 else ""
+
+    @classmethod
+    def load(cls, model, *, threads: int, device: str = "auto", slots: int = 2, n_ctx: int = 4096):
+        """Load an InstalledModel (task chat, format gguf)."""
+        path = next(iter(model.files.values()))
+        return cls(str(path), threads=threads, slots=slots, n_ctx=n_ctx, model_id=model.id)
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _new_context(self):
+        return self._llama_cpp.Llama(model_path=self.model_path, n_ctx=self.n_ctx, n_threads=self.threads,
+                                     n_threads_batch=self.threads, n_batch=512, verbose=False)
+
+    @staticmethod
+    def _make_formatter(llm):
+        """The model's own chat template from the GGUF metadata (tokenizer.chat_template)."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise EdgeError(f"{llm.model_path}: the GGUF has no tokenizer.chat_template; re-export it with a "
+                            "chat template (edge-run export llm ...).")
+        eos, bos = llm.token_eos(), llm.token_bos()
+        return Jinja2ChatFormatter(template=template,
+                                   eos_token=llm._model.token_get_text(eos) if eos != -1 else "",
+                                   bos_token=llm._model.token_get_text(bos) if bos != -1 else "",
+                                   stop_token_ids=[eos])
+
+    def close(self) -> None:
+        """Free every llama.cpp context and the model now."""
+        with self._lock:
+            for i, llm in enumerate(self._contexts):
+                if llm is not None:
+                    llm.close()
+                    self._contexts[i] = None
+
+    # -- prompt ---------------------------------------------------------------------------------
+    def tokenize_prompt(self, messages: list[dict]) -> tuple[list[int], Any]:
+        """Render the chat template and tokenize exactly as create_chat_completion does."""
+        try:
+            rendered = self.formatter(messages=messages)
+        except Exception as e:  # the template's raise_exception(), jinja errors
+            raise BadRequest(f"the model's chat template rejected these messages: {e}", param="messages") from None
+        llm = self._contexts[0] or next(c for c in self._contexts if c is not None)
+        tokens = llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
+        return tokens, rendered
+
+    def _acquire(self, tokens: list[int]) -> int:
+        """Take the free slot whose cached tokens share the longest prefix with ``tokens``."""
+        with self._lock:
+            best, best_len = -1, -1
+            for i, busy in enumerate(self._busy):
+                if busy:
+                    continue
+                llm = self._contexts[i]
+                n = 0
+                if llm is not None:
+                    for a, b in zip(llm._input_ids[: llm.n_tokens], tokens):
+                        if a != b:
+                            break
+                        n += 1
+                if n > best_len:
+                    best, best_len = i, n
+            if best < 0:
+                raise EdgeError("no free chat slot (scheduler invariant broken)")
+            self._busy[best] = True
+        if self._contexts[best] is None:
+            self._contexts[best] = self._new_context()
+        return best
+
+    def _release(self, slot: int) -> None:
+        with self._lock:
+            self._busy[slot] = False
+
+    # -- the job --------------------------------------------------------------------------------
+    def chat_steps(self, req: ChatRequest) -> StepGen[ChatResult]:
+        """Answer ``req``: yields Step("prefill") per chunk and Step("token", data=text) per streamed piece."""
+        req.check()
+        tokens, rendered = self.tokenize_prompt(req.messages)
+        return (yield from self._generate_steps(tokens, req, rendered.stopping_criteria))
+
+    def complete_steps(self, prompt: str, req: ChatRequest) -> StepGen[ChatResult]:
+        """Raw text completion of ``prompt`` (no chat template), as /v1/completions needs."""
+        if not isinstance(prompt, str) or not prompt:
+            raise BadRequest("`prompt` must be a non-empty string.", param="prompt")
+        llm = next(c for c in self._contexts if c is not None)
+        tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
+        return (yield from self._generate_steps(tokens, req, None))
+
+    def _generate_steps(self, tokens: list[int], req: ChatRequest, stopping) -> StepGen[ChatResult]:
+        # 1. check the prompt fits
+        if len(tokens) >= self.n_ctx:
+            raise ContextTooLong(f"the prompt is {len(tokens)} tokens but the context window is {self.n_ctx}. "
+                                 f"Shorten the conversation (/reset) or load with a larger context (--ctx "
+                                 f"{min(1 << (len(tokens) + 256).bit_length(), 131072)}).", param="messages")
+        grammar = self._grammar(req.json_schema) if req.json_schema is not None else None
+        slot = self._acquire(tokens)
+        llm = self._contexts[slot]
+        completion = None
+        try:
+            # 2. prefill in chunks (all but the last chunk; create_completion evaluates the rest)
+            cached = 0
+            for a, b in zip(llm._input_ids[: llm.n_tokens], tokens):
+                if a != b:
+                    break
+                cached += 1
+            cached = min(cached, len(tokens) - 1)
+            if cached < llm.n_tokens:
+                llm.n_tokens = cached  # eval() drops the stale tail of the KV cache
+            todo = len(tokens) - 1 - cached
+            n_chunks = max(0, (todo - 1) // PREFILL_CHUNK)
+            for c in range(n_chunks):
+                start = cached + c * PREFILL_CHUNK
+                llm.eval(tokens[start:start + PREFILL_CHUNK])
+                yield Step("prefill", index=c + 1, total=n_chunks + 1)
+            # 3. decode, one streamed piece per step
+            counter = _TokenCounter(stopping)
+            completion = llm.create_completion(
+                prompt=tokens, stream=True, max_tokens=req.max_tokens, temperature=req.temperature,
+                top_p=req.top_p, top_k=req.top_k, min_p=req.min_p, repeat_penalty=req.repeat_penalty,
+                seed=req.seed, stop=list(req.stop) + ([self.eos_text] if self.eos_text else []),
+                stopping_criteria=self._llama_cpp.StoppingCriteriaList([counter]), grammar=grammar)
+            parts: list[str] = []
+            finish = "stop"
+            for chunk in completion:
+                choice = chunk["choices"][0]
+                text = choice.get("text") or ""
+                if text:
+                    parts.append(text)
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+                yield Step("token", data=text, tokens=counter.take())
+            # 4. result
+            return ChatResult(text="".join(parts), prompt_tokens=len(tokens), completion_tokens=counter.total,
+                              finish_reason=finish, model=self.model_id)
+        finally:
+            if completion is not None:
+                completion.close()
+            self._release(slot)
+
+    def _grammar(self, schema: dict):
+        import json
+
+        from llama_cpp import LlamaGrammar
+
+        try:
+            return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        except Exception as e:
+            raise BadRequest(f"`json_schema` cannot be turned into a grammar: {e}. Use a plain JSON Schema "
+                             "(object/array/string/number/boolean, properties, required, enum).",
+                             param="json_schema") from None
+
+
+class _TokenCounter:
+    """A stopping criterion that never stops by itself: it counts sampled tokens (and delegates)."""
+
+    def __init__(self, inner=None):
+        self.inner = inner
+        self.total = 0
+        self._since = 0
+
+    def __call__(self, input_ids, logits) -> bool:
+        self.total += 1
+        self._since += 1
+        return bool(self.inner(input_ids, logits)) if self.inner is not None else False
+
+    def take(self) -> int:
+        n, self._since = self._since, 0
+        return n

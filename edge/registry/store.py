@@ -1,0 +1,172 @@
+"""The local model store: $EDGE_HOME/models/<id>/<file>. Pull, verify, remove.
+
+Verification hashes each file once and records (size, mtime, inode, sha256) in a marker; later
+loads re-hash only when the file changed on disk. A file that fails verification is never used.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge.config import Settings
+from edge.errors import IntegrityError, ModelNotInstalled, OfflineError
+from edge.registry import sources
+from edge.registry.lock import Catalog, FileEntry, ModelEntry, append_entry
+
+MARKERS = ".verified"
+
+
+@dataclass
+class InstalledModel:
+    """A model whose files are present and verified."""
+
+    id: str
+    task: str
+    format: str
+    dir: Path
+    files: dict[str, Path]
+    manifest: dict[str, Any] = field(default_factory=dict)
+    entry: ModelEntry | None = None
+
+    @property
+    def size(self) -> int:
+        return sum(p.stat().st_size for p in self.files.values())
+
+
+class Store:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.root = settings.models_dir
+
+    # -- paths and status -------------------------------------------------------------------
+    def model_dir(self, model_id: str) -> Path:
+        return self.root / model_id
+
+    def file_path(self, entry: ModelEntry, fe: FileEntry) -> Path:
+        return self.model_dir(entry.id) / fe.name
+
+    def _marker(self, entry: ModelEntry, fe: FileEntry) -> Path:
+        return self.model_dir(entry.id) / MARKERS / (fe.name.replace("/", "__") + ".json")
+
+    def is_installed(self, entry: ModelEntry) -> bool:
+        """All files present with the pinned size (cheap; full hashes are checked on load)."""
+        for fe in entry.files:
+            p = self.file_path(entry, fe)
+            if not p.is_file() or p.stat().st_size != fe.size:
+                return False
+        return True
+
+    # -- verification -----------------------------------------------------------------------
+    def verify_file(self, entry: ModelEntry, fe: FileEntry, path: Path | None = None) -> None:
+        """Raise IntegrityError unless ``path`` (default: the stored file) matches the lock."""
+        path = path or self.file_path(entry, fe)
+        st = path.stat()
+        fix = f"Run `edge-run pull {entry.id} --force` to fetch it again."
+        if st.st_size != fe.size:
+            raise IntegrityError(f"{path}: size is {st.st_size} bytes, models.lock expects {fe.size} "
+                                 f"(truncated or wrong file). {fix}")
+        marker = self._marker(entry, fe)
+        stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "sha256": fe.sha256}
+        if path == self.file_path(entry, fe) and marker.exists():
+            try:
+                if json.loads(marker.read_text()) == stamp:
+                    return
+            except ValueError:
+                pass
+        actual = sources.sha256_file(path)
+        if actual != fe.sha256:
+            raise IntegrityError(f"{path}: sha256 is {actual}, models.lock expects {fe.sha256}. The file is "
+                                 f"corrupted or not the pinned one and will not be loaded. {fix}")
+        if path == self.file_path(entry, fe):
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps(stamp))
+
+    def installed(self, entry: ModelEntry) -> InstalledModel:
+        """The verified model, or ModelNotInstalled saying how to get it."""
+        if not self.is_installed(entry):
+            missing = [fe.name for fe in entry.files if not self.file_path(entry, fe).is_file()]
+            what = f"missing {', '.join(missing)}" if missing else "files have the wrong size"
+            raise ModelNotInstalled(f"model {entry.id!r} is not installed ({what} in {self.model_dir(entry.id)}). "
+                                    f"Run `edge-run pull {entry.id}` while online.", param="model")
+        for fe in entry.files:
+            self.verify_file(entry, fe)
+        d = self.model_dir(entry.id)
+        manifest_path = d / "edge-model.json"
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+        return InstalledModel(id=entry.id, task=entry.task, format=entry.format, dir=d,
+                              files={fe.name: self.file_path(entry, fe) for fe in entry.files},
+                              manifest=manifest, entry=entry)
+
+    # -- pull / rm --------------------------------------------------------------------------
+    def pull(self, entry: ModelEntry, *, force: bool = False) -> InstalledModel:
+        """Fetch every missing or bad file of ``entry``, verify, rename into place."""
+        d = self.model_dir(entry.id)
+        d.mkdir(parents=True, exist_ok=True)
+        for fe in entry.files:
+            final = self.file_path(entry, fe)
+            if final.exists() and not force:
+                try:
+                    self.verify_file(entry, fe)
+                    continue
+                except IntegrityError:
+                    pass
+            if sources.is_network(fe.source) and self.settings.offline:
+                raise OfflineError(f"model {entry.id!r} file {fe.name!r} is not installed and offline mode "
+                                   "(EDGE_OFFLINE=1 / --offline) forbids downloading it. Run "
+                                   f"`edge-run pull {entry.id}` with the network on.", param="model")
+            final.parent.mkdir(parents=True, exist_ok=True)
+            partial = final.with_name(final.name + ".partial")
+            if force:
+                partial.unlink(missing_ok=True)
+            base = Path(entry.origin).parent if entry.origin.endswith(".lock") and os.sep in entry.origin else None
+            sources.fetch(fe.source, partial, cache=Path(self.settings.home) / "cache" / "downloads",
+                          desc=f"{entry.id}/{fe.name}", base=base)
+            try:
+                self.verify_file(entry, fe, partial)
+            except IntegrityError:
+                partial.unlink(missing_ok=True)
+                raise
+            os.replace(partial, final)
+            self._marker(entry, fe).unlink(missing_ok=True)
+            self.verify_file(entry, fe)  # writes the marker for the final path
+        return self.installed(entry)
+
+    def rm(self, entry: ModelEntry) -> bool:
+        d = self.model_dir(entry.id)
+        if not d.exists():
+            return False
+        shutil.rmtree(d)
+        return True
+
+
+def add_local_model(settings: Settings, folder: str | Path, *, model_id: str, task: str, fmt: str,
+                    license: str = "unknown", source: dict[str, Any] | None = None,
+                    description: str = "") -> ModelEntry:
+    """Copy an exported artifact folder into the store and pin it in the user lock ($EDGE_HOME/models.lock).
+
+    Every file's sha256 is computed here from the file itself.
+    """
+    folder = Path(folder)
+    store = Store(settings)
+    dest = store.model_dir(model_id)
+    tmp = dest.with_name(f".{model_id}.adding")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(folder, tmp, ignore=shutil.ignore_patterns(MARKERS, "*.partial"))
+    files = []
+    for p in sorted(tmp.rglob("*")):
+        if p.is_file():
+            rel = p.relative_to(tmp).as_posix()
+            files.append({"name": rel, "sha256": sources.sha256_file(p), "size": p.stat().st_size,
+                          "source": {"kind": "local", "path": str((folder / rel).absolute()), **(source or {})}})
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    entry = {"id": model_id, "task": task, "format": fmt, "license": license, "description": description,
+             "files": files}
+    append_entry(settings.user_lock, entry)
+    return Catalog(settings.user_lock).get(model_id)

@@ -1,0 +1,1 @@
+"""The local HTTP server: OpenAI-compatible chat/completions, models, health, metrics (+ workload routes)."""

@@ -1,0 +1,143 @@
+"""POST /v1/chat/completions and /v1/completions (OpenAI-compatible, SSE streaming)."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from edge.chat.request import ChatRequest
+from edge.errors import BadRequest, EdgeError
+from edge.jobs import JobSpec, Priority
+from edge.server.jobs import next_event, wait_result
+from edge.server.schemas import ChatCompletionBody, CompletionBody, SamplingFields
+
+router = APIRouter()
+
+
+def _messages(body: ChatCompletionBody) -> list[dict[str, Any]]:
+    out = []
+    for i, m in enumerate(body.messages):
+        content = m.content
+        if isinstance(content, list):  # OpenAI content parts: keep the text ones
+            texts = [p.get("text", "") for p in content if p.get("type") == "text"]
+            if len(texts) != len(content):
+                raise BadRequest(f"`messages[{i}].content` has non-text parts; this model takes text only.",
+                                 param=f"messages[{i}].content")
+            content = "".join(texts)
+        out.append({"role": m.role, "content": content or ""})
+    return out
+
+
+def _schema(body: ChatCompletionBody) -> dict | None:
+    rf = body.response_format
+    if rf is None or rf.type == "text":
+        return None
+    if rf.type == "json_object":
+        return rf.schema_ or {"type": "object"}
+    js = rf.json_schema or {}
+    schema = js.get("schema")
+    if not isinstance(schema, dict):
+        raise BadRequest("`response_format.json_schema.schema` must be a JSON Schema object.",
+                         param="response_format")
+    return schema
+
+
+def _request(body: SamplingFields, messages: list[dict], schema: dict | None) -> ChatRequest:
+    if body.n != 1:
+        raise BadRequest(f"`n` must be 1, got {body.n}. Send several requests for several answers.", param="n")
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    return ChatRequest(messages=messages, max_tokens=body.max_completion_tokens or body.max_tokens,
+                       temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, min_p=body.min_p,
+                       seed=body.seed, stop=stop, json_schema=schema, repeat_penalty=body.repeat_penalty).check()
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatCompletionBody, request: Request):
+    rt = request.app.state.runtime
+    req = _request(body, _messages(body), _schema(body))
+    model_id = rt.resolve_model(body.model, task="chat")
+    await run_in_threadpool(rt.ensure, model_id)
+    handle = rt.submit(JobSpec(model_id=model_id, work=lambda engine: engine.chat_steps(req),
+                               priority=Priority.INTERACTIVE, keep_alive=body.keep_alive, label="chat"))
+    cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    created = int(time.time())
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(_sse_chat(handle, cid, created, model_id, include_usage, chat=True),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    res = await wait_result(handle, request)
+    return {"id": cid, "object": "chat.completion", "created": created, "model": model_id,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": res.text},
+                         "finish_reason": res.finish_reason, "logprobs": None}],
+            "usage": res.usage()}
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionBody, request: Request):
+    rt = request.app.state.runtime
+    req = _request(body, [{"role": "user", "content": body.prompt}], None)
+    model_id = rt.resolve_model(body.model, task="chat")
+    await run_in_threadpool(rt.ensure, model_id)
+    prompt = body.prompt
+    handle = rt.submit(JobSpec(model_id=model_id, work=lambda engine: engine.complete_steps(prompt, req),
+                               priority=Priority.INTERACTIVE, keep_alive=body.keep_alive, label="completion"))
+    cid = f"cmpl-{uuid.uuid4().hex[:24]}"
+    created = int(time.time())
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(_sse_chat(handle, cid, created, model_id, include_usage, chat=False),
+                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    res = await wait_result(handle, request)
+    return {"id": cid, "object": "text_completion", "created": created, "model": model_id,
+            "choices": [{"index": 0, "text": res.text, "finish_reason": res.finish_reason, "logprobs": None}],
+            "usage": res.usage()}
+
+
+def _sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+async def _sse_chat(handle, cid: str, created: int, model_id: str, include_usage: bool, *, chat: bool
+                    ) -> AsyncIterator[str]:
+    """Server-sent events for a chat/completion job. A client that goes away cancels the job."""
+    obj = "chat.completion.chunk" if chat else "text_completion"
+
+    def chunk(delta_text: str | None, finish: str | None, first: bool = False) -> dict:
+        if chat:
+            delta: dict[str, Any] = {"role": "assistant"} if first else {}
+            if delta_text:
+                delta["content"] = delta_text
+            choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        else:
+            choice = {"index": 0, "text": delta_text or "", "finish_reason": finish, "logprobs": None}
+        return {"id": cid, "object": obj, "created": created, "model": model_id, "choices": [choice]}
+
+    events = handle.events()
+    try:
+        if chat:
+            yield _sse(chunk("", None, first=True))
+        while True:
+            step = await run_in_threadpool(next_event, events)
+            if step is None:
+                break
+            if step.kind == "token" and step.data:
+                yield _sse(chunk(step.data, None))
+        try:
+            res = handle.result()
+        except EdgeError as e:
+            yield _sse(e.to_openai())
+            return
+        yield _sse(chunk(None, res.finish_reason))
+        if include_usage:
+            yield _sse({"id": cid, "object": obj, "created": created, "model": model_id, "choices": [],
+                        "usage": res.usage()})
+        yield "data: [DONE]\n\n"
+    finally:
+        if not handle.done:
+            handle.cancel()

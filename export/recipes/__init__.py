@@ -1,0 +1,39 @@
+"""Export recipes, one module per model family, registered by name.
+
+Each recipe module defines::
+
+    HELP: str                                   # one line for `edge-run export --help`
+    def add_arguments(parser: argparse.ArgumentParser) -> None
+    def run(args: argparse.Namespace) -> pathlib.Path   # returns the finished artifact folder
+
+and follows: build/load source -> export -> quantize -> verify -> write (atomically, see
+export.artifacts.ArtifactDir). Modules are imported lazily: torch loads only when a recipe runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+RECIPES: dict[str, str] = {
+    "llm": "export.recipes.llm_gguf",
+    "llm-onnx": "export.recipes.llm_onnx",
+    "lcm": "export.recipes.lcm_onnx",
+    "sam": "export.recipes.sam_onnx",
+}
+
+
+def available() -> dict[str, str]:
+    """Recipes whose module exists in this checkout (name -> module path)."""
+    import importlib.util
+
+    return {n: m for n, m in RECIPES.items() if importlib.util.find_spec(m) is not None}
+
+
+def load(name: str) -> ModuleType:
+    from edge.errors import BadRequest
+
+    have = available()
+    if name not in have:
+        raise BadRequest(f"unknown export recipe {name!r}; available: {', '.join(sorted(have))}.", param="recipe")
+    return importlib.import_module(have[name])
