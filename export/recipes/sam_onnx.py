@@ -94,7 +94,41 @@ def build_sam(preset: str, seed: int = 0):
         raise ValueError(f"unknown preset {preset!r}; use one of {PRESETS}")
     _randomise_norms(sam, seed)
     sam.eval()  # also refreshes TinyViT's cached attention biases
+    _balance_masks(sam)
     return sam
+
+
+def _balance_masks(sam) -> None:
+    """Random weights make masks that are nearly all background, so a parity test would compare empty
+    masks. Shift each mask token's hypernetwork output bias (deterministically, on a generated image
+    and a centre click) so about half the pixels are foreground; masks then have long boundaries that
+    any numeric drift in an exported graph would move."""
+    import torch
+
+    grabbed: dict[str, Any] = {}
+    dec = sam.mask_decoder
+    hooks = [dec.output_upscaling.register_forward_hook(lambda m, i, o: grabbed.__setitem__("u", o))]
+    for k, mlp in enumerate(dec.output_hypernetworks_mlps):
+        hooks.append(mlp.register_forward_hook(lambda m, i, o, k=k: grabbed.__setitem__(k, o)))
+    try:
+        from edge.segment import preprocess as pre
+
+        x, _ = pre.encoder_input(synthetic_image(0))
+        with torch.no_grad():
+            emb = sam.image_encoder(torch.from_numpy(x))
+            pts = (torch.tensor([[[512.0, 400.0]]]), torch.tensor([[1]]))
+            sparse, dense = sam.prompt_encoder(points=pts, boxes=None, masks=None)
+            dec.predict_masks(emb, sam.prompt_encoder.get_dense_pe(), sparse, dense)
+            u = grabbed["u"][0]                              # C x 256 x 256
+            s = u.sum(0)
+            ok = s.abs() > 1e-3
+            for k, mlp in enumerate(dec.output_hypernetworks_mlps):
+                m = torch.einsum("c,chw->hw", grabbed[k][0, 0] if grabbed[k].dim() == 3 else grabbed[k][0], u)
+                alpha = torch.median(-(m[ok] / s[ok]))
+                mlp.layers[-1].bias += alpha
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def _randomise_norms(sam, seed: int) -> None:
