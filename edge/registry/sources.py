@@ -7,6 +7,7 @@ HTTP downloads resume from an existing partial with a Range request.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import shutil
@@ -61,14 +62,19 @@ def http_download(url: str, dest: Path, *, desc: str, headers: dict[str, str] | 
         mode = "ab" if resumed else "wb"
         length = resp.headers.get("Content-Length")
         total = (int(length) + (have if resumed else 0)) if length else None
-        with open(dest, mode) as f, _bar(total, desc, have if resumed else 0) as bar:
+        got = have if resumed else 0
+        with open(dest, mode) as f, _bar(total, desc, got) as bar:
             try:
                 while b := resp.read(CHUNK):
                     f.write(b)
+                    got += len(b)
                     bar.update(len(b))
-            except (OSError, urllib.error.URLError) as e:
-                raise DownloadError(f"download of {url} was interrupted ({e}). Run `edge-run pull` again: "
-                                    "it resumes where it stopped.") from None
+            except (OSError, urllib.error.URLError, http.client.HTTPException) as e:
+                raise DownloadError(f"download of {url} was interrupted ({e.__class__.__name__}). Run "
+                                    "`edge-run pull` again: it resumes where it stopped.") from None
+        if total is not None and got < total:
+            raise DownloadError(f"download of {url} was interrupted after {got} of {total} bytes. Run "
+                                "`edge-run pull` again: it resumes where it stopped.")
 
 
 def _pypi_index() -> str:

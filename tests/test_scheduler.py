@@ -1,0 +1,244 @@
+"""Policy tests of the shared scheduler with fake engines whose steps take scripted times."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from edge.errors import Busy, Cancelled, OutOfMemory
+from edge.jobs import JobSpec, Priority, Step
+from edge.scheduler import Scheduler
+
+MB = 1 << 20
+
+
+class FakeEngine:
+    def __init__(self, mid: str, log: list, slots: int = 1):
+        self.mid, self.log, self.slots = mid, log, slots
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        self.log.append(("close", self.mid))
+
+
+def steps(name: str, n: int, dt: float, log: list):
+    def work(engine):
+        for i in range(n):
+            time.sleep(dt)
+            log.append((name, i))
+            yield Step("fake", index=i + 1, total=n)
+        return name
+    return work
+
+
+def make(log: list, sizes: dict[str, int] | None = None, budget: int = 1000 * MB, **kw) -> Scheduler:
+    sizes = sizes or {}
+    engines: dict[str, FakeEngine] = {}
+
+    def loader(mid: str, threads: int):
+        log.append(("load", mid))
+        engines[mid] = FakeEngine(mid, log)
+        return engines[mid]
+
+    return Scheduler(loader=loader, estimate=lambda mid: sizes.get(mid, 10 * MB), threads=2, ram_budget=budget,
+                     **kw)
+
+
+def names(log, prefix):
+    return [e for e in log if e[0].startswith(prefix)]
+
+
+def test_interactive_steps_run_before_waiting_batch_steps():
+    log: list = []
+    s = make(log)
+    try:
+        batch = s.submit(JobSpec("m", steps("batch", 20, 0.01, log), priority=Priority.BATCH))
+        while not names(log, "batch"):
+            time.sleep(0.001)
+        chat = s.submit(JobSpec("m2", steps("chat", 5, 0.01, log), priority=Priority.INTERACTIVE))
+        assert chat.result(5) == "chat" and batch.result(5) == "batch"
+        work = [e[0] for e in log if e[0] in ("batch", "chat")]
+        first_chat, last_chat = work.index("chat"), len(work) - 1 - work[::-1].index("chat")
+        # once the chat job is loaded and running, no batch step runs until it is done
+        assert "batch" not in work[first_chat:last_chat + 1]
+        assert work.count("batch") == 20
+    finally:
+        s.close()
+
+
+def test_aging_keeps_batch_work_moving_under_constant_interactive_load():
+    log: list = []
+    s = make(log, aging=0.05)
+    try:
+        batch = s.submit(JobSpec("img", steps("batch", 100, 0.002, log), priority=Priority.BATCH))
+        chats = [s.submit(JobSpec("chat", steps(f"chat{i}", 60, 0.005, log))) for i in range(1)]
+        for c in chats:
+            c.result(10)
+        done_at = max(i for i, e in enumerate(log) if e[0].startswith("chat"))
+        batch_during = sum(1 for e in log[:done_at] if e[0] == "batch")
+        assert batch_during >= 3, f"batch starved: {batch_during} steps while the chat ran"
+        batch.result(10)
+    finally:
+        s.close()
+
+
+def test_lru_eviction_order_and_budget():
+    log: list = []
+    s = make(log, sizes={"a": 100 * MB, "b": 100 * MB, "c": 100 * MB, "d": 100 * MB}, budget=300 * MB)
+    try:
+        for mid in ("a", "b", "c"):
+            s.submit(JobSpec(mid, steps(mid, 1, 0, log))).result(5)
+        s.submit(JobSpec("a", steps("a", 1, 0, log))).result(5)  # a is now the most recently used
+        s.submit(JobSpec("d", steps("d", 1, 0, log))).result(5)
+        time.sleep(0.05)
+        assert ("close", "b") in log and ("close", "a") not in log and ("close", "c") not in log
+        assert {m["id"] for m in s.loaded()} == {"a", "c", "d"}
+        assert s.ram_used() <= 300 * MB + 20 * MB  # measured RSS delta may add a little noise
+        assert s.metrics.evictions == 1
+    finally:
+        s.close()
+
+
+def test_busy_model_is_never_evicted_the_new_job_waits():
+    log: list = []
+    s = make(log, sizes={"a": 200 * MB, "b": 200 * MB}, budget=300 * MB)
+    try:
+        long_a = s.submit(JobSpec("a", steps("a", 30, 0.01, log)))
+        while not names(log, "a"):
+            time.sleep(0.001)
+        b = s.submit(JobSpec("b", steps("b", 1, 0, log)))
+        time.sleep(0.1)
+        assert ("close", "a") not in log and ("load", "b") not in log, "a busy model was evicted"
+        long_a.result(5)
+        b.result(5)
+        i_close_a, i_load_b = log.index(("close", "a")), log.index(("load", "b"))
+        assert log.index(("a", 29)) < i_close_a < i_load_b or log.index(("a", 29)) < i_load_b
+    finally:
+        s.close()
+
+
+def test_model_larger_than_budget_fails_at_once_with_the_numbers():
+    s = make([], sizes={"huge": 5000 * MB}, budget=300 * MB)
+    try:
+        h = s.submit(JobSpec("huge", steps("x", 1, 0, [])))
+        with pytest.raises(OutOfMemory, match=r"5000 MiB.*300 MiB.*EDGE_RAM_BUDGET"):
+            h.result(5)
+    finally:
+        s.close()
+
+
+def test_full_queue_refuses_at_once_with_busy_and_retry_after():
+    log: list = []
+    s = make(log, max_queue=2)
+    try:
+        running = s.submit(JobSpec("m", steps("long", 50, 0.01, log)))
+        while not names(log, "long"):
+            time.sleep(0.001)
+        queued = [s.submit(JobSpec("m", steps("q", 1, 0, log))) for _ in range(2)]
+        t0 = time.monotonic()
+        with pytest.raises(Busy) as err:
+            s.submit(JobSpec("m", steps("q", 1, 0, log)))
+        assert time.monotonic() - t0 < 0.05
+        assert err.value.retry_after >= 1 and err.value.http_status == 503
+        running.cancel()
+        for q in queued:
+            q.result(5)
+    finally:
+        s.close()
+
+
+def test_cancellation_takes_effect_within_one_step():
+    log: list = []
+    s = make(log)
+    try:
+        h = s.submit(JobSpec("m", steps("job", 1000, 0.02, log)))
+        while len(names(log, "job")) < 3:
+            time.sleep(0.001)
+        n_at_cancel = len(names(log, "job"))
+        t0 = time.monotonic()
+        h.cancel()
+        with pytest.raises(Cancelled):
+            h.result(5)
+        assert time.monotonic() - t0 < 0.02 * 2 + 0.05
+        assert len(names(log, "job")) - n_at_cancel <= 1
+        assert h.state == "cancelled"
+    finally:
+        s.close()
+
+
+def test_cancel_before_start_and_generator_cleanup_runs():
+    log: list = []
+    cleaned = threading.Event()
+
+    def work(engine):
+        try:
+            while True:
+                time.sleep(0.005)
+                yield Step("fake")
+        finally:
+            cleaned.set()
+
+    s = make(log)
+    try:
+        blocker = s.submit(JobSpec("m", work))
+        next(blocker.events(timeout=5))  # it is running
+        waiting = s.submit(JobSpec("m", steps("never", 1, 0, log)))
+        waiting.cancel()
+        with pytest.raises(Cancelled):
+            waiting.result(2)
+        blocker.cancel()
+        with pytest.raises(Cancelled):
+            blocker.result(2)
+        assert cleaned.wait(2), "the engine's finally-block did not run on cancel"
+        assert not names(log, "never")
+    finally:
+        s.close()
+
+
+def test_keep_alive_zero_unloads_and_pinned_models_stay():
+    log: list = []
+    s = make(log)
+    try:
+        s.submit(JobSpec("tmp", steps("t", 1, 0, log), keep_alive=0)).result(5)
+        s.pin("pinned")
+        s.submit(JobSpec("pinned", steps("p", 1, 0, log), keep_alive=0)).result(5)
+        deadline = time.time() + 2
+        while ("close", "tmp") not in log and time.time() < deadline:
+            time.sleep(0.01)
+        assert ("close", "tmp") in log
+        assert [m["id"] for m in s.loaded()] == ["pinned"]
+    finally:
+        s.close()
+
+
+def test_fifo_policy_runs_jobs_to_completion_in_arrival_order():
+    log: list = []
+    s = make(log, policy="fifo")
+    try:
+        a = s.submit(JobSpec("m", steps("a", 5, 0.005, log), priority=Priority.BATCH))
+        b = s.submit(JobSpec("m2", steps("b", 3, 0.001, log), priority=Priority.INTERACTIVE))
+        a.result(5), b.result(5)
+        work = [e[0] for e in log if e[0] in ("a", "b")]
+        assert work == ["a"] * 5 + ["b"] * 3
+    finally:
+        s.close()
+
+
+def test_engine_errors_fail_only_their_job():
+    log: list = []
+
+    def bad(engine):
+        yield Step("fake")
+        raise ValueError("boom")
+
+    s = make(log)
+    try:
+        h = s.submit(JobSpec("m", bad))
+        with pytest.raises(ValueError, match="boom"):
+            h.result(5)
+        assert s.submit(JobSpec("m", steps("ok", 1, 0, log))).result(5) == "ok"
+    finally:
+        s.close()
