@@ -1,0 +1,142 @@
+"""ImageEngine: a loaded LCM image model (ONNX sessions from edge.devices) that the shared scheduler
+runs image jobs against. ``generate_steps(request)`` is the step generator (see edge/jobs.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from edge.errors import BadRequest, ModelNotInstalled
+from edge.image.pipeline import Components, Decoder, ImageRequest, LCMPipeline, OnnxModel
+from edge.image.tokenizer import ClipTokenizer
+from edge.jobs import StepGen
+
+log = logging.getLogger("edge.image")
+
+MANIFEST = "edge-model.json"
+
+
+class LazyModel:
+    """An OnnxModel whose session is created on first call (decoders / encoder a request may not use)."""
+
+    def __init__(self, path: Path, threads: int, device: str):
+        self.path, self.threads, self.device = path, threads, device
+        self._model: OnnxModel | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, **feeds):
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    from edge.devices import make_session
+
+                    self._model = OnnxModel(make_session(self.path, threads=self.threads, device=self.device))
+        return self._model(**feeds)
+
+    def close(self) -> None:
+        self._model = None
+
+
+def read_manifest(folder: Path) -> dict:
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        raise ModelNotInstalled(f"{path} is missing; the folder is not an exported LCM model. "
+                                "Export one with `edge-run export lcm ...`.")
+    return json.loads(path.read_text())
+
+
+def components_from_manifest(manifest: dict, folder: Path, *, precision: str | None = None, threads: int = 1,
+                             device: str = "auto") -> Components:
+    """Components over the ONNX files an lcm export wrote (``precision`` defaults to the manifest's)."""
+    from edge.devices import make_session
+
+    folder = Path(folder)
+    precision = precision or manifest.get("precision", "fp32")
+    table = manifest.get("precisions", {})
+    if precision not in table:
+        raise BadRequest(f"precision {precision!r} is not in this model; it has {', '.join(sorted(table))}.",
+                         param="precision")
+    files = {k: folder / v for k, v in table[precision].items()}
+    missing = [str(p) for k, p in files.items() if not p.exists()]
+    if missing:
+        raise ModelNotInstalled(f"model files missing: {', '.join(missing)}. Re-install the model (edge-run pull).")
+
+    def eager(name: str) -> OnnxModel:
+        return OnnxModel(make_session(files[name], threads=threads, device=device))
+
+    decoders = {"vae": Decoder(LazyModel(files["vae_decoder"], threads, device),
+                               manifest["decoders"]["vae"]["scaling_factor"])}
+    if "taesd_decoder" in files and "taesd" in manifest.get("decoders", {}):
+        decoders["taesd"] = Decoder(LazyModel(files["taesd_decoder"], threads, device),
+                                    manifest["decoders"]["taesd"]["scaling_factor"])
+    return Components(
+        tokenizer=ClipTokenizer(folder / manifest.get("tokenizer", "tokenizer/tokenizer.json")),
+        text_encoder=eager("text_encoder"),
+        unet=eager("unet"),
+        decoders=decoders,
+        scheduler_config=manifest["scheduler"],
+        time_cond_proj_dim=int(manifest["unet"]["time_cond_proj_dim"]),
+        vae_encoder=LazyModel(files["vae_encoder"], threads, device) if "vae_encoder" in files else None,
+        vae_scaling_factor=float(manifest["vae"]["scaling_factor"]),
+        vae_scale_factor=int(manifest["vae"]["scale_factor"]),
+        latent_channels=int(manifest["vae"].get("latent_channels", 4)),
+        default_decoder=manifest.get("default_decoder", "vae"),
+        size_multiple=int(manifest.get("size_multiple", 8)),
+    )
+
+
+def _ram_budget() -> int | None:
+    try:
+        from edge.config import Settings
+
+        return Settings.from_env().ram_budget
+    except Exception:  # a bad EDGE_* value is reported by the front door, not here
+        return None
+
+
+class ImageEngine:
+    """A loaded LCM model. One job at a time (the UNet already uses every thread it is given)."""
+
+    slots: int = 1
+
+    def __init__(self, components: Components, *, model_id: str, manifest: dict, ram_budget: int | None = None):
+        self.components = components
+        self.model_id = model_id
+        self.manifest = manifest
+        self.pipeline = LCMPipeline(components, ram_budget=ram_budget, model_id=model_id)
+
+    @classmethod
+    def load(cls, model: Any, *, threads: int, device: str, precision: str | None = None) -> "ImageEngine":
+        """Open the ONNX sessions of an installed model (edge.registry.InstalledModel)."""
+        manifest = model.manifest or read_manifest(model.dir)
+        comps = components_from_manifest(manifest, Path(model.dir), precision=precision, threads=threads,
+                                         device=device)
+        return cls(comps, model_id=model.id, manifest=manifest, ram_budget=_ram_budget())
+
+    @property
+    def default_size(self) -> int:
+        return int(self.manifest.get("default_size", 512))
+
+    def generate_steps(self, request: ImageRequest) -> StepGen[list]:
+        """Step generator: Step after text encode, (image encode,) each UNet step and each decode;
+        returns a list of PIL images with prompt/seed/steps/model in ``.info``."""
+        return self.pipeline.generate_steps(request)
+
+    def check(self, request: ImageRequest) -> None:
+        """Validate a request without running it (front doors call this to fail fast)."""
+        self.pipeline.check(request)
+
+    def close(self) -> None:
+        """Release the ONNX sessions now."""
+        c = self.components
+        for d in c.decoders.values():
+            if isinstance(d.model, LazyModel):
+                d.model.close()
+        if isinstance(c.vae_encoder, LazyModel):
+            c.vae_encoder.close()
+        c.text_encoder = c.unet = None  # type: ignore[assignment]
+        c.decoders = {}
+        c.vae_encoder = None
