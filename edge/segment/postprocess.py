@@ -242,10 +242,11 @@ def mask_to_polygons(mask: np.ndarray, tolerance: float = 0.5, min_points: int =
             ring.append(cur)
             cur = nxt.pop(cur)
         pts = np.array(ring, dtype=np.float64)[:, ::-1] / 2.0 - 1.0   # (x, y), unpadded pixel coords
-        # signed area (shoelace, y down): outer rings with fg on the right run counter-clockwise on screen
+        # signed area (shoelace, y down): with the foreground on the right, outer rings run clockwise
+        # on screen (positive area) and holes anti-clockwise (negative)
         x, y = pts[:, 0], pts[:, 1]
         area = 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
-        if area >= 0:
+        if area <= 0:
             continue  # a hole
         pts = _simplify(pts, tolerance)
         if len(pts) >= min_points:

@@ -346,8 +346,9 @@ def verify(sam, folder: Path, precision: str, images: list[tuple[str, np.ndarray
 
 # 6. the recipe -----------------------------------------------------------------------------------
 
-def run(args: argparse.Namespace) -> Path:
-    """build/load -> export fp32 -> quantize -> verify -> write report.json + edge-model.json atomically."""
+def run(args: argparse.Namespace, sam=None) -> Path:
+    """build/load -> export fp32 -> quantize -> verify -> write report.json + edge-model.json atomically.
+    ``sam``: an already built PyTorch model for ``--random-init`` (tests reuse one per session)."""
     from edge.errors import BadRequest
     from export.artifacts import MANIFEST, ArtifactDir, file_table, write_json
     from export.verify import write_report
@@ -361,7 +362,7 @@ def run(args: argparse.Namespace) -> Path:
 
     # 2. build / load the PyTorch model
     if args.random_init:
-        sam = build_sam(args.random_init, args.seed)
+        sam = sam if sam is not None else build_sam(args.random_init, args.seed)
         source = {"kind": "random-init", "preset": args.random_init, "seed": args.seed}
     else:
         sam = load_checkpoint(args.source)

@@ -1,0 +1,160 @@
+"""SegmentEngine: MobileSAM (encoder.onnx + decoder.onnx) behind the shared scheduler.
+
+Two step generators, submitted as separate jobs so each gets its own priority:
+  embed_steps   Step("image_encode")  batch priority: the heavy encoder, skipped on a cache hit
+  decode_steps  Step("mask_decode")   interactive priority: one decoder call per click
+The embedding cache (LRU by image content hash) lives here, so a second click on the same image
+runs only the decoder; ``encoder_calls`` counts real encoder runs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge.errors import BadRequest
+from edge.jobs import Step, StepGen
+from edge.segment import postprocess as post
+from edge.segment import preprocess as pre
+from edge.segment.cache import Embedding, EmbeddingCache
+from edge.segment.predictor import OnnxSamPredictor
+
+DEFAULT_CACHE_BYTES = 256 << 20  # 64 embeddings of 4 MiB
+FILES = ("encoder.onnx", "decoder.onnx")
+
+
+class EmbeddingMissing(BadRequest):
+    """The image id is not (or no longer) in the embedding cache."""
+
+    code = "image_not_cached"
+
+
+@dataclass
+class DecodeRequest:
+    """One click: prompts in original-image pixels, for an image already embedded."""
+
+    image_id: str
+    points: list | None = None
+    box: Any = None
+    multimask: bool | None = None       # None = auto: True for a single point without a box
+    prev_mask: Any = None
+
+    def wants_multimask(self) -> bool:
+        if self.multimask is not None:
+            return bool(self.multimask)
+        return self.box is None and len(self.points or []) == 1
+
+
+def cache_budget(ram_budget: int | None = None) -> int:
+    """Embedding-cache size: 1/16 of the RAM budget, between 16 MiB and 512 MiB."""
+    if ram_budget is None:
+        try:
+            from edge.config import Settings
+
+            ram_budget = Settings.from_env().ram_budget
+        except Exception:  # noqa: BLE001 - a bad env var is reported elsewhere; use the default here
+            return DEFAULT_CACHE_BYTES
+    return int(min(512 << 20, max(16 << 20, ram_budget // 16)))
+
+
+class SegmentEngine:
+    """A loaded MobileSAM. ``slots`` > 1: clicks from several clients may interleave (the scheduler
+    runs one step at a time, and the cache is thread-safe)."""
+
+    slots: int = 4
+
+    def __init__(self, predictor: OnnxSamPredictor, *, model_id: str = "", manifest: dict | None = None,
+                 cache_bytes: int | None = None):
+        self.predictor = predictor
+        self.model_id = model_id
+        self.manifest = manifest or {}
+        self.cache = EmbeddingCache(cache_budget() if cache_bytes is None else cache_bytes)
+
+    @classmethod
+    def load(cls, model, *, threads: int, device: str = "auto", cache_bytes: int | None = None,
+             **_: Any) -> "SegmentEngine":
+        paths = {}
+        for name in FILES:
+            p = model.files.get(name) if getattr(model, "files", None) else None
+            p = Path(p) if p else Path(model.dir) / name
+            if not p.is_file():
+                raise BadRequest(f"model {model.id!r} has no {name} (looked in {model.dir}); export it with "
+                                 "`edge-run export sam ... --add`.", param="model")
+            paths[name] = p
+        predictor = OnnxSamPredictor.from_files(paths["encoder.onnx"], paths["decoder.onnx"], threads=threads,
+                                                device=device)
+        return cls(predictor, model_id=model.id, manifest=getattr(model, "manifest", {}), cache_bytes=cache_bytes)
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, *, threads: int = 1, device: str = "auto",
+                    cache_bytes: int | None = None) -> "SegmentEngine":
+        """An engine straight from an exported folder (no store), for scripts and benchmarks."""
+        folder = Path(folder)
+        predictor = OnnxSamPredictor.from_files(folder / "encoder.onnx", folder / "decoder.onnx",
+                                                threads=threads, device=device)
+        return cls(predictor, model_id=folder.name, cache_bytes=cache_bytes)
+
+    def close(self) -> None:
+        self.cache.clear()
+        self.predictor.close()
+
+    @property
+    def encoder_calls(self) -> int:
+        return self.predictor.encoder_calls
+
+    @property
+    def decoder_calls(self) -> int:
+        return self.predictor.decoder_calls
+
+    def stats(self) -> dict[str, int]:
+        return {"encoder_calls": self.encoder_calls, "decoder_calls": self.decoder_calls,
+                "cache_entries": len(self.cache), "cache_bytes": self.cache.nbytes,
+                "cache_max_bytes": self.cache.max_bytes, "cache_hits": self.cache.hits,
+                "cache_misses": self.cache.misses}
+
+    # -- step generators ----------------------------------------------------------------------
+    def embed_steps(self, image: pre.LoadedImage) -> StepGen[tuple[Embedding, bool]]:
+        """Encode ``image`` unless its embedding is cached. Returns (embedding, encoder_ran)."""
+        cached = self.cache.get(image.image_id)
+        if cached is not None:
+            yield Step(kind="image_encode", index=1, total=1, data={"image_id": image.image_id, "cached": True})
+            return cached, False
+        emb = self.predictor.encode(image)
+        self.cache.put(emb)
+        yield Step(kind="image_encode", index=1, total=1, data={"image_id": image.image_id, "cached": False})
+        return emb, True
+
+    def decode_steps(self, req: DecodeRequest) -> StepGen[post.SegmentResult]:
+        """One decoder call for a cached image (EmbeddingMissing if it is not cached)."""
+        # 1. find the embedding
+        emb = self.cache.get(req.image_id)
+        if emb is None:
+            raise EmbeddingMissing(f"`image_id` {req.image_id!r} is not in the embedding cache (never sent, "
+                                   "or evicted); send the image itself again.", param="image_id")
+        # 2. check prompts against the image's original size
+        prompt = pre.parse_prompt(req.points, req.box, emb.original_size, emb.scale)
+        mask_in = pre.mask_input(req.prev_mask, emb.size)
+        # 3. decode
+        t0 = time.perf_counter()
+        masks, best = self.predictor.decode(emb, prompt, multimask=req.wants_multimask(), mask_input=mask_in)
+        dt = time.perf_counter() - t0
+        yield Step(kind="mask_decode", index=1, total=1)
+        return post.SegmentResult(image_id=emb.image_id, masks=masks, best=best, size=emb.size,
+                                  original_size=emb.original_size, scale=emb.scale, encoder_ran=False,
+                                  timings={"decode_s": dt})
+
+    def segment_steps(self, image: pre.LoadedImage, req: DecodeRequest) -> StepGen[post.SegmentResult]:
+        """Encode (if needed) and decode in one job, for callers that do not need separate priorities."""
+        emb, ran = yield from self.embed_steps(image)
+        result = yield from self.decode_steps(DecodeRequest(image_id=emb.image_id, points=req.points, box=req.box,
+                                                            multimask=req.multimask, prev_mask=req.prev_mask))
+        result.encoder_ran = ran
+        return result
+
+    def stats_steps(self) -> StepGen[dict[str, int]]:
+        """Counters, through the scheduler (no compute)."""
+        if False:  # pragma: no cover - makes this a generator
+            yield Step(kind="stats")
+        return self.stats()

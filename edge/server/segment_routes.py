@@ -1,0 +1,106 @@
+"""POST /v1/segment: MobileSAM masks from point / box prompts.
+
+Body: {"image": base64 (or a data: URL) | "image_id": from a previous answer, "points": [[x, y, label]],
+"box": [x0, y0, x1, y1], "multimask": bool (default: only for a single point), "prev_mask": base64 PNG
+of a previous mask to refine, "polygons": bool, "model": id}
+Answer: {"image_id", "size": [h, w], "best": i, "encoder_ran": bool,
+"masks": [{"png_b64", "rle": {"size": [h, w], "counts"}, "score", "bbox": [x0, y0, x1, y1], "area"}]}
+
+The encoder runs as a batch-priority job only when the image is not cached; every click is an
+interactive-priority decoder job, so it waits at most one step of other (e.g. image-generation) work.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict
+from starlette.concurrency import run_in_threadpool
+
+from edge.errors import BadRequest, PayloadTooLarge
+from edge.segment import preprocess as pre
+from edge.segment.engine import DecodeRequest, EmbeddingMissing
+from edge.server.jobs import wait_result
+
+router = APIRouter()
+MAX_IMAGE_B64 = 64 << 20  # characters of base64 accepted for one image
+
+
+class SegmentBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    image: str | None = None
+    image_id: str | None = None
+    points: list[Any] | None = None
+    box: list[Any] | None = None
+    multimask: bool | None = None
+    prev_mask: str | None = None
+    polygons: bool = False
+    model: str | None = None
+
+
+def _b64(data: str, param: str) -> bytes:
+    if len(data) > MAX_IMAGE_B64:
+        raise PayloadTooLarge(f"`{param}` is {len(data):,} base64 characters; the limit is {MAX_IMAGE_B64:,}. "
+                              f"Downscale the image below {pre.MAX_SIDE} px.", param=param)
+    if data.startswith("data:"):
+        data = data.partition(",")[2]
+    try:
+        return base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(f"`{param}` is not valid base64 ({data[:24]!r}...); send the file's bytes base64-encoded.",
+                         param=param) from None
+
+
+def _prev_mask(data: str | None) -> np.ndarray | None:
+    if data is None:
+        return None
+    from PIL import Image, UnidentifiedImageError
+
+    raw = _b64(data, "prev_mask")
+    try:
+        img = Image.open(io.BytesIO(raw))
+        return np.asarray(img.convert("L")) > 127
+    except (UnidentifiedImageError, OSError) as e:
+        raise BadRequest(f"`prev_mask` is not a readable PNG ({e.__class__.__name__}); send a `png_b64` mask "
+                         "from a previous answer.", param="prev_mask") from None
+
+
+@router.post("/v1/segment")
+async def segment(body: SegmentBody, request: Request) -> dict[str, Any]:
+    rt = request.app.state.runtime
+    # 1. check inputs
+    if body.image is None and body.image_id is None:
+        raise BadRequest("send `image` (base64) or an `image_id` returned by a previous /v1/segment call.",
+                         param="image")
+    model_id = rt.resolve_model(body.model, task="segment")
+    img = None
+    if body.image is not None:
+        raw = _b64(body.image, "image")
+        img = await run_in_threadpool(pre.load_image, raw)
+        if body.image_id is not None and body.image_id != img.image_id:
+            raise BadRequest(f"`image_id` {body.image_id!r} does not match the image sent ({img.image_id}); "
+                             "send one of them.", param="image_id")
+        pre.parse_prompt(body.points, body.box, img.original_size, img.scale)
+    prev = await run_in_threadpool(_prev_mask, body.prev_mask)
+    req = DecodeRequest(image_id=img.image_id if img is not None else body.image_id, points=body.points,
+                        box=body.box, multimask=body.multimask, prev_mask=prev)
+    # 2. decode (interactive); encode first (batch) when the embedding is not cached
+    encoder_ran = False
+    try:
+        result = await wait_result(rt.decode_job(req, model=model_id), request)
+    except EmbeddingMissing:
+        if img is None:
+            raise
+        _, encoder_ran = await wait_result(rt.embed_job(img, model=model_id), request)
+        result = await wait_result(rt.decode_job(req, model=model_id), request)
+    result.encoder_ran = encoder_ran
+    # 3. answer
+    out = await run_in_threadpool(result.to_dict, png=True, polygons=body.polygons)
+    out["encoder_ran"] = encoder_ran
+    out["model"] = model_id
+    return out
