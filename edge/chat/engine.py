@@ -171,7 +171,8 @@ class LlamaChatEngine:
                     finish = choice["finish_reason"]
                 yield Step("token", data=text, tokens=counter.take())
             # 4. result
-            return ChatResult(text="".join(parts), prompt_tokens=len(tokens), completion_tokens=counter.total,
+            return ChatResult(text="".join(parts), prompt_tokens=len(tokens),
+                              completion_tokens=counter.completion_tokens(finish, bool(req.stop)),
                               finish_reason=finish, model=self.model_id)
         finally:
             if completion is not None:
@@ -203,6 +204,15 @@ class _TokenCounter:
         self.total += 1
         self._since += 1
         return bool(self.inner(input_ids, logits)) if self.inner is not None else False
+
+    def completion_tokens(self, finish: str, user_stops: bool) -> int:
+        """Tokens in the answer, counted as llama-cpp-python's usage does.
+
+        The criterion runs once per sampled token plus once after the loop; an end-of-generation
+        token is sampled but not part of the answer (a stop string's last token is, so with user
+        stop strings a "stop" finish is counted as a stop-string finish)."""
+        sampled = max(0, self.total - 1)
+        return sampled - 1 if finish == "stop" and not user_stops and sampled else sampled
 
     def take(self) -> int:
         n, self._since = self._since, 0

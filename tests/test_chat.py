@@ -1,0 +1,111 @@
+"""The chat engine and Runtime.chat with the real SmolLM2 GGUF, checked against raw llama-cpp-python."""
+
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+
+from edge.errors import BadRequest, Cancelled, ContextTooLong
+
+from conftest import CHAT_MODEL, THREADS
+
+FACTS = [  # questions this 135M model answers right when greedy
+    ("What is the capital of France? Answer in one word.", "paris"),
+    ("What is the largest ocean on Earth?", "pacific"),
+    ("How many legs does a dog have?", "four"),
+]
+
+
+def ask(q: str) -> list[dict]:
+    return [{"role": "user", "content": q}]
+
+
+@pytest.mark.parametrize("question, word", FACTS)
+def test_greedy_factual_answers_contain_the_right_word(runtime, question, word):
+    res = runtime.chat(ask(question), temperature=0, max_tokens=40)
+    assert word in res.text.lower(), res.text
+    assert res.prompt_tokens > 5 and 0 < res.completion_tokens <= 40
+    assert res.usage()["total_tokens"] == res.prompt_tokens + res.completion_tokens
+
+
+def test_greedy_text_equals_raw_llama_cpp_python(runtime, chat_model_path):
+    import llama_cpp
+
+    raw = llama_cpp.Llama(model_path=str(chat_model_path), n_ctx=4096, n_threads=THREADS, n_threads_batch=THREADS,
+                          verbose=False)
+    try:
+        for q in ["Name three fruits.", "Write one sentence about the sea.", "What is 2 + 2?"]:
+            want = raw.create_chat_completion(ask(q), temperature=0, max_tokens=48)
+            got = runtime.chat(ask(q), temperature=0, max_tokens=48)
+            assert got.text == want["choices"][0]["message"]["content"], q
+            assert got.completion_tokens == want["usage"]["completion_tokens"]
+            assert got.prompt_tokens == want["usage"]["prompt_tokens"]
+    finally:
+        raw.close()
+
+
+def test_streaming_and_non_streaming_give_the_same_text(runtime):
+    q = ask("Tell me about the moon in two sentences.")
+    whole = runtime.chat(q, temperature=0, max_tokens=60).text
+    pieces = list(runtime.chat(q, temperature=0, max_tokens=60, stream=True))
+    assert len(pieces) > 5 and "".join(pieces) == whole
+
+
+def test_cancellation_stops_within_one_token(runtime):
+    h = runtime.chat_job(ask("Write a very long story about a dragon who learns to cook."), temperature=0,
+                         max_tokens=1000, min_p=0.0)
+    for step in h.events():
+        if step.kind == "token" and h.steps >= 5:
+            break
+    assert not h.done, "the answer ended before the test could cancel it"
+    steps_at_cancel = h.steps
+    h.cancel()
+    with pytest.raises(Cancelled):
+        h.result(5)
+    assert h.steps - steps_at_cancel <= 1, f"{h.steps - steps_at_cancel} steps ran after cancel()"
+
+
+def test_json_schema_constrains_the_answer(runtime):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+              "required": ["city", "country"]}
+    res = runtime.chat(ask("What is the capital of France? Reply in JSON."), temperature=0, max_tokens=60, json_schema=schema)
+    data = json.loads(res.text)
+    jsonschema.validate(data, schema)
+
+
+def test_second_turn_reuses_the_cached_prefix(runtime):
+    long_sys = {"role": "system", "content": "You are a helpful assistant. " * 120}
+    first = runtime.chat_job([long_sys, *ask("Hi!")], temperature=0, max_tokens=8)
+    prefills_first = sum(1 for s in first.events() if s.kind == "prefill")
+    reply = first.result().text
+    second = runtime.chat_job([long_sys, *ask("Hi!"), {"role": "assistant", "content": reply}, *ask("Bye!")],
+                              temperature=0, max_tokens=8)
+    prefills_second = sum(1 for s in second.events() if s.kind == "prefill")
+    second.result()
+    assert prefills_first >= 2 and prefills_second == 0
+
+
+@pytest.mark.parametrize("kw, param", [
+    ({"temperature": -0.5}, "temperature"),
+    ({"top_p": 1.5}, "top_p"),
+    ({"max_tokens": 0}, "max_tokens"),
+])
+def test_invalid_sampling_values_name_the_argument(runtime, kw, param):
+    with pytest.raises(BadRequest) as err:
+        runtime.chat(ask("hi"), **kw)
+    assert err.value.param == param and param in err.value.message
+
+
+def test_prompt_longer_than_the_context_says_the_numbers(edge_home):
+    from edge.api import Runtime
+
+    with Runtime(home=str(edge_home), threads=THREADS, offline=True, ctx=256, chat_slots=1) as rt:
+        with pytest.raises(ContextTooLong, match=r"prompt is \d+ tokens but the context window is 256.*--ctx"):
+            rt.chat(ask("word " * 400), temperature=0)
+
+
+def test_unknown_model_for_the_task(runtime):
+    with pytest.raises(Exception, match="Did you mean 'smollm2-135m-instruct-q4_1'"):
+        runtime.chat(ask("hi"), model="smollm2-135m")
