@@ -93,7 +93,67 @@ class Components:
     latent_channels: int = 4
     default_decoder: str = "vae"
     size_multiple: int = 8
-    bytes_per_pixel: dict[str, float] = field(default_factory=lambda: {"vae": 6000.0, "taesd": 1200.0})
+    bytes_per_pixel: dict[str, float] = field(default_factory=lambda: dict(BYTES_PER_PIXEL))
+
+
+BYTES_PER_PIXEL = {"vae": 6000.0, "taesd": 1200.0}  # peak decode RAM per output pixel, SD1.5-class (bench/image.py)
+
+
+def check_request(req: ImageRequest, *, size_multiple: int = 8, decoders: tuple[str, ...] = ("vae", "taesd"),
+                  default_decoder: str = "vae", has_encoder: bool = True, original_steps: int = 50,
+                  ram_budget: int | None = None, bytes_per_pixel: dict[str, float] | None = None) -> None:
+    """Raise BadRequest naming the argument, the value and the fix (front doors call it before submitting;
+    the pipeline calls it again with the loaded model's facts)."""
+    if not isinstance(req.prompt, str) or not req.prompt.strip():
+        raise BadRequest(f"`prompt` is empty ({req.prompt!r}). Describe the image, e.g. \"a lighthouse at dusk\".",
+                         param="prompt")
+    m = size_multiple
+    for name in ("width", "height"):
+        v = getattr(req, name)
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+            raise BadRequest(f"`{name}` must be an integer number of pixels, got {v!r}.", param="size")
+        if v % m:
+            lo, hi = v // m * m, (v // m + 1) * m
+            raise BadRequest(f"`{name}` must be a multiple of {m}, got {v}. Use {max(lo, MIN_SIDE)} or {hi}.",
+                             param="size")
+        if not MIN_SIDE <= v <= MAX_SIDE:
+            raise BadRequest(f"`{name}` must be between {MIN_SIDE} and {MAX_SIDE}, got {v}. Use 512.", param="size")
+    if not isinstance(req.steps, (int, np.integer)) or isinstance(req.steps, bool):
+        raise BadRequest(f"`steps` must be an integer, got {req.steps!r}. Use 4.", param="steps")
+    check_range("steps", req.steps, 1, MAX_STEPS, "LCM models need few steps; use 4.")
+    if not isinstance(req.n, (int, np.integer)) or isinstance(req.n, bool):
+        raise BadRequest(f"`n` must be an integer, got {req.n!r}.", param="n")
+    check_range("n", req.n, 1, MAX_N, "Ask for fewer images per request.")
+    if not isinstance(req.guidance_scale, (int, float)) or isinstance(req.guidance_scale, bool):
+        raise BadRequest(f"`guidance_scale` must be a number, got {req.guidance_scale!r}. Use 8.",
+                         param="guidance_scale")
+    check_range("guidance_scale", float(req.guidance_scale), 0.0, 30.0, "LCM models work best near 8.")
+    if req.seed is not None and (not isinstance(req.seed, (int, np.integer)) or isinstance(req.seed, bool)
+                                 or not 0 <= req.seed < SEED_LIMIT):
+        raise BadRequest(f"`seed` must be an integer between 0 and {SEED_LIMIT - 1}, got {req.seed!r}.",
+                         param="seed")
+    decoder = req.decoder or default_decoder
+    if decoder not in decoders:
+        raise BadRequest(f"`decoder` {decoder!r} is not available for this model; choose one of "
+                         f"{', '.join(sorted(decoders))}.", param="decoder")
+    if req.is_img2img:
+        s = req.strength
+        if not isinstance(s, (int, float)) or isinstance(s, bool) or not 0 < s <= 1:
+            raise BadRequest(f"`strength` must be in (0, 1], got {s!r}. Use 0.6 to keep the layout of the init "
+                             "image.", param="strength")
+        if not has_encoder:
+            raise BadRequest("this model has no vae_encoder.onnx, so it cannot take an `init_image`; "
+                             "re-export it with the lcm recipe.", param="init_image")
+        usable = int(original_steps * s)
+        if usable < req.steps:
+            raise BadRequest(f"`strength` {s} leaves {usable} timesteps for {req.steps} steps. Raise strength to "
+                             f"at least {req.steps / original_steps:.2f} or use fewer steps.", param="strength")
+    if ram_budget:
+        need = req.width * req.height * (bytes_per_pixel or BYTES_PER_PIXEL).get(decoder, 6000.0)
+        if need > ram_budget:
+            raise BadRequest(f"`size` {req.width}x{req.height} needs about {need / 2**30:.1f} GB to decode with "
+                             f"the {decoder} decoder, over the RAM budget of {ram_budget / 2**30:.1f} GB. "
+                             "Use a smaller size, --decoder taesd, or raise EDGE_RAM_BUDGET.", param="size")
 
 
 def numpy_noise(seed: int) -> NoiseSource:
@@ -130,56 +190,11 @@ class LCMPipeline:
     # ---------------------------------------------------------------- checks
     def check(self, req: ImageRequest) -> None:
         """Raise BadRequest naming the argument, the value and the fix."""
-        if not isinstance(req.prompt, str) or not req.prompt.strip():
-            raise BadRequest(f"`prompt` is empty ({req.prompt!r}). Describe the image, e.g. \"a lighthouse at dusk\".",
-                             param="prompt")
-        m = self.c.size_multiple
-        for name in ("width", "height"):
-            v = getattr(req, name)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
-                raise BadRequest(f"`{name}` must be an integer number of pixels, got {v!r}.", param="size")
-            if v % m:
-                lo, hi = v // m * m, (v // m + 1) * m
-                raise BadRequest(f"`{name}` must be a multiple of {m}, got {v}. Use {max(lo, MIN_SIDE)} or {hi}.",
-                                 param="size")
-            if not MIN_SIDE <= v <= MAX_SIDE:
-                raise BadRequest(f"`{name}` must be between {MIN_SIDE} and {MAX_SIDE}, got {v}. Use 512.", param="size")
-        if not isinstance(req.steps, (int, np.integer)) or isinstance(req.steps, bool):
-            raise BadRequest(f"`steps` must be an integer, got {req.steps!r}. Use 4.", param="steps")
-        check_range("steps", req.steps, 1, MAX_STEPS, "LCM models need few steps; use 4.")
-        if not isinstance(req.n, (int, np.integer)) or isinstance(req.n, bool):
-            raise BadRequest(f"`n` must be an integer, got {req.n!r}.", param="n")
-        check_range("n", req.n, 1, MAX_N, "Ask for fewer images per request.")
-        if not isinstance(req.guidance_scale, (int, float)) or isinstance(req.guidance_scale, bool):
-            raise BadRequest(f"`guidance_scale` must be a number, got {req.guidance_scale!r}. Use 8.",
-                             param="guidance_scale")
-        check_range("guidance_scale", float(req.guidance_scale), 0.0, 30.0, "LCM models work best near 8.")
-        if req.seed is not None and (not isinstance(req.seed, (int, np.integer)) or isinstance(req.seed, bool)
-                                     or not 0 <= req.seed < SEED_LIMIT):
-            raise BadRequest(f"`seed` must be an integer between 0 and {SEED_LIMIT - 1}, got {req.seed!r}.",
-                             param="seed")
-        decoder = req.decoder or self.c.default_decoder
-        if decoder not in self.c.decoders:
-            raise BadRequest(f"`decoder` {decoder!r} is not available for this model; choose one of "
-                             f"{', '.join(sorted(self.c.decoders))}.", param="decoder")
-        if req.is_img2img:
-            if not isinstance(req.strength, (int, float)) or isinstance(req.strength, bool) or not 0 < req.strength <= 1:
-                raise BadRequest(f"`strength` must be in (0, 1], got {req.strength!r}. Use 0.6 to keep the layout "
-                                 "of the init image.", param="strength")
-            if self.c.vae_encoder is None:
-                raise BadRequest("this model has no vae_encoder.onnx, so it cannot take an `init_image`; "
-                                 "re-export it with the lcm recipe.", param="init_image")
-            usable = int(LCMScheduler.from_config(self.c.scheduler_config).original_inference_steps * req.strength)
-            if usable < req.steps:
-                raise BadRequest(f"`strength` {req.strength} leaves {usable} timesteps for {req.steps} steps. "
-                                 f"Raise strength to at least {req.steps / usable * req.strength if usable else 1:.2f} "
-                                 "or use fewer steps.", param="strength")
-        if self.ram_budget:
-            need = req.width * req.height * self.c.bytes_per_pixel.get(decoder, 6000.0)
-            if need > self.ram_budget:
-                raise BadRequest(f"`size` {req.width}x{req.height} needs about {need / 2**30:.1f} GB to decode with "
-                                 f"the {decoder} decoder, over the RAM budget of {self.ram_budget / 2**30:.1f} GB. "
-                                 "Use a smaller size, --decoder taesd, or raise EDGE_RAM_BUDGET.", param="size")
+        c = self.c
+        check_request(req, size_multiple=c.size_multiple, decoders=tuple(c.decoders), default_decoder=c.default_decoder,
+                      has_encoder=c.vae_encoder is not None,
+                      original_steps=int(c.scheduler_config.get("original_inference_steps", 50)),
+                      ram_budget=self.ram_budget, bytes_per_pixel=c.bytes_per_pixel)
 
     # ---------------------------------------------------------------- the pipeline
     def generate_steps(self, req: ImageRequest, *, noise: Sequence[NoiseSource] | None = None) -> StepGen[list[Image.Image]]:

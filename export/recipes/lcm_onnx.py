@@ -61,6 +61,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verify-size", type=int, help="image side for verification (default 64 tiny, 256 otherwise)")
     p.add_argument("--verify-steps", type=int, default=2, help="LCM steps for the verification image")
     p.add_argument("--threads", type=int, default=0, help="ORT/torch threads for verification (0 = all)")
+    p.add_argument("--add", action="store_true",
+                   help="install the result into the store ($EDGE_HOME/models) and append it to models.lock")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -515,6 +517,14 @@ def run(args: argparse.Namespace) -> Path:
         write_json(tmp / MANIFEST, m)
         bar.update()
     bar.close()
+    if args.add:  # 7. install into the store and pin in the user lock (hashes computed from the files)
+        from edge.cli import settings_from_args
+        from edge.registry import add_local_model
+
+        add_local_model(settings_from_args(args), out, model_id=model_id, task="image", fmt="onnx",
+                        license=src.info.get("license", "see source"), source={"recipe": "lcm", **{
+                            k: v for k, v in src.info.items() if isinstance(v, (str, int, float)) and k != "kind"}},
+                        description=HELP)
     return Path(out).absolute()
 
 
