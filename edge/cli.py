@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -202,6 +203,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         mod.add_parser(sub)
         for name in set(sub.choices) - before:
             add_settings_flags(sub.choices[name])
+            sub.choices[name].set_defaults(_workload=True)
     return p
 
 
@@ -213,11 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        if args.func.__module__ == "edge.cli":
-            code = args.func(args)
-        else:  # workload CLIs take (args, runtime)
+        if getattr(args, "_workload", False):  # workload CLIs take (args, runtime)
             with make_runtime(args) as rt:
                 code = args.func(args, rt)
+        else:
+            code = args.func(args)
     except EdgeError as e:
         print(f"edge-run: error: {e.message}", file=sys.stderr)
         return e.exit_code
@@ -226,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except Exception as e:  # a bug: still one line, with a way to see more
+        if os.environ.get("EDGE_DEBUG"):
+            raise
+        print(f"edge-run: internal error: {e.__class__.__name__}: {e} (set EDGE_DEBUG=1 for the traceback and "
+              "please report it)", file=sys.stderr)
+        return 1
     return int(code or 0)
 
 
