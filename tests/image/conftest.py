@@ -59,6 +59,12 @@ def fp32_components(tiny_export):
 
 
 @pytest.fixture(scope="session")
+def make_components(tiny_export):
+    """precision -> Components over the tiny export."""
+    return lambda precision: components(tiny_export, precision)
+
+
+@pytest.fixture(scope="session")
 def image_home(tiny_export, tmp_path_factory) -> Path:
     """A test EDGE_HOME with the tiny LCM installed through the registry (hashed, locked)."""
     from edge.config import Settings
