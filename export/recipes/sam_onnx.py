@@ -64,6 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--out", "-o", required=True, help="output folder (written atomically)")
     _add(parser, "--overwrite", action="store_true", help="replace an existing output folder")
     _add(parser, "--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
+    _add(parser, "--add", action="store_true",
+         help="install the result into the store ($EDGE_HOME/models) and append it to models.lock")
+    _add(parser, "--id", dest="model_id", default=None,
+         help="model id for --add (default mobilesam-<preset|checkpoint>-<precision>)")
     _add(parser, "--verify-images", type=int, default=2,
          help="how many verification images (generated shapes + a real photo when scikit-image is present)")
 
@@ -429,7 +433,18 @@ def run(args: argparse.Namespace, sam=None) -> Path:
         })
     print(f"sam: wrote {args.out} ({precision}); min mask IoU vs PyTorch {report['summary']['min_mask_iou']:.4f}, "
           f"embedding rel err {report['summary']['max_embedding_rel_err']:.2e}")
-    return Path(args.out)
+    if getattr(args, "add", False):  # 7. install into the store and pin in the user lock
+        from edge.cli import settings_from_args
+        from edge.registry import add_local_model
+
+        model_id = args.model_id or f"mobilesam-{args.random_init or 'checkpoint'}-{precision}"
+        add_local_model(settings_from_args(args), args.out, model_id=model_id, task="segment", fmt="onnx",
+                        license="Apache-2.0", source={"recipe": "sam", "origin": source["kind"],
+                                                         **{k: v for k, v in source.items()
+                                                            if isinstance(v, (str, int)) and k != "kind"}},
+                        description=HELP)
+        print(f"sam: installed as {model_id!r} (edge-run segment ... --model {model_id})")
+    return Path(args.out).absolute()
 
 
 def _calibration_feeds(sam, folder: str | None, decoder: bool = True) -> tuple[list[dict], list[dict]]:
