@@ -27,6 +27,41 @@ def _error_response(err: EdgeError) -> JSONResponse:
     return JSONResponse(err.to_openai(), status_code=err.http_status, headers=headers)
 
 
+class AuthAndLog:
+    """Pure ASGI middleware (BaseHTTPMiddleware would hide client disconnects from streaming
+    responses): checks the API key on /v1/ paths and records (method, path, status)."""
+
+    def __init__(self, app, *, api_key: str | None, logbook: list):
+        self.app, self.api_key, self.logbook = app, api_key, logbook
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        if self.api_key and path.startswith("/v1/"):
+            headers = dict(scope.get("headers") or [])
+            given = headers.get(b"authorization", b"").decode("latin-1")
+            token = given[7:] if given.lower().startswith("bearer ") else ""
+            if not hmac.compare_digest(token.encode(), self.api_key.encode()):
+                err = Unauthorized("missing or wrong API key: send `Authorization: Bearer <key>` with the key "
+                                   "given to `edge-run serve --api-key`.", code="invalid_api_key")
+                self._log(scope, err.http_status)
+                return await _error_response(err)(scope, receive, send)
+        status = [0]
+
+        async def send_and_record(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                self._log(scope, status[0])
+            await send(message)
+
+        await self.app(scope, receive, send_and_record)
+
+    def _log(self, scope, status: int) -> None:
+        self.logbook.append((scope.get("method", ""), scope.get("path", ""), status))
+        del self.logbook[:-1000]
+
+
 def create_app(runtime, *, api_key: str | None = None) -> FastAPI:
     """The ASGI app serving ``runtime`` (an edge.api.Runtime)."""
     app = FastAPI(title="edge-run", version=__version__,
@@ -54,20 +89,7 @@ def create_app(runtime, *, api_key: str | None = None) -> FastAPI:
         return JSONResponse({"error": {"message": f"internal error: {err.__class__.__name__}: {err}",
                                        "type": "server_error", "param": None, "code": None}}, status_code=500)
 
-    @app.middleware("http")
-    async def _auth_and_log(request: Request, call_next):
-        if api_key and request.url.path.startswith("/v1/"):
-            given = request.headers.get("authorization", "")
-            token = given[7:] if given.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), api_key.encode()):
-                return _error_response(Unauthorized(
-                    "missing or wrong API key: send `Authorization: Bearer <key>` with the key given to "
-                    "`edge-run serve --api-key`.", code="invalid_api_key"))
-        response = await call_next(request)
-        logbook = app.state.request_log
-        logbook.append((request.method, request.url.path, response.status_code))
-        del logbook[:-1000]
-        return response
+    app.add_middleware(AuthAndLog, api_key=api_key, logbook=app.state.request_log)
 
     @app.get("/health")
     def health():

@@ -8,13 +8,12 @@ import uuid
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from edge.chat.request import ChatRequest
 from edge.errors import BadRequest, EdgeError
 from edge.jobs import JobSpec, Priority
-from edge.server.jobs import next_event, wait_result
+from edge.server.jobs import JobStreamingResponse, next_event, wait_result
 from edge.server.schemas import ChatCompletionBody, CompletionBody, SamplingFields
 
 router = APIRouter()
@@ -69,8 +68,8 @@ async def chat_completions(body: ChatCompletionBody, request: Request):
     created = int(time.time())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_sse_chat(handle, cid, created, model_id, include_usage, chat=True),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return JobStreamingResponse(_sse_chat(handle, cid, created, model_id, include_usage, chat=True), handle,
+                                    media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     res = await wait_result(handle, request)
     return {"id": cid, "object": "chat.completion", "created": created, "model": model_id,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": res.text},
@@ -91,8 +90,8 @@ async def completions(body: CompletionBody, request: Request):
     created = int(time.time())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(_sse_chat(handle, cid, created, model_id, include_usage, chat=False),
-                                 media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return JobStreamingResponse(_sse_chat(handle, cid, created, model_id, include_usage, chat=False), handle,
+                                    media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     res = await wait_result(handle, request)
     return {"id": cid, "object": "text_completion", "created": created, "model": model_id,
             "choices": [{"index": 0, "text": res.text, "finish_reason": res.finish_reason, "logprobs": None}],

@@ -6,7 +6,24 @@ import asyncio
 from typing import Any, Iterator
 
 from fastapi import Request
+from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
+
+
+class JobStreamingResponse(StreamingResponse):
+    """A streaming response tied to a scheduler job: however the response ends (done, error, or the
+    client going away — the body iterator may be left suspended then), the job is cancelled."""
+
+    def __init__(self, content, handle, **kw):
+        super().__init__(content, **kw)
+        self.handle = handle
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if not self.handle.done:
+                self.handle.cancel()
 
 
 def next_event(events: Iterator) -> Any:
