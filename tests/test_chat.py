@@ -109,3 +109,30 @@ def test_prompt_longer_than_the_context_says_the_numbers(edge_home):
 def test_unknown_model_for_the_task(runtime):
     with pytest.raises(Exception, match="Did you mean 'smollm2-135m-instruct-q4_1'"):
         runtime.chat(ask("hi"), model="smollm2-135m")
+
+
+def test_llama_chat_engine_steps_slots_and_close(edge_home):
+    """The engine on its own: prefill chunks then token steps, slots reuse their KV prefix, close() frees."""
+    from edge.chat.engine import PREFILL_CHUNK, LlamaChatEngine
+    from edge.chat.request import ChatRequest
+    from edge.config import Settings
+    from edge.registry import Catalog, Store
+
+    model = Store(Settings.from_env(env={}, home=edge_home)).installed(Catalog(None).get(CHAT_MODEL))
+    eng = LlamaChatEngine.load(model, threads=THREADS, slots=2, n_ctx=2048)
+    try:
+        story = "The cat sat on the mat and looked at the garden. " * (PREFILL_CHUNK // 5)
+        msgs = [{"role": "user", "content": story + "\nWhat did the cat sit on?"}]
+        gen = eng.chat_steps(ChatRequest(messages=msgs, temperature=0, max_tokens=3))
+        kinds = []
+        try:
+            while True:
+                kinds.append(next(gen).kind)
+        except StopIteration as stop:
+            result = stop.value
+        assert kinds[:2] == ["prefill", "prefill"] and set(kinds[2:]) == {"token"}
+        assert result.completion_tokens == 3 and result.finish_reason == "length", result
+        assert eng._busy == [False, False] and eng._contexts[1] is None  # one job used one lazily made slot
+    finally:
+        eng.close()
+    assert eng._contexts == [None, None]
