@@ -108,6 +108,10 @@ class RuntimeCore:
     def submit(self, spec: JobSpec) -> JobHandle:
         return self.scheduler.submit(spec)
 
+    def pin(self, model_id: str, pinned: bool = True) -> None:
+        """Keep ``model_id`` loaded once loaded: never evicted for space or by keep-alive."""
+        self.scheduler.pin(self.catalog.get(model_id).id, pinned)
+
     def ps(self) -> list[dict[str, Any]]:
         """Loaded models with their RAM footprint, running jobs and idle time."""
         return self.scheduler.loaded()

@@ -126,6 +126,25 @@ def cmd_ps(args) -> int:
     return 0
 
 
+def _bench_dir() -> Path | None:
+    for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        if (base / "bench").is_dir():
+            return base / "bench"
+    return None
+
+
+def cmd_bench(args) -> int:
+    """Run bench/<name>.py from the source checkout (benches compare with peers such as torch)."""
+    import subprocess
+
+    d = _bench_dir()
+    names = sorted(p.stem for p in d.glob("*.py") if not p.stem.startswith("_")) if d else []
+    if args.name not in names:
+        where = f"available: {', '.join(names)}" if names else "bench/ ships with the source checkout; run from it"
+        raise BadRequest(f"unknown bench {args.name!r}; {where}.", param="name")
+    return subprocess.call([sys.executable, str(d / f"{args.name}.py"), *args.rest])
+
+
 def cmd_export(args) -> int:
     from export.recipes import load
 
@@ -174,6 +193,11 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     ps = sub.add_parser("ps", help="models loaded in a running server")
     ps.add_argument("--url", default="http://127.0.0.1:8080")
     ps.set_defaults(func=cmd_ps)
+
+    b = sub.add_parser("bench", help="run a benchmark from bench/ (ours vs a peer, same run)")
+    b.add_argument("name", help="chat, mixed, image, segment, ...")
+    b.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the bench script")
+    b.set_defaults(func=cmd_bench)
 
     e = sub.add_parser("export", help="export a model to an edge artifact (GGUF / ONNX), verified")
     esub = e.add_subparsers(dest="recipe", metavar="RECIPE")
