@@ -249,11 +249,13 @@ class LCMPipeline:
         # 5. guidance-scale embedding (LCM: w = guidance_scale - 1)
         w_emb = guidance_scale_embedding(np.full(n, float(req.guidance_scale) - 1.0), c.time_cond_proj_dim)
 
-        # 6. denoise
+        # 6. denoise; one UNet call per image, so image i is the same whatever n is (dynamic int8
+        #    quantizes activations per call: a batch would couple the images)
         denoised = latents
         for i, t in enumerate(timesteps):
-            eps = c.unet(sample=latents, timestep=np.array([t], dtype=np.int64), encoder_hidden_states=embeds,
-                         timestep_cond=w_emb)[0]
+            tt = np.array([t], dtype=np.int64)
+            eps = np.concatenate([c.unet(sample=latents[b:b + 1], timestep=tt, encoder_hidden_states=embeds[b:b + 1],
+                                         timestep_cond=w_emb[b:b + 1])[0] for b in range(n)], axis=0)
             latents, denoised = scheduler.step(eps, int(t), latents, noise=draw)
             done += 1
             yield Step(kind="unet", index=done, total=total, data={"step": i + 1, "steps": len(timesteps),
