@@ -56,6 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--seed", type=int, default=0, help="seed for --random-init (default 0)")
     _add(parser, "--precision", choices=PRECISIONS, default="fp32",
          help="fp32; int8 = dynamic int8 weights (CPU); qdq = static QDQ int8 with calibration (NPU EPs)")
+    _add(parser, "--from-onnx", default=None, metavar="FP32_DIR",
+         help="quantize the fp32 encoder/decoder.onnx in this folder instead of exporting again (the result is "
+              "still verified against the PyTorch source)")
     _add(parser, "--quantize-decoder", action="store_true",
          help="also quantize decoder.onnx (off by default: the decoder is small, and int8 costs it far more "
               "mask IoU than the encoder's int8 does)")
@@ -389,8 +392,18 @@ def run(args: argparse.Namespace, sam=None) -> Path:
         # 3. export fp32 graphs
         work = tmp / ".fp32"
         work.mkdir()
-        export_encoder(sam, work / "encoder.onnx", args.opset)
-        export_decoder(sam, work / "decoder.onnx", args.opset)
+        if getattr(args, "from_onnx", None):
+            import shutil
+
+            for n in ("encoder.onnx", "decoder.onnx"):
+                src = Path(args.from_onnx) / n
+                if not src.is_file():
+                    raise BadRequest(f"--from-onnx {args.from_onnx!r} has no {n}; give an fp32 export folder.",
+                                     param="from_onnx")
+                shutil.copyfile(src, work / n)
+        else:
+            export_encoder(sam, work / "encoder.onnx", args.opset)
+            export_decoder(sam, work / "decoder.onnx", args.opset)
 
         # 4. quantize
         if precision == "fp32":

@@ -26,13 +26,13 @@ def sam_torch():
     return build_sam("tiny", seed=0)
 
 
-def _export(sam, out: Path, precision: str) -> Path:
+def _export(sam, out: Path, precision: str, *extra: str) -> Path:
     from export.recipes import sam_onnx as R
 
     p = argparse.ArgumentParser()
     R.add_arguments(p)
     args = p.parse_args(["--random-init", "tiny", "--precision", precision, "--out", str(out),
-                         "--verify-images", "1"])
+                         "--verify-images", "1", *extra])
     return R.run(args, sam=sam)
 
 
@@ -42,8 +42,9 @@ def sam_fp32_dir(sam_torch, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def sam_int8_dir(sam_torch, tmp_path_factory) -> Path:
-    return _export(sam_torch, tmp_path_factory.mktemp("sam") / "int8", "int8")
+def sam_int8_dir(sam_torch, sam_fp32_dir, tmp_path_factory) -> Path:
+    """int8 through the recipe, quantizing the session's fp32 export (verified again vs PyTorch)."""
+    return _export(sam_torch, tmp_path_factory.mktemp("sam") / "int8", "int8", "--from-onnx", str(sam_fp32_dir))
 
 
 @pytest.fixture(scope="session")

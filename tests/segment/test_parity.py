@@ -58,14 +58,25 @@ def test_embeddings_match(encoded, image):
     assert rel < 1e-4, rel
 
 
+@pytest.fixture(scope="module")
+def reference(torch_predictor, encoded):
+    """Upstream's (masks, scores, low_res) per (image, case), computed once for fp32 and int8 tests."""
+    out = {}
+    for image, (rgb, _, _, feats) in encoded.items():
+        h, w = rgb.shape[:2]
+        _set(torch_predictor, rgb, feats)
+        for name in CASES:
+            out[image, name] = torch_predict(torch_predictor, _case(name, h, w))
+    return out
+
+
 @pytest.mark.parametrize("image", ["shapes", "photo"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_fp32_masks_match_upstream(ours, torch_predictor, encoded, image, case):
-    rgb, emb, _, feats = encoded[image]
+def test_fp32_masks_match_upstream(ours, reference, encoded, image, case):
+    rgb, emb, _, _ = encoded[image]
     h, w = rgb.shape[:2]
     c = _case(case, h, w)
-    _set(torch_predictor, rgb, feats)
-    ref_masks, ref_scores, _ = torch_predict(torch_predictor, c)
+    ref_masks, ref_scores, _ = reference[image, case]
     masks, best = ours.decode(emb, pre.parse_prompt(c["points"], c["box"], (h, w)), multimask=c["multimask"])
     assert len(masks) == len(ref_masks) == (3 if c["multimask"] else 1)
     for m, r in zip(masks, ref_masks):
@@ -102,22 +113,21 @@ def test_refinement_with_previous_mask_matches_upstream(ours, torch_predictor, e
     assert iou(ours2[0].mask, masks[best].mask) < 0.999   # the refinement did something
 
 
-def test_int8_iou_is_reported(sam_int8_dir, torch_predictor, encoded):
+def test_int8_iou_is_reported(sam_int8_dir, reference, encoded):
     """int8 (dynamic, MatMul/Gemm weights): quality is reported, not gated, except for sanity."""
     report = json.loads((sam_int8_dir / "report.json").read_text())
     assert report["summary"]["precision"] == "int8" and report["passed"]
     manifest = json.loads((sam_int8_dir / "edge-model.json").read_text())
     assert manifest["precision"] == "int8"
     q = OnnxSamPredictor.from_files(sam_int8_dir / "encoder.onnx", sam_int8_dir / "decoder.onnx", threads=THREADS)
-    rgb, _, ref_emb, feats = encoded["photo"]
+    rgb, _, ref_emb, _ = encoded["photo"]
     h, w = rgb.shape[:2]
     emb = q.encode(pre.load_image(rgb))
     rel = float(np.linalg.norm(emb.features - ref_emb) / np.linalg.norm(ref_emb))
-    _set(torch_predictor, rgb, feats)
     ious = []
-    for name, c in CASES.items():
+    for name in CASES:
         c = _case(name, h, w)
-        ref, _, _ = torch_predict(torch_predictor, c)
+        ref, _, _ = reference["photo", name]
         masks, _ = q.decode(emb, pre.parse_prompt(c["points"], c["box"], (h, w)), multimask=c["multimask"])
         ious += [iou(m.mask, r) for m, r in zip(masks, ref)]
     print(f"\nint8 vs PyTorch fp32 (coffee photo): embedding rel err {rel:.3g}, mask IoU min {min(ious):.3f} "
