@@ -103,3 +103,15 @@ def test_checkpoint_loading(tmp_path):
     torch.save({"not": torch.zeros(1)}, bad)
     with pytest.raises(BadRequest, match="not a MobileSAM"):
         R.load_checkpoint(bad)
+
+
+def test_recipe_flags_fit_the_export_cli():
+    """`edge-run export sam` adds the runtime settings flags after the recipe's own: no clash."""
+    from edge.cli import add_settings_flags
+    from export.recipes import sam_onnx as R
+
+    p = argparse.ArgumentParser()
+    R.add_arguments(p)
+    add_settings_flags(p)
+    a = p.parse_args(["--random-init", "tiny", "--out", "o", "--add", "--id", "m", "--home", "/h", "--threads", "2"])
+    assert (a.random_init, a.add, a.model_id, a.home, a.threads) == ("tiny", True, "m", "/h", "2")
