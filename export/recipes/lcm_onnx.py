@@ -158,7 +158,7 @@ def random_components(preset: str, seed: int, with_taesd: bool = True) -> Source
     from transformers import CLIPTextConfig, CLIPTextModel
 
     vocab, merges = clip_vocab_from_bpe(open_clip_bpe_path())
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # construction order fixes the weights: keep it (benches rebuild and compare)
     if preset == "tiny":
         te_cfg = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                       projection_dim=32)
@@ -403,6 +403,8 @@ def manifest(src: Source, model_id: str, files: dict[str, dict[str, str]], defau
                 "latent_channels": int(src.vae.config.latent_channels)},
         "decoders": decoders, "default_decoder": "vae", "size_multiple": 8,
         "default_size": int(src.unet.config.sample_size) * vae_scale_factor(src),
+        # bytes of the files each precision loads (the folder holds all precisions; a RAM estimate wants this)
+        "load_bytes": {p: r.get("bytes") for p, r in report["precisions"].items()},
         "verify": {p: {"image_max_diff_255": r.get("image", {}).get("max_diff_255"),
                        "image_psnr": r.get("image", {}).get("psnr")} for p, r in report["precisions"].items()},
     }

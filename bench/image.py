@@ -1,0 +1,270 @@
+"""Image-generation benchmark: edge (onnxruntime fp32 / best precision, VAE / TAESD decoder) vs
+diffusers LatentConsistencyModelPipeline (PyTorch CPU fp32), same run, same weights, same noise.
+
+    python bench/image.py --random-init sd15 [--size 512] [--steps 4] [--threads 2] [--export-dir DIR]
+
+The SD1.5-size LCM is exported once (cached in --export-dir) by the real recipe with seeded random
+weights (speed does not depend on weight values). Every configuration runs in its own process so
+its peak RSS (psutil, sampled every 5 ms) is its own: a warm-up at 256 px, 1 step, then the timed
+run. All runs draw the same noise (torch.Generator(seed) for diffusers, the same draws replayed for
+edge), so "max diff" is the output difference vs the edge fp32 image with the same decoder, in 1/255 units
+(diffusers: vs edge fp32 VAE).
+
+Targets (issue 4): edge >= 2x faster than diffusers torch CPU; peak RSS <= 2 GB for the best
+precision with TAESD (stable-diffusion.cpp q8_0 needs 2.1 GB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+PROMPT = "a lighthouse at dusk, oil painting"
+TARGET_SPEEDUP = 2.0
+TARGET_RSS = 2 * 1024**3
+SD_CPP_Q8_RSS_GB = 2.1
+
+
+class PeakRSS:
+    """Peak resident set size of this process, sampled in a thread with psutil."""
+
+    def __init__(self, every: float = 0.005):
+        import psutil
+
+        self.proc, self.every, self.peak = psutil.Process(), every, 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+            time.sleep(self.every)
+
+    def __enter__(self):
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+
+# ---------------------------------------------------------------------------------------------- workers
+def replay_noise(draws: list[np.ndarray]):
+    """A noise source replaying pre-drawn arrays in order (the torch.Generator draws diffusers makes)."""
+    it = iter(draws)
+
+    def draw(shape):
+        arr = next(it)
+        assert tuple(arr.shape) == tuple(shape), (arr.shape, shape)
+        return arr
+
+    return draw
+
+
+def worker_edge(a) -> dict:
+    """edge: numpy pipeline over onnxruntime sessions (no torch imported in this process)."""
+    with PeakRSS() as rss:
+        from edge.image.engine import components_from_manifest
+        from edge.image.pipeline import ImageRequest, LCMPipeline
+
+        folder = Path(a.export_dir)
+        manifest = json.loads((folder / "edge-model.json").read_text())
+        t0 = time.perf_counter()
+        comps = components_from_manifest(manifest, folder, precision=a.precision, threads=a.threads, device="cpu")
+        pipe = LCMPipeline(comps)
+        noise = np.load(a.noise)
+        warm = ImageRequest(PROMPT, 256, 256, steps=1, seed=0, decoder=a.decoder)
+        for _ in pipe.generate_steps(warm):  # also creates the decoder session
+            pass
+        load_s = time.perf_counter() - t0
+        times: dict[str, list[float]] = {"text_encode": [], "unet": [], "decode": []}
+        req = ImageRequest(PROMPT, a.size, a.size, steps=a.steps, seed=a.seed, decoder=a.decoder)
+        gen = pipe.generate_steps(req, noise=[replay_noise([noise[k] for k in sorted(noise.files)])])
+        start = last = time.perf_counter()
+        try:
+            while True:
+                step = next(gen)
+                now = time.perf_counter()
+                times[step.kind].append(now - last)
+                last = now
+        except StopIteration as stop:
+            image = np.asarray(stop.value[0])
+        total = time.perf_counter() - start
+    np.save(a.image_out, image)
+    return {"load_s": load_s, "text_s": sum(times["text_encode"]), "unet_s": float(np.mean(times["unet"])),
+            "decode_s": sum(times["decode"]), "total_s": total, "peak_rss": rss.peak}
+
+
+def worker_torch(a) -> dict:
+    """diffusers LatentConsistencyModelPipeline, PyTorch CPU fp32, the same random weights."""
+    with PeakRSS() as rss:
+        import torch
+
+        from export.recipes.lcm_onnx import diffusers_pipeline, random_components
+
+        torch.set_num_threads(a.threads)
+        t0 = time.perf_counter()
+        src = random_components(a.random_init, a.weights_seed)  # exactly the exported weights (same seed, same order)
+        pipe = diffusers_pipeline(src, Path(a.export_dir) / "tokenizer")
+        times: dict[str, list[float]] = {"text": [], "unet": [], "decode": []}
+
+        def timed(name, fn):
+            def wrapper(*args, **kw):
+                t = time.perf_counter()
+                out = fn(*args, **kw)
+                times[name].append(time.perf_counter() - t)
+                return out
+            return wrapper
+
+        with torch.inference_mode():
+            pipe(PROMPT, num_inference_steps=1, height=256, width=256, generator=torch.Generator().manual_seed(0))
+        load_s = time.perf_counter() - t0
+        pipe.text_encoder.forward = timed("text", pipe.text_encoder.forward)
+        pipe.unet.forward = timed("unet", pipe.unet.forward)
+        pipe.vae.decode = timed("decode", pipe.vae.decode)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = pipe(PROMPT, num_inference_steps=a.steps, height=a.size, width=a.size, guidance_scale=8.0,
+                       generator=torch.Generator().manual_seed(a.seed), output_type="np").images[0]
+        total = time.perf_counter() - start
+    np.save(a.image_out, (out * 255).round().astype(np.uint8))
+    return {"load_s": load_s, "text_s": sum(times["text"]), "unet_s": float(np.mean(times["unet"])),
+            "decode_s": sum(times["decode"]), "total_s": total, "peak_rss": rss.peak}
+
+
+# ---------------------------------------------------------------------------------------------- parent
+def ensure_export(a) -> Path:
+    folder = Path(a.export_dir)
+    if (folder / "edge-model.json").exists():
+        return folder
+    from export.recipes import lcm_onnx
+
+    p = argparse.ArgumentParser()
+    lcm_onnx.add_arguments(p)
+    args = p.parse_args(["--random-init", a.random_init, "--out", str(folder), "--precisions", a.precisions,
+                         "--verify-size", "256", "--seed", str(a.weights_seed)])
+    print(f"exporting {a.random_init} to {folder} (once) ...", file=sys.stderr)
+    return lcm_onnx.run(args)
+
+
+def draw_noise(a, path: Path) -> None:
+    """The draws diffusers makes from torch.Generator(seed): initial latents, then one per step but the last."""
+    import torch
+
+    g = torch.Generator().manual_seed(a.seed)
+    lat = a.size // 8
+    draws = {f"d{i:02d}": torch.randn((1, 4, lat, lat), generator=g).numpy() for i in range(a.steps)}
+    np.savez(path, **draws)
+
+
+def run_worker(kind: str, a, tmp: Path, **extra) -> dict:
+    name = "-".join([kind] + [str(v) for v in extra.values()])
+    cmd = [sys.executable, __file__, "--worker", kind, "--export-dir", str(a.export_dir), "--size", str(a.size),
+           "--steps", str(a.steps), "--threads", str(a.threads), "--seed", str(a.seed), "--noise", str(tmp / "noise.npz"),
+           "--image-out", str(tmp / f"{name}.npy"), "--random-init", a.random_init,
+           "--weights-seed", str(a.weights_seed)]
+    for k, v in extra.items():
+        cmd += [f"--{k}", str(v)]
+    print(f"running {name} ...", file=sys.stderr, flush=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout)
+    if out.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{out.stderr[-3000:]}")
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    res["image"] = np.load(tmp / f"{name}.npy")
+    return res
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--random-init", default="sd15", choices=("sd15", "tiny"))
+    p.add_argument("--size", type=int, default=512)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--weights-seed", type=int, default=0)
+    p.add_argument("--precisions", default="fp32,int8", help="precisions to export (once)")
+    p.add_argument("--best", default="int8", help="the reduced precision to compare with fp32")
+    p.add_argument("--export-dir", default=None)
+    p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument("--skip-torch", action="store_true")
+    p.add_argument("--json", default=None, help="also write the results here")
+    # worker mode (internal)
+    p.add_argument("--worker", choices=("edge", "torch"), help=argparse.SUPPRESS)
+    p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
+    p.add_argument("--decoder", default="vae", help=argparse.SUPPRESS)
+    p.add_argument("--noise", help=argparse.SUPPRESS)
+    p.add_argument("--image-out", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    a.export_dir = a.export_dir or str(Path.home() / ".cache" / "edge-run-bench" / f"lcm-{a.random_init}-random")
+
+    if a.worker:
+        res = worker_edge(a) if a.worker == "edge" else worker_torch(a)
+        print(json.dumps(res))
+        return 0
+
+    import tempfile
+
+    ensure_export(a)
+    with tempfile.TemporaryDirectory(prefix="bench-image-") as t:
+        tmp = Path(t)
+        draw_noise(a, tmp / "noise.npz")
+        runs = {
+            "edge ORT fp32, VAE": run_worker("edge", a, tmp, precision="fp32", decoder="vae"),
+            f"edge ORT {a.best}, VAE": run_worker("edge", a, tmp, precision=a.best, decoder="vae"),
+            "edge ORT fp32, TAESD": run_worker("edge", a, tmp, precision="fp32", decoder="taesd"),
+            f"edge ORT {a.best}, TAESD": run_worker("edge", a, tmp, precision=a.best, decoder="taesd"),
+        }
+        if not a.skip_torch:
+            runs["diffusers torch fp32, VAE"] = run_worker("torch", a, tmp)
+    ref = runs["edge ORT fp32, VAE"]["image"]
+    peer = runs.get("diffusers torch fp32, VAE")
+    from bench._common import table
+
+    rows = []
+    for name, r in runs.items():  # diff vs the edge fp32 run with the same decoder
+        base = runs["edge ORT fp32, TAESD" if "TAESD" in name else "edge ORT fp32, VAE"]["image"]
+        d = np.abs(r["image"].astype(np.int16) - base.astype(np.int16))
+        rows.append([name, f"{r['text_s'] * 1e3:.0f}", f"{r['unet_s']:.2f}", f"{r['decode_s']:.2f}",
+                     f"{r['total_s']:.2f}", f"{r['peak_rss'] / 2**30:.2f}", int(d.max()), f"{d.mean():.2f}",
+                     f"{peer['total_s'] / r['total_s']:.2f}x" if peer else "-"])
+    print(f"\nLCM {a.random_init} (random weights), {a.size}x{a.size}, {a.steps} steps, {a.threads} threads, "
+          f"onnxruntime vs diffusers (torch {_torch_version()}) on CPU\n")
+    print(table(["run", "text enc ms", "UNet s/step", "decode s", "total s", "peak RSS GB", "max diff /255 vs fp32",
+                 "mean diff", "speed vs torch"], rows))
+    if peer:
+        best = runs[f"edge ORT {a.best}, TAESD"]
+        fastest = min(runs[k]["total_s"] for k in runs if k.startswith("edge"))
+        print(f"\nfastest edge vs diffusers: {peer['total_s'] / fastest:.2f}x (target >= {TARGET_SPEEDUP}x); "
+              f"edge fp32 VAE vs diffusers: {peer['total_s'] / runs['edge ORT fp32, VAE']['total_s']:.2f}x; "
+              f"diffusers image vs edge fp32: max diff {int(np.abs(peer['image'].astype(int) - ref).max())}/255")
+        print(f"peak RSS {a.best} + TAESD: {best['peak_rss'] / 2**30:.2f} GB (target <= 2 GB; "
+              f"stable-diffusion.cpp q8_0 needs {SD_CPP_Q8_RSS_GB} GB)")
+    if a.json:
+        Path(a.json).write_text(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "image"}
+                                            for k, v in runs.items()}, indent=1))
+    return 0
+
+
+def _torch_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("torch")
+    except Exception:
+        return "?"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
