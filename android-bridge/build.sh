@@ -51,18 +51,31 @@ newer() {
   [[ -z $(find "$@" "$HERE/build.sh" -newer "$out" -type f 2>/dev/null | head -1) ]]
 }
 
+# Compiled jars are also kept in the cache under a hash of every source and this script, so a fresh
+# checkout (CI) with unchanged sources skips the ~60 s of compilation.
+SOURCES_KEY=$( (echo "$KOTLIN_VERSION"; cd "$HERE" && find build.sh src example -type f -name '*.kt' -o -name build.sh | sort | xargs sha256sum) | sha256sum | cut -c1-16)
+JAR_CACHE=$CACHE/builds/$SOURCES_KEY
+
 # kc OUT CLASSPATH SRC... : compile SRC into the jar OUT (written atomically)
 kc() {
   local out=$1 cp=$2; shift 2
-  if newer "$out" "$@"; then log "$(basename "$out") is up to date"; return; fi
-  fetch
+  if newer "$out" "$@" && [[ -z $cp || ! $LIB_JAR -nt $out ]]; then log "$(basename "$out") is up to date"; return; fi
   mkdir -p "$BUILD"
+  if [[ -f $JAR_CACHE/$(basename "$out") ]]; then
+    log "$(basename "$out") from the cache ($JAR_CACHE)"
+    cp "$JAR_CACHE/$(basename "$out")" "$out.tmp.jar" && mv -f "$out.tmp.jar" "$out"
+    return
+  fi
+  fetch
   log "compiling $(basename "$out")"
   local args=(-jvm-target 1.8 -Werror -d "$out.tmp.jar")
   [[ -n $cp ]] && args+=(-cp "$cp")
   "$KOTLINC" "${args[@]}" $(find "$@" -name '*.kt' | sort) 2>&1 | grep -v '^warning: unable to find kotlin-stdlib' >&2 || true
   [[ -f $out.tmp.jar ]] || { log "compilation of $(basename "$out") failed"; exit 1; }
   mv -f "$out.tmp.jar" "$out"
+  mkdir -p "$JAR_CACHE" && cp "$out" "$JAR_CACHE/.$(basename "$out").tmp" && mv -f "$JAR_CACHE/.$(basename "$out").tmp" "$JAR_CACHE/$(basename "$out")"
+  # keep the 6 newest source versions
+  ls -1dt "$CACHE"/builds/*/ 2>/dev/null | tail -n +7 | xargs -r rm -rf
 }
 
 jar_()     { kc "$LIB_JAR" "" "$HERE/src/main/kotlin"; }

@@ -1,6 +1,6 @@
 package dev.edgerun.bridge
 
-import java.net.HttpURLConnection
+import java.io.Closeable
 import java.util.concurrent.CountDownLatch
 import java.util.concurrent.TimeUnit
 import java.util.concurrent.atomic.AtomicBoolean
@@ -21,8 +21,8 @@ fun interface DoneListener {
 /**
  * Handle of a running streamed chat (see [EdgeClient.chatStream]).
  *
- * [cancel] closes the HTTP connection, which makes the runtime cancel the job at its next step; no token is
- * delivered to the listener after [cancel] returns. [await] blocks until the stream ends (never call it on
+ * [cancel] closes the connection at once (it never waits for the network), which makes the runtime cancel the
+ * job at its next step; no token is delivered to the listener after [cancel] returns. [await] blocks until the stream ends (never call it on
  * Android's main thread; use the [DoneListener] there).
  */
 class ChatStream internal constructor(private val baseUrl: String) {
@@ -31,7 +31,7 @@ class ChatStream internal constructor(private val baseUrl: String) {
     private val received = StringBuffer()
     private val lock = Any()
 
-    @Volatile private var connection: HttpURLConnection? = null
+    @Volatile private var connection: Closeable? = null
     @Volatile private var text: String? = null
     @Volatile private var error: Throwable? = null
 
@@ -48,7 +48,7 @@ class ChatStream internal constructor(private val baseUrl: String) {
     fun cancel() {
         if (!cancelled.compareAndSet(false, true)) return
         synchronized(lock) { } // wait for a token delivery in progress to finish: none is delivered after this
-        connection?.disconnect()
+        connection?.close()
     }
 
     /** Block until the stream ends; returns the whole answer or throws the [EdgeException] that ended it. */
@@ -74,9 +74,9 @@ class ChatStream internal constructor(private val baseUrl: String) {
 
     // ---- used by EdgeClient's worker thread ----
 
-    internal fun attach(conn: HttpURLConnection) {
+    internal fun attach(conn: Closeable) {
         connection = conn
-        if (cancelled.get()) conn.disconnect() // cancel() raced with connect
+        if (cancelled.get()) conn.close() // cancel() raced with connect
     }
 
     /** Deliver one token unless cancelled; returns false once the stream is cancelled. */

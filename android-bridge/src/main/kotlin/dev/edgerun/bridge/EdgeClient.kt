@@ -22,14 +22,15 @@ import java.util.Base64
  * @param connectTimeoutMs how long to wait for the TCP connection (loopback answers at once; a closed
  *   port fails immediately with [EdgeException.Unreachable])
  * @param readTimeoutMs how long to wait for each read; image generation on a phone can take minutes
- * @param defaultChatModel model id sent when [ChatOptions.model] is null; null lets the runtime choose
+ * @param defaultChatModel model id sent when [ChatOptions.model] is null; null lets the runtime use its
+ *   default chat model ([DEFAULT_CHAT_MODEL] unless configured otherwise)
  */
 class EdgeClient @JvmOverloads constructor(
     baseUrl: String = DEFAULT_BASE_URL,
     val apiKey: String? = null,
     val connectTimeoutMs: Int = 3_000,
     val readTimeoutMs: Int = 600_000,
-    val defaultChatModel: String? = DEFAULT_CHAT_MODEL,
+    val defaultChatModel: String? = null,
 ) {
     val baseUrl: String = baseUrl.trimEnd('/')
 
@@ -93,12 +94,27 @@ class EdgeClient @JvmOverloads constructor(
     private fun runStream(body: String, stream: ChatStream, onToken: TokenListener, onDone: DoneListener?) {
         var text: String? = null
         var error: Throwable? = null
-        var conn: HttpURLConnection? = null
+        var http: StreamHttp? = null
+        var connected = false
         try {
-            conn = connect("POST", "/v1/chat/completions", body, "text/event-stream")
-            stream.attach(conn)
-            val input = openBody(conn)
-            val reader = SseReader(input)
+            val headers = LinkedHashMap<String, String>()
+            headers["Accept"] = "text/event-stream"
+            headers["Content-Type"] = "application/json; charset=utf-8"
+            headers["User-Agent"] = USER_AGENT
+            apiKey?.let { headers["Authorization"] = "Bearer $it" }
+            try {
+                http = StreamHttp.open(URL("$baseUrl/v1/chat/completions"), "POST", headers,
+                    body.toByteArray(Charsets.UTF_8), connectTimeoutMs, readTimeoutMs) { stream.attach(it) }
+            } catch (e: IOException) {
+                throw EdgeException.Unreachable(baseUrl, e)
+            }
+            connected = true
+            http.readHead()
+            if (http.status !in 200..299) {
+                val errorText = http.body().use { it.readBytes().toString(Charsets.UTF_8) }
+                throw EdgeException.fromHttp(http.status, errorText, http.headers["retry-after"])
+            }
+            val reader = SseReader(http.body())
             while (true) {
                 val event = reader.next() ?: throw EdgeException.Protocol("the chat stream ended without [DONE]")
                 if (event.data == "[DONE]") break
@@ -114,11 +130,11 @@ class EdgeClient @JvmOverloads constructor(
             error = when {
                 stream.isCancelled -> EdgeException.Cancelled(stream.textSoFar)
                 e is EdgeException -> e
-                e is IOException -> transportError(e, connected = conn != null)
+                e is IOException -> transportError(e, connected)
                 else -> e // thrown by the caller's listener: surface it unchanged
             }
         } finally {
-            conn?.disconnect()
+            http?.close()
         }
         stream.finish(text, error, onDone)
     }
@@ -215,7 +231,7 @@ class EdgeClient @JvmOverloads constructor(
         if (masks.isNotEmpty() && best !in masks.indices) {
             throw EdgeException.Protocol("best = $best is outside the ${masks.size} masks")
         }
-        return SegmentResult(doc["image_id"] as? String, masks, best)
+        return SegmentResult(doc["image_id"] as? String, masks, best, doc["encoder_ran"] as? Boolean)
     }
 
     // ------------------------------------------------------------------ models, health
@@ -306,7 +322,7 @@ class EdgeClient @JvmOverloads constructor(
         e is SocketTimeoutException && connected -> EdgeException.Timeout(baseUrl, readTimeoutMs, e)
         e is ConnectException || e is NoRouteToHostException || e is UnknownHostException ->
             EdgeException.Unreachable(baseUrl, e)
-        else -> EdgeException.Unreachable(baseUrl, e) // the connection dropped mid-answer
+        else -> EdgeException.Unreachable(baseUrl, e, dropped = connected) // reset or closed mid-answer
     }
 
     private fun parseObject(text: String): Map<String, Any?> {

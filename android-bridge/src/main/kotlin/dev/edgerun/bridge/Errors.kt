@@ -24,9 +24,18 @@ sealed class EdgeException(message: String, cause: Throwable? = null) : IOExcept
     /** The runtime's own error message (OpenAI error body `error.message`), when it sent one. */
     open val serverMessage: String? get() = null
 
-    class Unreachable(val baseUrl: String, cause: Throwable?) :
-        EdgeException("edge-run is not reachable at $baseUrl (${cause?.message ?: "connection failed"}). " +
-            "Start it with `edge-run serve` and check the host and port.", cause)
+    /** [dropped] is true when the connection was made but closed before the answer was complete. */
+    class Unreachable @JvmOverloads constructor(val baseUrl: String, cause: Throwable?, val dropped: Boolean = false) :
+        EdgeException(
+            if (dropped) {
+                "edge-run at $baseUrl closed the connection before answering (${cause?.message ?: "closed"}). " +
+                    "Check the server log; it may have stopped."
+            } else {
+                "edge-run is not reachable at $baseUrl (${cause?.message ?: "connection failed"}). " +
+                    "Start it with `edge-run serve` and check the host and port."
+            },
+            cause,
+        )
 
     class Timeout(val baseUrl: String, val timeoutMs: Int, cause: Throwable?) :
         EdgeException("edge-run at $baseUrl did not answer within $timeoutMs ms. " +

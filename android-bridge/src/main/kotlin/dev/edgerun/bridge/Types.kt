@@ -63,9 +63,15 @@ class Mask(
 
 /**
  * A segmentation answer. [imageId] lets later prompts on the same image skip the image encoder
- * (pass it to [EdgeClient.segment] instead of the image); [best] indexes the highest-scoring mask.
+ * (pass it to [EdgeClient.segment] instead of the image); [best] indexes the highest-scoring mask;
+ * [encoderRan] says whether this call had to encode the image (false when its embedding was cached).
  */
-data class SegmentResult(val imageId: String?, val masks: List<Mask>, val best: Int) {
+data class SegmentResult @JvmOverloads constructor(
+    val imageId: String?,
+    val masks: List<Mask>,
+    val best: Int,
+    val encoderRan: Boolean? = null,
+) {
     val bestMask: Mask get() = masks[best]
 }
 
