@@ -6,6 +6,7 @@ import importlib
 
 ENGINE_PATHS: dict[tuple[str, str], str] = {
     ("chat", "gguf"): "edge.chat.engine:LlamaChatEngine",
+    ("chat", "onnx"): "edge.chat.onnx_engine:OnnxChatEngine",
     ("image", "onnx"): "edge.image.engine:ImageEngine",
     ("segment", "onnx"): "edge.segment.engine:SegmentEngine",
 }

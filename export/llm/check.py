@@ -145,3 +145,74 @@ def verify_gguf(src: Source, model, files: dict[str, Path], threads: int, *,
         row["file_size"] = path.stat().st_size
         report["quants"][quant] = row
     return report
+
+
+# onnxruntime ---------------------------------------------------------------------------------------
+
+def onnx_logits(folder: Path, tokens: list[int], threads: int, prefill: int | None = None) -> np.ndarray:
+    """Last-position logits after each token of ``tokens`` through the exported graph: one prefill of
+    ``prefill`` tokens, then one token per call (so the KV-cache path is what is compared). The rows
+    line up with the reference's rows ``prefill - 1 ..``."""
+    from edge.chat.onnx_engine import OnnxChatEngine
+
+    eng = OnnxChatEngine(folder, threads=threads, n_ctx=len(tokens) + 8)
+    slot = eng._slots[0]  # noqa: SLF001 - drive the graph directly, no sampling
+    prefill = prefill or max(1, len(tokens) // 2)
+    rows = [eng._forward(slot, tokens[:prefill])]  # noqa: SLF001
+    for t in tokens[prefill:]:
+        rows.append(eng._forward(slot, [t]))  # noqa: SLF001
+    eng.close()
+    return np.stack(rows)
+
+
+def greedy_pairs(src: Source, model, folder: Path, threads: int, prompts: list[str],
+                 max_new_tokens: int = 24) -> list[dict[str, Any]]:
+    """Greedy answers of the ONNX engine vs transformers' generate() on the same chat prompts."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from edge.chat.onnx_engine import OnnxChatEngine
+    from edge.chat.request import ChatRequest
+
+    tok = AutoTokenizer.from_pretrained(str(src.folder))
+    eng = OnnxChatEngine(folder, threads=threads, n_ctx=1024)
+    rows = []
+    try:
+        for p in prompts:
+            messages = [{"role": "user", "content": p}]
+            ref_prompt = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                 return_dict=False)
+            ref_prompt = list(ref_prompt["input_ids"] if isinstance(ref_prompt, dict) else ref_prompt)
+            ours_prompt = eng.encode(eng.render(messages), add_bos=True)
+            with torch.no_grad():
+                out = model.generate(torch.tensor([ref_prompt]), attention_mask=torch.ones(1, len(ref_prompt),
+                                     dtype=torch.long), max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else 0)
+            ref_ids = [int(t) for t in out[0, len(ref_prompt):]]
+            if ref_ids and ref_ids[-1] in eng.eos_ids:
+                ref_ids = ref_ids[:-1]
+            gen = eng.chat_steps(ChatRequest(messages=messages, max_tokens=max_new_tokens, temperature=0.0))
+            try:
+                while True:
+                    next(gen)
+            except StopIteration as stop:
+                res = stop.value
+            rows.append({"prompt": p, "prompt_tokens_equal": ours_prompt == ref_prompt,
+                         "reference": tok.decode(ref_ids, skip_special_tokens=True), "ours": res.text,
+                         "reference_tokens": len(ref_ids), "our_tokens": res.completion_tokens,
+                         "equal": ours_prompt == ref_prompt and res.text == tok.decode(ref_ids, skip_special_tokens=True)
+                         and res.completion_tokens == len(ref_ids)})
+    finally:
+        eng.close()
+    return rows
+
+
+def verify_onnx(src: Source, model, folder: Path, threads: int, prompts: list[str]) -> dict[str, Any]:
+    tokens = fixed_sequence(src)
+    ref = torch_logits(model, tokens)
+    prefill = len(tokens) // 2
+    got = onnx_logits(folder, tokens, threads, prefill)
+    cmp = compare_logits(ref[prefill - 1:], got)
+    greedy = greedy_pairs(src, model, folder, threads, prompts)
+    return {"logits": cmp, "greedy": greedy, "greedy_equal": all(r["equal"] for r in greedy),
+            "fixed_sequence_tokens": len(tokens), "prefill": prefill, "reference": "transformers float32"}

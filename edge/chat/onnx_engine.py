@@ -1,0 +1,278 @@
+"""ONNX chat engine: a decoder-with-past ONNX graph (``edge-run export llm-onnx``) run by onnxruntime,
+with the KV cache in numpy, the `tokenizers` tokenizer and the model's chat template (jinja2) from the
+exported folder. Same interface as the GGUF engine (:class:`edge.chat.engine.LlamaChatEngine`), so the
+scheduler, API, CLI and server use it unchanged; the session comes from :func:`edge.devices.make_session`
+(the execution provider for ``device``).
+
+Each of ``slots`` KV caches keeps its tokens between jobs; a new job takes the free slot with the
+longest matching prefix, so a multi-turn chat only prefills the new turn.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge.chat.request import ChatRequest, ChatResult
+from edge.errors import BadRequest, ContextTooLong, EdgeError, ModelNotInstalled
+from edge.jobs import Step, StepGen
+
+PREFILL_CHUNK = 256
+REPEAT_LAST_N = 64  # llama-cpp-python's default window for repeat_penalty
+
+
+@dataclass
+class _Slot:
+    tokens: list[int] = field(default_factory=list)
+    past: dict[str, np.ndarray] | None = None
+    busy: bool = False
+
+
+class OnnxChatEngine:
+    """A chat model exported to ONNX (``task = chat``, ``format = onnx``)."""
+
+    def __init__(self, folder: str | Path, *, threads: int, device: str = "auto", slots: int = 1,
+                 n_ctx: int = 4096, model_id: str = ""):
+        from tokenizers import Tokenizer
+
+        from edge.devices import make_session
+
+        folder = Path(folder)
+        manifest_path = folder / "edge-model.json"
+        if not manifest_path.is_file() or not (folder / "tokenizer.json").is_file():
+            raise ModelNotInstalled(f"{str(folder)!r} is not an ONNX chat export (needs edge-model.json, "
+                                    "tokenizer.json, model.onnx); re-export it with `edge-run export llm-onnx`.")
+        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
+        m = self.manifest
+        self.model_id = model_id
+        self.n_ctx = int(min(n_ctx, m.get("context_length") or n_ctx))
+        self.slots = max(1, int(slots))
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.session = make_session(folder / m.get("model_file", "model.onnx"), threads=threads, device=device)
+        kv = m["kv"]
+        self.n_layers, self.n_kv, self.head_dim = kv["num_layers"], kv["num_kv_heads"], kv["head_dim"]
+        self.bos_id = m.get("bos_token_id")
+        self.add_bos = bool(m.get("add_bos", False))
+        self.eos_ids = set(int(t) for t in m.get("eos_token_ids", []))
+        self.bos_text = m.get("bos_token") or ""
+        self.eos_text = m.get("eos_token") or ""
+        self._template = self._compile_template(m.get("chat_template"))
+        self._past_names = [f"past_key_values.{i}.{kv}" for i in range(self.n_layers) for kv in ("key", "value")]
+        self._output_names = ["logits"] + [f"present.{i}.{kv}" for i in range(self.n_layers) for kv in ("key", "value")]
+        self._slots = [_Slot() for _ in range(self.slots)]
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, model, *, threads: int, device: str = "auto", slots: int = 1, n_ctx: int = 4096):
+        """Load an InstalledModel (task chat, format onnx)."""
+        return cls(model.dir, threads=threads, device=device, slots=slots, n_ctx=n_ctx, model_id=model.id)
+
+    def close(self) -> None:
+        """Release the ORT session and the KV caches now."""
+        with self._lock:
+            self.session = None
+            for s in self._slots:
+                s.past, s.tokens = None, []
+
+    # -- prompt ---------------------------------------------------------------------------------
+    @staticmethod
+    def _compile_template(source: str | None):
+        if not source:
+            return None
+        import jinja2
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message):
+            raise jinja2.exceptions.TemplateError(message)
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                            extensions=["jinja2.ext.loopcontrols"])
+        env.filters["tojson"] = lambda x, indent=None, **kw: json.dumps(x, ensure_ascii=False, indent=indent)
+        env.globals["raise_exception"] = raise_exception
+        return env.from_string(source)
+
+    def render(self, messages: list[dict]) -> str:
+        """The chat template applied to ``messages`` with the generation prompt, as transformers does."""
+        if self._template is None:
+            raise EdgeError(f"model {self.model_id!r} has no chat template; re-export it from a folder with one.")
+        try:
+            return self._template.render(messages=messages, add_generation_prompt=True,
+                                         bos_token=self.bos_text, eos_token=self.eos_text)
+        except Exception as e:  # the template's raise_exception(), jinja errors
+            raise BadRequest(f"the model's chat template rejected these messages: {e}", param="messages") from None
+
+    def encode(self, text: str, *, add_bos: bool) -> list[int]:
+        ids = self.tokenizer.encode(text, add_special_tokens=False).ids
+        if add_bos and self.add_bos and self.bos_id is not None and (not ids or ids[0] != self.bos_id):
+            ids = [int(self.bos_id)] + ids
+        return list(ids)
+
+    # -- the jobs -------------------------------------------------------------------------------
+    def chat_steps(self, req: ChatRequest) -> StepGen[ChatResult]:
+        """Answer ``req``: yields Step("prefill") per chunk and Step("token", data=text) per token."""
+        req.check()
+        if req.json_schema is not None:
+            raise BadRequest("`json_schema` (grammar-constrained output) needs a GGUF model; this model is ONNX.",
+                             param="json_schema")
+        tokens = self.encode(self.render(req.messages), add_bos=True)
+        return (yield from self._generate_steps(tokens, req))
+
+    def complete_steps(self, prompt: str, req: ChatRequest) -> StepGen[ChatResult]:
+        """Raw text completion of ``prompt`` (no chat template)."""
+        if not isinstance(prompt, str) or not prompt:
+            raise BadRequest("`prompt` must be a non-empty string.", param="prompt")
+        req.check()
+        return (yield from self._generate_steps(self.encode(prompt, add_bos=True), req))
+
+    def _generate_steps(self, tokens: list[int], req: ChatRequest) -> StepGen[ChatResult]:
+        # 1. check the prompt fits
+        if len(tokens) >= self.n_ctx:
+            raise ContextTooLong(f"the prompt is {len(tokens)} tokens but the context window is {self.n_ctx}. "
+                                 "Shorten the conversation (/reset) or load with a larger context (--ctx).",
+                                 param="messages")
+        slot = self._acquire(tokens)
+        try:
+            # 2. prefill (reusing the slot's cached prefix), one step per chunk
+            logits = yield from self._prefill(slot, tokens)
+            # 3. decode: sample, stream text (holding back partial UTF-8 and stop-string prefixes)
+            rng = np.random.default_rng(req.seed)
+            limit = self.n_ctx - len(tokens)
+            if req.max_tokens is not None:
+                limit = min(limit, req.max_tokens)
+            out_ids: list[int] = []
+            sent, finish, text = 0, "length", ""
+            stops = [s for s in req.stop if s]
+            while len(out_ids) < limit:
+                tok = self._sample(logits, req, rng, tokens + out_ids)
+                if tok in self.eos_ids:
+                    finish = "stop"
+                    break
+                out_ids.append(tok)
+                text = self.tokenizer.decode(out_ids, skip_special_tokens=True)
+                cut = _find_stop(text, stops)
+                if cut is not None:
+                    text, finish = text[:cut], "stop"
+                    if len(text) > sent:
+                        yield Step("token", data=text[sent:], tokens=1)
+                        sent = len(text)
+                    else:
+                        yield Step("token", data="", tokens=1)
+                    break
+                safe = _safe_len(text, stops)
+                piece = text[sent:safe]
+                sent = max(sent, safe)
+                if len(out_ids) < limit:
+                    logits = self._forward(slot, [tok])
+                yield Step("token", data=piece, tokens=1)
+            if len(text) > sent:  # flush what was held back as a possible stop-string start
+                yield Step("token", data=text[sent:], tokens=0)
+            # 4. result
+            return ChatResult(text=text, prompt_tokens=len(tokens),
+                              completion_tokens=len(out_ids), finish_reason=finish, model=self.model_id)
+        finally:
+            self._release(slot)
+
+    # -- KV cache and slots ---------------------------------------------------------------------
+    def _acquire(self, tokens: list[int]) -> _Slot:
+        with self._lock:
+            free = [s for s in self._slots if not s.busy]
+            if not free:
+                raise EdgeError("no free chat slot (scheduler invariant broken)")
+            best = max(free, key=lambda s: _common_prefix(s.tokens, tokens))
+            best.busy = True
+            return best
+
+    def _release(self, slot: _Slot) -> None:
+        with self._lock:
+            slot.busy = False
+
+    def _prefill(self, slot: _Slot, tokens: list[int]):
+        cached = min(_common_prefix(slot.tokens, tokens), len(tokens) - 1)
+        if slot.past is None or cached == 0:
+            slot.past, slot.tokens = None, []
+            cached = 0
+        elif cached < len(slot.tokens):  # drop the stale tail
+            slot.past = {k: np.ascontiguousarray(v[:, :, :cached]) for k, v in slot.past.items()}
+            slot.tokens = slot.tokens[:cached]
+        todo = tokens[cached:]
+        chunks = [todo[i:i + PREFILL_CHUNK] for i in range(0, len(todo), PREFILL_CHUNK)]
+        logits = None
+        for i, chunk in enumerate(chunks):
+            logits = self._forward(slot, chunk)
+            yield Step("prefill", index=i + 1, total=len(chunks))
+        return logits
+
+    def _forward(self, slot: _Slot, new: list[int]) -> np.ndarray:
+        """Run the graph on ``new`` tokens after the slot's cache; returns the last position's logits."""
+        if self.session is None:
+            raise EdgeError("the model was unloaded")
+        past_len = len(slot.tokens)
+        past = slot.past or {n: np.zeros((1, self.n_kv, 0, self.head_dim), np.float32) for n in self._past_names}
+        feeds = {"input_ids": np.asarray([new], np.int64),
+                 "attention_mask": np.ones((1, past_len + len(new)), np.int64),
+                 "position_ids": np.arange(past_len, past_len + len(new), dtype=np.int64)[None], **past}
+        outs = self.session.run(self._output_names, feeds)
+        slot.past = dict(zip(self._past_names, outs[1:]))
+        slot.tokens = slot.tokens + list(new)
+        return outs[0][0, -1]
+
+    # -- sampling (llama.cpp's order: repeat penalty, top-k, top-p, min-p, temperature) -----------
+    @staticmethod
+    def _sample(logits: np.ndarray, req: ChatRequest, rng: np.random.Generator, history: list[int]) -> int:
+        x = logits.astype(np.float64).copy()
+        if req.repeat_penalty and req.repeat_penalty != 1.0 and history:
+            ids = np.unique(np.asarray(history[-REPEAT_LAST_N:]))
+            vals = x[ids]
+            x[ids] = np.where(vals > 0, vals / req.repeat_penalty, vals * req.repeat_penalty)
+        if req.temperature <= 0:
+            return int(np.argmax(x))
+        order = np.argsort(-x, kind="stable")
+        if req.top_k and req.top_k > 0:
+            order = order[: req.top_k]
+        probs = _softmax(x[order])
+        if req.top_p < 1.0:
+            keep = int(np.searchsorted(np.cumsum(probs), req.top_p) + 1)
+            order, probs = order[:keep], probs[:keep]
+        if req.min_p > 0.0:
+            mask = probs >= req.min_p * probs[0]
+            order = order[mask]
+        p = _softmax(x[order] / req.temperature)
+        return int(order[rng.choice(len(order), p=p)])
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _find_stop(text: str, stops: list[str]) -> int | None:
+    hits = [text.find(s) for s in stops if s in text]
+    return min(hits) if hits else None
+
+
+def _safe_len(text: str, stops: list[str]) -> int:
+    """How much of ``text`` can be streamed: not a trailing partial UTF-8 character, nor a suffix that
+    could still become a stop string."""
+    n = len(text)
+    while n and text[n - 1] == "\ufffd":
+        n -= 1
+    for s in stops:
+        for k in range(min(len(s) - 1, n), 0, -1):
+            if text[n - k:n] == s[:k]:
+                n -= k
+                break
+    return n
