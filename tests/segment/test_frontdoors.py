@@ -82,6 +82,17 @@ def test_api_embed_warms_the_cache_and_refinement(seg_runtime, photo):
     assert refined.mask.shape == photo.shape[:2]
 
 
+def test_api_huge_image_is_downscaled_with_the_stated_limit(seg_runtime):
+    wide = np.zeros((200, pre.MAX_SIDE + 904, 3), np.uint8)    # 5000 px wide
+    wide[:, 2000:3000] = (200, 30, 30)
+    res = seg_runtime.segment(wide, points=[(2500, 100, 1)])   # original-image pixels
+    scale = pre.MAX_SIDE / 5000
+    assert res.original_size == (200, 5000) and res.scale == pytest.approx(scale)
+    assert res.size == (round(200 * scale), pre.MAX_SIDE) and res.mask.shape == res.size
+    with pytest.raises(BadRequest, match="outside the 5000x200 image"):
+        seg_runtime.segment(wide, points=[(5001, 10)])
+
+
 def test_api_bad_input(seg_runtime, photo):
     rt = seg_runtime
     with pytest.raises(BadRequest, match="no prompt"):
