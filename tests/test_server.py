@@ -150,7 +150,7 @@ def test_api_key_is_enforced(edge_home):
 def test_full_queue_answers_503_with_retry_after_and_stays_up(edge_home):
     srv = ServerProcess(edge_home, env=edge_env(edge_home, EDGE_OFFLINE="1", EDGE_MAX_QUEUE="1", EDGE_CHAT_SLOTS="1"))
     try:
-        body = {"model": CHAT_MODEL, "max_tokens": 200, "temperature": 0, "min_p": 0,
+        body = {"model": CHAT_MODEL, "max_tokens": 64, "temperature": 0, "min_p": 0,
                 "messages": [{"role": "user", "content": "Write a long story about a cat."}]}
 
         def post(_):
@@ -189,8 +189,11 @@ def test_fifty_concurrent_streams_match_their_solo_answers(edge_home):
         stop = threading.Event()
 
         def watch():
-            while not stop.is_set():
-                peak[0] = max(peak[0], proc.memory_info().rss)
+            while not stop.is_set() and srv.proc.poll() is None:
+                try:
+                    peak[0] = max(peak[0], proc.memory_info().rss)
+                except psutil.NoSuchProcess:
+                    return
                 time.sleep(0.05)
 
         w = threading.Thread(target=watch)
