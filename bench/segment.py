@@ -32,17 +32,6 @@ def _ms(samples: list[float]) -> tuple[float, float]:
     return statistics.median(s) * 1e3, p95 * 1e3
 
 
-def _time(fn, repeat: int, warmup: int = 1) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 def photo_1024(path: str | None) -> np.ndarray:
     from PIL import Image
 
@@ -103,27 +92,30 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, dict] = {}
     engines = {"fp32": SegmentEngine.from_folder(fp32, threads=args.threads),
                "int8": SegmentEngine.from_folder(int8, threads=args.threads)}
-    enc = {name: _time(lambda e=e: e.predictor.encode(img), args.encodes) for name, e in engines.items()}
     ref = SamPredictor(sam)
-    with torch.no_grad():
-        enc["torch"] = _time(lambda: ref.set_image(rgb), args.encodes)
+
+    def torch_encode():
+        with torch.no_grad():
+            ref.set_image(rgb)
+
+    fns = {**{name: (lambda e=e: e.predictor.encode(img)) for name, e in engines.items()}, "torch": torch_encode}
+    enc = _interleaved(fns, args.encodes)   # round-robin, so load from other processes hits all alike
 
     # 2. decoder per click, image already encoded (edge: prompt checks + ORT + threshold; torch: predict)
     e32 = engines["fp32"]
     emb, _ = _drain(e32.embed_steps(img))
-    dec_edge = []
-    for c in [clicks[0]] + clicks:
+    torch_encode()
+    dec_edge, dec_torch = [], []
+    for i, c in enumerate([clicks[0]] + clicks):
         t = time.perf_counter()
         _drain(e32.decode_steps(DecodeRequest(image_id=img.image_id, points=c, multimask=True)))
-        dec_edge.append(time.perf_counter() - t)
-    dec_edge = dec_edge[1:]
-    dec_torch = []
-    with torch.no_grad():
-        for c in [clicks[0]] + clicks:
-            t = time.perf_counter()
+        t1 = time.perf_counter()
+        with torch.no_grad():
             ref.predict(point_coords=np.array([c[0][:2]]), point_labels=np.array([1]), multimask_output=True)
-            dec_torch.append(time.perf_counter() - t)
-    dec_torch = dec_torch[1:]
+        t2 = time.perf_counter()
+        if i:  # the first is a warm-up
+            dec_edge.append(t1 - t)
+            dec_torch.append(t2 - t1)
 
     # sanity: same masks (fp32) and int8 agreement on this photo
     c = clicks[0]
@@ -155,7 +147,10 @@ def main(argv: list[str] | None = None) -> int:
                            "p95_ms": rt_first * 1e3, "vs_torch": "", "vs_8ms_gpu": ""}
     table = list(rows.values())
     print()
+    import os
+
     print(f"MobileSAM segmentation, --random-init {args.random_init}, {w}x{h} photo, {args.threads} threads, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores, "
           f"{args.encodes} encodes / {args.clicks} clicks; vs_torch = torch p50 / ours p50 (>1 = faster); "
           f"vs_8ms_gpu = our p50 / 8 ms")
     print(format_table(table, ["what", "p50_ms", "p95_ms", "vs_torch", "vs_8ms_gpu"]))
@@ -171,6 +166,18 @@ def main(argv: list[str] | None = None) -> int:
     for e in engines.values():
         e.close()
     return 0
+
+
+def _interleaved(fns: dict, repeat: int) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()  # warm-up
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            out[k].append(time.perf_counter() - t)
+    return out
 
 
 def _drain(gen):
