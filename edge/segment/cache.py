@@ -21,11 +21,10 @@ class Embedding:
     size: tuple[int, int]           # (H, W) of the working image
     original_size: tuple[int, int]  # (H, W) as given
     scale: float                    # size / original_size
-    rgb: np.ndarray | None = None   # kept for overlays only when asked (not counted when None)
 
     @property
     def nbytes(self) -> int:
-        return int(self.features.nbytes + (self.rgb.nbytes if self.rgb is not None else 0))
+        return int(self.features.nbytes)
 
 
 class EmbeddingCache:

@@ -50,14 +50,13 @@ class OnnxSamPredictor:
         self.decoder = None
 
     # 1. image -> embedding
-    def encode(self, image: pre.LoadedImage, *, keep_rgb: bool = False) -> Embedding:
+    def encode(self, image: pre.LoadedImage) -> Embedding:
         x, _ = pre.encoder_input(image.rgb)
         feats = self.encoder.run([ENCODER_OUTPUT], {ENCODER_INPUT: x})[0]
         with self._count_lock:
             self.encoder_calls += 1
         return Embedding(image_id=image.image_id, features=feats, size=image.size,
-                         original_size=image.original_size, scale=image.scale,
-                         rgb=image.rgb if keep_rgb else None)
+                         original_size=image.original_size, scale=image.scale)
 
     # 2. embedding + prompts -> masks
     def decode(self, emb: Embedding, prompt: pre.Prompt, *, multimask: bool = True,
@@ -80,16 +79,6 @@ class OnnxSamPredictor:
                for m, s, lr in post.select_masks(masks, scores, low_res, multimask)]
         best = int(np.argmax([m.score for m in out]))
         return out, best
-
-    def logits(self, emb: Embedding, prompt: pre.Prompt, *, mask_input: np.ndarray | None = None):
-        """Raw decoder outputs (all 4 masks, logits), for verification."""
-        coords, labels = prompt.onnx_inputs(emb.size)
-        has_mask = mask_input is not None
-        return self.decoder.run(list(DECODER_OUTPUTS), {
-            "image_embeddings": emb.features, "point_coords": coords, "point_labels": labels,
-            "mask_input": mask_input if has_mask else np.zeros((1, 1, pre.LOW_RES, pre.LOW_RES), np.float32),
-            "has_mask_input": np.array([float(has_mask)], dtype=np.float32),
-            "orig_im_size": np.array(emb.size, dtype=np.float32)})
 
     # 3. both, without a cache (export verification, bench)
     def segment(self, image: Any, points=None, box=None, *, multimask: bool = True,

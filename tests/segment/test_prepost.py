@@ -259,3 +259,14 @@ def test_cache_is_lru_and_bounded():
     c.put(_emb("huge", mb=5))                      # larger than the budget: not cached, nothing flushed
     assert "huge" not in c and len(c) == 3
     assert c.hits == 1 and c.get("zzz") is None and c.misses == 1
+
+
+def test_runtime_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, edge.segment.engine, edge.segment.api, edge.segment.cli, edge.server.segment_routes; "
+            "bad = [m for m in ('torch', 'transformers', 'diffusers', 'mobile_sam') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
