@@ -10,13 +10,14 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 
 from edge import __version__
 from edge.errors import BadRequest, Busy, EdgeError, Unauthorized
 
 log = logging.getLogger("edge.server")
-WORKLOAD_ROUTES = ("edge.server.chat_routes", "edge.server.image_routes", "edge.server.segment_routes")
+WORKLOAD_ROUTES = ("edge.server.chat_routes", "edge.server.image_routes", "edge.server.segment_routes",
+                   "edge.server.progress_routes")
 OPEN_PATHS = ("/health",)
 
 
@@ -134,8 +135,8 @@ def create_app(runtime, *, api_key: str | None = None) -> FastAPI:
         app.mount("/ui", StaticFiles(directory=web, html=True), name="web")
 
         @app.get("/", include_in_schema=False)
-        def root():
-            return RedirectResponse("/ui/")
+        def root():  # the playground itself (its assets live under /ui/)
+            return FileResponse(web / "index.html", headers={"Cache-Control": "no-cache"})
 
     return app
 
