@@ -1,5 +1,5 @@
 """Session fixtures for image generation: the tiny seeded LCM (real diffusers/transformers
-architectures) exported ONCE through the real recipe (fp32, int8, fp16, TAESD), installed into a test
+architectures) exported ONCE through the real recipe (fp32, int8, fp16, QDQ static int8, TAESD), installed into a test
 EDGE_HOME through the registry, a Runtime over it and a real uvicorn server."""
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def tiny_export(tmp_path_factory) -> Path:
     p = argparse.ArgumentParser()
     lcm_onnx.add_arguments(p)
     out = tmp_path_factory.mktemp("lcm-export") / MODEL_ID
-    args = p.parse_args(["--random-init", "tiny", "--out", str(out), "--precisions", "fp32,int8,fp16",
+    args = p.parse_args(["--random-init", "tiny", "--out", str(out), "--precisions", "fp32,int8,fp16,qdq",
                          "--threads", str(THREADS), "--no-progress"])
     return lcm_onnx.run(args)
 

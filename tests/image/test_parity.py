@@ -114,7 +114,7 @@ def test_numpy_seeds_are_per_image(fp32_components):
     assert two[1].info["seed"] == "8" and two[0].info["steps"] == "2" and two[0].info["model"] == "m"
 
 
-@pytest.mark.parametrize("precision,min_psnr", [("fp16", 40.0), ("int8", 30.0)])
+@pytest.mark.parametrize("precision,min_psnr", [("fp16", 40.0), ("int8", 30.0), ("qdq", 25.0)])
 def test_reduced_precisions_stay_close_to_fp32(make_components, fp32_components, precision, min_psnr):
     req = ImageRequest(PROMPT, 64, 64, steps=2, seed=SEED)
     ref = edge_images(fp32_components, req, [SEED])[0]
@@ -125,7 +125,7 @@ def test_reduced_precisions_stay_close_to_fp32(make_components, fp32_components,
 def test_report_and_manifest(tiny_export):
     report = json.loads((tiny_export / "report.json").read_text())
     manifest = json.loads((tiny_export / "edge-model.json").read_text())
-    assert set(report["precisions"]) == {"fp32", "int8", "fp16"}
+    assert set(report["precisions"]) == {"fp32", "int8", "fp16", "qdq"}
     fp32 = report["precisions"]["fp32"]
     assert fp32["image"]["max_diff_255"] <= 2 and all(c["max_rel_diff"] < 1e-3 for c in fp32["components"].values())
     assert set(fp32["components"]) == {"text_encoder", "unet", "vae_decoder", "vae_encoder", "taesd_decoder"}
