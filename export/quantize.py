@@ -65,11 +65,13 @@ def is_large(path: str | Path) -> bool:
 
 def dynamic_int8(src: str | Path, dst: str | Path, *, op_types: Sequence[str] = ("MatMul", "Gemm"),
                  per_channel: bool = False) -> Path:
-    """Dynamic int8: weights of ``op_types`` stored int8, activations quantized per call."""
+    """Dynamic int8: weights of ``op_types`` stored 8-bit, activations quantized per call. With Conv in
+    ``op_types`` weights are uint8 (onnxruntime's CPU ConvInteger kernel takes only uint8 weights)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     large = is_large(src)
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=list(op_types),
+    weight_type = QuantType.QUInt8 if "Conv" in op_types else QuantType.QInt8
+    quantize_dynamic(str(src), str(dst), weight_type=weight_type, op_types_to_quantize=list(op_types),
                      per_channel=per_channel, use_external_data_format=large,
                      extra_options={"MatMulConstBOnly": True})
     if large:
