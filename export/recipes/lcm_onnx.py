@@ -13,6 +13,7 @@ report.json and edge-model.json, atomically (export.artifacts.ArtifactDir).
 from __future__ import annotations
 
 import argparse
+import functools
 import gzip
 import json
 import logging
@@ -570,7 +571,7 @@ def verify(src: Source, folder: Path, files: dict[str, dict[str, str]], side: in
         rows = {}
         for name, rel in comp.items():
             sess = make_session(folder / rel, threads=threads, device="cpu")
-            run = lambda: sess.run(None, feeds[name])  # noqa: E731
+            run = functools.partial(sess.run, None, feeds[name])
             outs = run()
             diff = max(float(np.max(np.abs(o.astype(np.float32) - t))) for o, t in zip(outs, torch_out[name]))
             scale = max(float(np.max(np.abs(t))) for t in torch_out[name])
@@ -578,7 +579,7 @@ def verify(src: Source, folder: Path, files: dict[str, dict[str, str]], side: in
             rows[name] = {"file": rel, "bytes": onnx_size(folder / rel), "max_abs_diff": diff,
                           "max_rel_diff": rel_diff, "latency_ms": _latency(run),
                           "ok": bool(np.isfinite(diff) and (precision != "fp32" or rel_diff < 1e-3))}
-            del sess
+            del sess, run  # release the session before the next one
         m = {"precisions": files, "precision": precision, "tokenizer": "tokenizer/tokenizer.json",
              **manifest(src, "verify", files, precision, {"precisions": {}})}
         comps = edge_components(m, folder, precision, threads)
