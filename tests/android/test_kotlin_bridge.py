@@ -149,7 +149,7 @@ def test_whole_kotlin_suite_passes(live):
     r, status, _ = live
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
     assert "FAIL" not in status.values()
-    assert len(status) >= 30, status
+    assert len(status) >= 35, status
 
 
 def test_unit_suites(live):
@@ -159,7 +159,6 @@ def test_unit_suites(live):
 
 def test_streamed_chat_equals_chat(live):
     _assert_ok(live, "live/streamed tokens concatenate")
-    _assert_ok(live, "live/plain chat returns")
     assert live[2]["chat_text"].strip()
 
 
