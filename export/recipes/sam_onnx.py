@@ -163,7 +163,7 @@ def _randomise_norms(sam, seed: int) -> None:
 
 
 def load_checkpoint(path: str | Path):
-    from mobile_sam import sam_model_registry
+    from export.distill.sam_arch import load_sam  # vit_t, distilled TinyViTs (shapes read from the file), SAM ViTs
 
     from edge.errors import BadRequest
 
@@ -172,7 +172,7 @@ def load_checkpoint(path: str | Path):
         raise BadRequest(f"checkpoint {str(p)!r} does not exist; pass mobile_sam.pt or use --random-init.",
                          param="source")
     try:
-        sam = sam_model_registry["vit_t"](checkpoint=str(p))
+        sam = load_sam(p)
     except Exception as e:  # noqa: BLE001 - a wrong file must be a clear message, not a traceback
         raise BadRequest(f"{str(p)!r} is not a MobileSAM (vit_t) checkpoint: {e.__class__.__name__}: "
                          f"{str(e)[:200]}", param="source") from None

@@ -1,0 +1,180 @@
+"""Tiny teachers for tests and benchmarks (no model hub is reachable here).
+
+Each writes a folder / file in the format a user's real teacher has, so the recipes run the same code
+on them as on real models:
+
+* ``llm_teacher``: a Llama-architecture causal LM with a byte-level BPE tokenizer (ChatML chat
+  template), trained for a few steps on the shipped public-domain corpus -> HF folder;
+* ``sd_teacher``: a Stable-Diffusion-class diffusers pipeline (CLIP text encoder, UNet without the
+  w-embedding, KL VAE; real CLIP vocabulary), seeded random or briefly trained on captioned shapes;
+* ``sam_teacher``: the upstream MobileSAM architecture (tiny preset of export.recipes.sam_onnx) with
+  seeded random weights -> an upstream-format checkpoint (``state_dict`` .pt).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+from export.distill import data as D
+
+
+# ---------------------------------------------------------------------------------------------- chat LM
+def tiny_tokenizer(texts: list[str], vocab_size: int = 512):
+    """A byte-level BPE (GPT-2 pre-tokenizer) trained on ``texts`` with ChatML special tokens, as a
+    transformers PreTrainedTokenizerFast carrying a ChatML chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from export.llm.source import CHATML_TEMPLATE
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                  special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   unk_token="<|endoftext|>", pad_token="<|endoftext|>")
+    fast.chat_template = CHATML_TEMPLATE
+    return fast
+
+
+def llm_teacher(out: Path, *, layers: int = 4, hidden: int = 64, heads: int = 4, kv_heads: int = 2,
+                intermediate: int = 192, vocab_size: int = 512, seq_len: int = 64, batch: int = 16,
+                steps: int = 150, lr: float = 3e-3, seed: int = 0, held_out: float = 0.1) -> dict:
+    """Train a tiny Llama on the shipped corpus (its training split) and save it as an HF folder.
+    Returns {"path", "steps", "final_loss", "seconds"}."""
+    import time
+
+    import torch
+    import torch.nn.functional as F
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from export.distill.llm_kd import token_blocks
+
+    t0 = time.perf_counter()
+    train_texts, _ = D.corpus_split(D.load_corpus(), held_out)
+    tok = tiny_tokenizer(train_texts, vocab_size)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=intermediate,
+                      num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                      max_position_embeddings=512, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model = LlamaForCausalLM(cfg)
+    blocks, _ = token_blocks(tok, train_texts, seq_len)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 10) * 0.5 * (1 + math.cos(
+        math.pi * s / steps)))
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    for _ in range(steps):
+        ids = blocks[torch.randint(0, len(blocks), (batch,), generator=g)]
+        logits = model(input_ids=ids, use_cache=False).logits
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+    model.eval()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out), safe_serialization=True)
+    tok.save_pretrained(str(out))
+    return {"path": out, "steps": steps, "final_loss": float(loss), "seconds": time.perf_counter() - t0}
+
+
+# ---------------------------------------------------------------------------------------------- text-to-image
+def sd_teacher(out: Path, *, seed: int = 0, prediction_type: str = "epsilon", train_steps: int = 0,
+               images: int = 256, size: int = 64, batch: int = 16, lr: float = 1e-3) -> dict:
+    """A tiny Stable-Diffusion-class teacher (diffusers StableDiffusionPipeline folder): the LCM
+    recipe's tiny architecture *without* the w-embedding, the real CLIP BPE vocabulary, a DDIM
+    scheduler of SD's betas. The VAE's scaling factor is set so the shapes' latents have unit
+    variance (as SD's 0.18215 does for photos). ``train_steps`` > 0 trains the UNet (``prediction_type``
+    objective) on the captioned shapes. Returns {"path", "final_loss", "seconds"}."""
+    import time
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTokenizer
+
+    from export.recipes.lcm_onnx import SCHEDULER_CONFIG, random_components, write_tokenizer
+
+    t0 = time.perf_counter()
+    src = random_components("tiny", seed, with_taesd=False)
+    unet_cfg = {k: v for k, v in dict(src.unet.config).items() if not k.startswith("_")}
+    unet_cfg["time_cond_proj_dim"] = None
+    unet = UNet2DConditionModel.from_config(unet_cfg)
+    unet.load_state_dict({k: v for k, v in src.unet.state_dict().items() if "cond_proj" not in k}, strict=True)
+    out = Path(out)
+    tok_dir = out.with_name(out.name + ".tok")
+    write_tokenizer(tok_dir, src.vocab, src.merges)
+    tokenizer = CLIPTokenizer(vocab_file=str(tok_dir / "vocab.json"), merges_file=str(tok_dir / "merges.txt"),
+                              model_max_length=77)
+    sched_cfg = {k: SCHEDULER_CONFIG[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
+                                                  "set_alpha_to_one", "clip_sample")}
+    scheduler = DDIMScheduler(**sched_cfg, prediction_type=prediction_type, steps_offset=1)
+    # 1. latents of the captioned shapes -> the scaling factor
+    pairs = D.shapes_with_captions(images, size=size, seed=seed + 101)
+    pix = torch.from_numpy(np.stack([p for p, _ in pairs])).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        lat = torch.cat([src.vae.encode(pix[i:i + 32]).latent_dist.mean for i in range(0, len(pix), 32)])
+    src.vae.register_to_config(scaling_factor=float(1.0 / lat.std()))
+    final = float("nan")
+    # 2. optional denoising training of the UNet on those latents
+    if train_steps:
+        lat = lat * src.vae.config.scaling_factor
+        with torch.no_grad():
+            ids = tokenizer([c for _, c in pairs], padding="max_length", max_length=77, truncation=True,
+                            return_tensors="pt").input_ids
+            emb = src.text_encoder(ids)[0]
+            empty = src.text_encoder(tokenizer([""], padding="max_length", max_length=77,
+                                               return_tensors="pt").input_ids)[0]
+        g = torch.Generator().manual_seed(seed)
+        opt = torch.optim.AdamW(unet.parameters(), lr=lr)
+        acp = scheduler.alphas_cumprod
+        unet.train()
+        for _ in range(train_steps):
+            i = torch.randint(0, len(lat), (batch,), generator=g)
+            x0, c = lat[i], emb[i].clone()
+            c[torch.rand(batch, generator=g) < 0.1] = empty[0]   # caption dropout: unconditional model for CFG
+            t = torch.randint(0, 1000, (batch,), generator=g)
+            noise = torch.randn(x0.shape, generator=g)
+            a = acp[t].view(-1, 1, 1, 1)
+            xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            target = noise if prediction_type == "epsilon" else a.sqrt() * noise - (1 - a).sqrt() * x0
+            loss = F.mse_loss(unet(xt, t, c).sample, target)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            final = float(loss)
+        unet.eval()
+    pipe = StableDiffusionPipeline(vae=src.vae, text_encoder=src.text_encoder, tokenizer=tokenizer, unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(str(out))
+    import shutil
+
+    shutil.rmtree(tok_dir, ignore_errors=True)
+    return {"path": out, "final_loss": final, "seconds": time.perf_counter() - t0}
+
+
+# ---------------------------------------------------------------------------------------------- segmentation
+def sam_teacher(out: Path, *, preset: str = "tiny", seed: int = 0) -> Path:
+    """export.recipes.sam_onnx's seeded MobileSAM (upstream classes) saved as an upstream-format
+    checkpoint: ``torch.save(sam.state_dict())``, like mobile_sam.pt."""
+    import torch
+
+    from export.recipes.sam_onnx import build_sam
+
+    sam = build_sam(preset, seed)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(copy.deepcopy(sam.state_dict()), str(out))
+    return out
