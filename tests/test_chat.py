@@ -136,3 +136,16 @@ def test_llama_chat_engine_steps_slots_and_close(edge_home):
     finally:
         eng.close()
     assert eng._contexts == [None, None]
+
+
+def test_greedy_answer_does_not_depend_on_what_the_slot_served_before(edge_home):
+    """Same prompt -> same greedy text, on a fresh slot or one holding another conversation's cache."""
+    from edge.api import Runtime
+
+    q = ask("Why is the rainbow curved? Explain in detail.")
+    with Runtime(home=str(edge_home), threads=THREADS, offline=True, chat_slots=1) as rt:
+        fresh = rt.chat(q, temperature=0, max_tokens=64).text
+        again = rt.chat(q, temperature=0, max_tokens=64).text  # full prompt cached in the slot
+        rt.chat(ask("Why is the sky blue?"), temperature=0, max_tokens=16)  # shares the template prefix
+        after_other = rt.chat(q, temperature=0, max_tokens=64).text
+    assert fresh == again == after_other

@@ -3,7 +3,12 @@
 One loaded model keeps ``slots`` llama.cpp contexts (created on first use). With mmap the weights
 are shared between contexts, so a slot costs only its KV cache; each slot keeps its KV cache
 between jobs and a new job takes the free slot with the longest matching prompt prefix, so a
-multi-turn chat re-evaluates only the new turn.
+multi-turn chat does not re-evaluate the whole conversation.
+
+Determinism: llama.cpp's numbers depend slightly on batch sizes, so a prompt is always evaluated in
+chunks aligned to absolute positions (0-255, 256-511, ...) and only whole aligned prompt chunks are
+reused from a slot's cache. The same prompt therefore gives the same greedy answer whatever the
+slot served before (a tail chunk, or tokens decoded one at a time, are never reused).
 
 A job is a step generator: it yields after each prefill chunk and after each streamed token.
 """
@@ -34,6 +39,7 @@ class LlamaChatEngine:
         self.slots = slots
         self._contexts: list[Any | None] = [None] * slots
         self._busy = [False] * slots
+        self._aligned: list[list[int]] = [[] for _ in range(slots)]  # prompt tokens in whole aligned chunks
         self._lock = threading.Lock()
         self._contexts[0] = self._new_context()  # load now: the footprint is measured around load()
         first = self._contexts[0]
@@ -86,20 +92,14 @@ class LlamaChatEngine:
         return tokens, rendered
 
     def _acquire(self, tokens: list[int]) -> int:
-        """Take the free slot whose cached tokens share the longest prefix with ``tokens``."""
+        """Take the free slot whose reusable (aligned) cache shares the longest prefix with ``tokens``."""
         with self._lock:
             best, best_len = -1, -1
             for i, busy in enumerate(self._busy):
                 if busy:
                     continue
-                llm = self._contexts[i]
-                n = 0
-                if llm is not None:
-                    for a, b in zip(llm._input_ids[: llm.n_tokens], tokens):
-                        if a != b:
-                            break
-                        n += 1
-                if n > best_len:
+                n = _common_prefix(self._aligned[i], tokens) if self._contexts[i] is not None else -1
+                if n > best_len or (n == best_len and self._contexts[i] is not None):
                     best, best_len = i, n
             if best < 0:
                 raise EdgeError("no free chat slot (scheduler invariant broken)")
@@ -138,20 +138,17 @@ class LlamaChatEngine:
         llm = self._contexts[slot]
         completion = None
         try:
-            # 2. prefill in chunks (all but the last chunk; create_completion evaluates the rest)
-            cached = 0
-            for a, b in zip(llm._input_ids[: llm.n_tokens], tokens):
-                if a != b:
-                    break
-                cached += 1
-            cached = min(cached, len(tokens) - 1)
-            if cached < llm.n_tokens:
-                llm.n_tokens = cached  # eval() drops the stale tail of the KV cache
-            todo = len(tokens) - 1 - cached
-            n_chunks = max(0, (todo - 1) // PREFILL_CHUNK)
+            # 2. prefill whole aligned chunks (reusing the slot's matching ones); create_completion
+            #    evaluates the tail chunk (1..PREFILL_CHUNK tokens) in one batch and starts decoding
+            last_full = ((len(tokens) - 1) // PREFILL_CHUNK) * PREFILL_CHUNK
+            reuse = min(_common_prefix(self._aligned[slot], tokens) // PREFILL_CHUNK * PREFILL_CHUNK, last_full)
+            llm.n_tokens = min(llm.n_tokens, reuse)  # eval()/generate() drop the stale tail of the KV cache
+            self._aligned[slot] = tokens[:reuse]
+            n_chunks = (last_full - reuse) // PREFILL_CHUNK
             for c in range(n_chunks):
-                start = cached + c * PREFILL_CHUNK
+                start = reuse + c * PREFILL_CHUNK
                 llm.eval(tokens[start:start + PREFILL_CHUNK])
+                self._aligned[slot] = tokens[:start + PREFILL_CHUNK]
                 yield Step("prefill", index=c + 1, total=n_chunks + 1)
             # 3. decode, one streamed piece per step
             counter = _TokenCounter(stopping)
@@ -190,6 +187,15 @@ class LlamaChatEngine:
             raise BadRequest(f"`json_schema` cannot be turned into a grammar: {e}. Use a plain JSON Schema "
                              "(object/array/string/number/boolean, properties, required, enum).",
                              param="json_schema") from None
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 class _TokenCounter:
