@@ -23,6 +23,8 @@ def add_settings_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("runtime settings (each also read from its environment variable)")
     for f in fields(Settings):
         flag = "--" + f.name.replace("_", "-")
+        if flag in p._option_string_actions:  # the command defines its own (e.g. an export recipe's --threads)
+            continue
         if f.type in (bool, "bool"):
             g.add_argument(flag, action="store_const", const=True, default=None,
                            help=f"{f.metadata['help']} [{f.metadata['env']}]")
@@ -61,10 +63,17 @@ def cmd_models(args) -> int:
 
     s = settings_from_args(args)
     store = Store(s)
+    cat = Catalog(s.user_lock)
     rows = [(e.id, e.task, e.format, f"{e.size / 2**20:.1f} MiB", "yes" if store.is_installed(e) else "no",
-             e.license) for e in Catalog(s.user_lock)]
+             e.license) for e in cat]
+    rows += [(r.id, r.task, r.format, "-", "no (export: see --json)", r.license.split(" (")[0])
+             for r in cat.recipes.values() if r.id not in cat.entries]
     if args.json:
-        print(json.dumps([dict(zip(("id", "task", "format", "size", "installed", "license"), r)) for r in rows]))
+        out = [dict(zip(("id", "task", "format", "size", "installed", "license"), r)) for r in rows]
+        for row in out:
+            if row["id"] in cat.recipes and row["id"] not in cat.entries:
+                row["export"] = cat.recipes[row["id"]].export
+        print(json.dumps(out, indent=1))
         return 0
     head = ("ID", "TASK", "FORMAT", "SIZE", "INSTALLED", "LICENSE")
     widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]

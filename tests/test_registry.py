@@ -207,3 +207,12 @@ def test_bad_settings_are_rejected_with_the_variable_and_an_example():
         Settings.from_env(env={"EDGE_RAM_BUDGET": "lots"})
     with pytest.raises(BadRequest, match=r"EDGE_DEVICE='gpu'"):
         Settings.from_env(env={"EDGE_DEVICE": "gpu"})
+
+
+@pytest.mark.parametrize("rid, command", [("lcm-dreamshaper-v7-onnx", "edge-run export lcm"),
+                                          ("mobilesam-onnx", "edge-run export sam")])
+def test_recipe_entries_say_how_to_export_them(rid, command):
+    cat = Catalog(None)
+    assert rid in cat.recipes and rid not in cat.entries  # no unverified hashes in the lock
+    with pytest.raises(ModelNotInstalled, match=f"has not been exported here yet. Run: {command}"):
+        cat.get(rid)

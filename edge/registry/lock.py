@@ -49,6 +49,18 @@ class ModelEntry:
         return sum(f.size for f in self.files)
 
 
+@dataclass(frozen=True)
+class RecipeEntry:
+    """An upstream model to export on the user's machine (no file hashes until it is exported)."""
+
+    id: str
+    task: str
+    format: str
+    license: str
+    source: dict[str, Any]
+    export: str
+
+
 def _bad(origin: str, msg: str) -> BadRequest:
     return BadRequest(f"{origin}: {msg}", param="models.lock")
 
@@ -70,12 +82,27 @@ def _parse_file(origin: str, mid: str, raw: dict) -> FileEntry:
     return FileEntry(name=name, sha256=sha, size=int(raw["size"]), source=src)
 
 
-def parse_lock(text: str, origin: str = "models.lock") -> list[ModelEntry]:
-    """Parse a models.lock document into entries; malformed entries raise BadRequest naming them."""
+def _load(text: str, origin: str) -> dict:
     try:
-        doc = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise _bad(origin, f"not valid TOML ({e}).") from None
+
+
+def parse_recipes(text: str, origin: str = "models.lock") -> list[RecipeEntry]:
+    out = []
+    for raw in _load(text, origin).get("recipe", []):
+        missing = [k for k in ("id", "task", "format", "source", "export") if k not in raw]
+        if missing:
+            raise _bad(origin, f"recipe {raw.get('id')!r} lacks {', '.join(missing)}.")
+        out.append(RecipeEntry(id=raw["id"], task=raw["task"], format=raw["format"],
+                               license=raw.get("license", "unknown"), source=dict(raw["source"]), export=raw["export"]))
+    return out
+
+
+def parse_lock(text: str, origin: str = "models.lock") -> list[ModelEntry]:
+    """Parse a models.lock document into entries; malformed entries raise BadRequest naming them."""
+    doc = _load(text, origin)
     out = []
     for raw in doc.get("model", []):
         mid = raw.get("id")
@@ -108,8 +135,10 @@ class Catalog:
 
     def __init__(self, user_lock: Path | None = None):
         self.entries: dict[str, ModelEntry] = {}
-        for e in parse_lock(bundled_lock_text(), "models.lock"):
+        bundled = bundled_lock_text()
+        for e in parse_lock(bundled, "models.lock"):
             self.entries[e.id] = e
+        self.recipes: dict[str, RecipeEntry] = {r.id: r for r in parse_recipes(bundled, "models.lock")}
         if user_lock is not None and user_lock.exists():
             for e in parse_lock(user_lock.read_text(), str(user_lock)):
                 self.entries.setdefault(e.id, e)
@@ -118,7 +147,14 @@ class Catalog:
         """The entry for ``model_id``, or ModelNotFound suggesting close ids."""
         if model_id in self.entries:
             return self.entries[model_id]
-        close = difflib.get_close_matches(model_id, list(self.entries), n=3, cutoff=0.4)
+        if model_id in self.recipes:
+            from edge.errors import ModelNotInstalled
+
+            r = self.recipes[model_id]
+            where = r.source.get("url") or f"{r.source.get('repo')}@{r.source.get('revision', 'main')}"
+            raise ModelNotInstalled(f"model {model_id!r} is built on your machine from {where} and has not been "
+                                    f"exported here yet. Run: {r.export}", param="model")
+        close = difflib.get_close_matches(model_id, list(self.entries) + list(self.recipes), n=3, cutoff=0.4)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ModelNotFound(f"unknown model {model_id!r}.{hint} See `edge-run models` for the list.", param="model")
 
