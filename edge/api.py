@@ -99,7 +99,7 @@ class RuntimeCore:
     def _load_engine(self, model_id: str, threads: int) -> Any:
         model = self.ensure(model_id)
         cls = engine_class(model.task, model.format)
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"ram_budget": self.settings.ram_budget}
         if model.task == "chat":
             extra = {"slots": self.settings.chat_slots, "n_ctx": self.settings.ctx}
         return cls.load(model, threads=threads, device=self.settings.device, **extra)

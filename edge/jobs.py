@@ -10,7 +10,8 @@ steps and know nothing of HTTP or the CLI.
 An engine is a class with::
 
     @classmethod
-    def load(cls, model: "edge.registry.InstalledModel", *, threads: int, device: str) -> Engine
+    def load(cls, model: "edge.registry.InstalledModel", *, threads: int, device: str,
+             ram_budget: int) -> Engine     # chat engines get slots= and n_ctx= instead of ram_budget
     def close(self) -> None            # release native handles (llama contexts, ORT sessions) now
     slots: int                         # how many jobs may use it at once (default 1)
 

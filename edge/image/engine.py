@@ -109,12 +109,14 @@ class ImageEngine:
         self.pipeline = LCMPipeline(components, ram_budget=ram_budget, model_id=model_id)
 
     @classmethod
-    def load(cls, model: Any, *, threads: int, device: str, precision: str | None = None) -> "ImageEngine":
+    def load(cls, model: Any, *, threads: int, device: str, precision: str | None = None,
+             ram_budget: int | None = None) -> "ImageEngine":
         """Open the ONNX sessions of an installed model (edge.registry.InstalledModel)."""
         manifest = model.manifest or read_manifest(model.dir)
         comps = components_from_manifest(manifest, Path(model.dir), precision=precision, threads=threads,
                                          device=device)
-        return cls(comps, model_id=model.id, manifest=manifest, ram_budget=_ram_budget())
+        return cls(comps, model_id=model.id, manifest=manifest,
+                   ram_budget=_ram_budget() if ram_budget is None else ram_budget)
 
     @property
     def default_size(self) -> int:

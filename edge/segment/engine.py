@@ -74,7 +74,7 @@ class SegmentEngine:
 
     @classmethod
     def load(cls, model, *, threads: int, device: str = "auto", cache_bytes: int | None = None,
-             **_: Any) -> "SegmentEngine":
+             ram_budget: int | None = None, **_: Any) -> "SegmentEngine":
         paths = {}
         for name in FILES:
             p = model.files.get(name) if getattr(model, "files", None) else None
@@ -85,6 +85,8 @@ class SegmentEngine:
             paths[name] = p
         predictor = OnnxSamPredictor.from_files(paths["encoder.onnx"], paths["decoder.onnx"], threads=threads,
                                                 device=device)
+        if cache_bytes is None and ram_budget is not None:
+            cache_bytes = cache_budget(ram_budget)
         return cls(predictor, model_id=model.id, manifest=getattr(model, "manifest", {}), cache_bytes=cache_bytes)
 
     @classmethod
