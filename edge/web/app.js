@@ -45,12 +45,11 @@ function showError(el, msg) {
 }
 
 /** A number from an <input>; the raw text when it is not one (so the server names the problem). */
-function numberOrRaw(input, { int = false } = {}) {
+function numberOrRaw(input) {
   const raw = input.value.trim();
   if (raw === "") return undefined;
   const v = Number(raw);
-  if (Number.isNaN(v)) return raw;
-  return int && Number.isInteger(v) ? v : v;
+  return Number.isNaN(v) ? raw : v;
 }
 
 function fmtBytes(n) {
@@ -174,7 +173,7 @@ const Chat = {
       { role: "user", content: text }];
     const body = { model: $("chat-model").value || undefined, messages, stream: true,
       stream_options: { include_usage: true },
-      temperature: numberOrRaw($("chat-temperature")), max_tokens: numberOrRaw($("chat-max-tokens"), { int: true }) };
+      temperature: numberOrRaw($("chat-temperature")), max_tokens: numberOrRaw($("chat-max-tokens")) };
     this.controller = new AbortController();
     this.busy(true);
     $("chat-stats").textContent = "waiting for the model…";
@@ -348,10 +347,10 @@ const Imagine = {
   async go() {
     if (this.controller) return;
     showError($("imagine-error"), "");
-    const steps = numberOrRaw($("imagine-steps"), { int: true });
-    const w = numberOrRaw($("imagine-width"), { int: true }), h = numberOrRaw($("imagine-height"), { int: true });
+    const steps = numberOrRaw($("imagine-steps"));
+    const w = numberOrRaw($("imagine-width")), h = numberOrRaw($("imagine-height"));
     const body = { model: $("imagine-model").value || undefined, prompt: $("imagine-prompt").value,
-      size: `${w ?? 512}x${h ?? 512}`, steps, seed: numberOrRaw($("imagine-seed"), { int: true }),
+      size: `${w ?? 512}x${h ?? 512}`, steps, seed: numberOrRaw($("imagine-seed")),
       guidance_scale: numberOrRaw($("imagine-guidance")), decoder: $("imagine-decoder").value || undefined,
       n: 1, response_format: "b64_json" };
     this.controller = new AbortController();

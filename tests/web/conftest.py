@@ -39,10 +39,10 @@ seg_conftest = _load("edge_tests_segment_conftest", TESTS / "segment" / "conftes
 CHAT_MODEL = root_conftest.CHAT_MODEL
 
 
-def _export_key(recipe: str) -> str:
-    """Exports are cached between runs, keyed by the recipe's code and the exporting libraries."""
+def _export_key(files: tuple[str, ...]) -> str:
+    """Exports are cached between runs, keyed by the code that builds them and the exporting libraries."""
     h = hashlib.sha256()
-    for p in (f"export/recipes/{recipe}.py", "export/artifacts.py", "tests/segment/conftest.py"):
+    for p in files:
         h.update((ROOT / p).read_bytes())
     for dist in ("torch", "onnx", "onnxruntime", "diffusers", "transformers", "mobilesam-mirror"):
         try:
@@ -72,10 +72,15 @@ def _build_sam(out: Path) -> None:
 def web_exports() -> dict[str, Path]:
     """The tiny LCM and MobileSAM export folders (built at most once per session, then cached)."""
     out = {}
-    for name, recipe, build in (("lcm", "lcm_onnx", _build_lcm), ("sam", "sam_onnx", _build_sam)):
-        cache = root_conftest.CACHE / "web-exports" / f"{name}-{_export_key(recipe)}"
+    root = root_conftest.CACHE / "web-exports"
+    for name, build, code in (
+            ("lcm", _build_lcm, ("export/recipes/lcm_onnx.py", "export/artifacts.py")),
+            ("sam", _build_sam, ("export/recipes/sam_onnx.py", "export/artifacts.py", "tests/segment/conftest.py"))):
+        cache = root / f"{name}-{_export_key(code)}"
         final = cache / name
         if not (final / "edge-model.json").is_file():
+            for old in root.glob(f"{name}-*"):  # exports of older code
+                shutil.rmtree(old, ignore_errors=True)
             cache.mkdir(parents=True, exist_ok=True)
             work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache))
             build(work / name)

@@ -91,6 +91,7 @@ def test_chat_answer_streams_multi_turn(page, web_server, artifacts):
     sent = record_posts(page, "/v1/chat/completions")
     page.click("#tab-chat")
     page.fill("#chat-temperature", "0")
+    page.fill("#chat-max-tokens", "64")
     page.fill("#chat-input", QUESTION)
     page.click("#chat-send")
     answer = page.locator(".msg.assistant").last
@@ -117,7 +118,7 @@ def test_chat_answer_streams_multi_turn(page, web_server, artifacts):
 
 def test_chat_stop_cancels_the_job_on_the_server(page, web_server, artifacts):
     page.click("#tab-chat")
-    page.fill("#chat-temperature", "0.8")
+    page.fill("#chat-temperature", "0")  # greedy: this prompt gives a story of several hundred tokens
     page.fill("#chat-max-tokens", "2000")
     page.fill("#chat-input", "Write a very long story about a dragon who learns to bake bread.")
     page.click("#chat-send")
@@ -164,6 +165,11 @@ def test_imagine_renders_the_asked_size(page, web_server, artifacts):
     b = np.asarray(Image.open(io.BytesIO(base64.b64decode(direct["data"][0]["b64_json"]))))
     np.testing.assert_array_equal(a, b)
     page.screenshot(path=str(artifacts / "imagine.png"), full_page=True)
+    # the generated image can go straight to the Segment panel
+    page.click("#imagine-to-segment")
+    page.wait_for_selector("#segment-stage:not([hidden])")
+    assert page.evaluate("[document.getElementById('segment-photo').width,"
+                         " document.getElementById('segment-photo').height]") == [128, 96]
     no_page_errors(page)
 
 
