@@ -104,7 +104,7 @@ def sd_teacher(out: Path, *, seed: int = 0, prediction_type: str = "epsilon", tr
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTokenizer
 
-    from export.recipes.lcm_onnx import SCHEDULER_CONFIG, random_components, write_tokenizer
+    from export.recipes.lcm_onnx import SCHEDULER_CONFIG, random_components
 
     t0 = time.perf_counter()
     src = random_components("tiny", seed, with_taesd=False)
@@ -113,10 +113,9 @@ def sd_teacher(out: Path, *, seed: int = 0, prediction_type: str = "epsilon", tr
     unet = UNet2DConditionModel.from_config(unet_cfg)
     unet.load_state_dict({k: v for k, v in src.unet.state_dict().items() if "cond_proj" not in k}, strict=True)
     out = Path(out)
-    tok_dir = out.with_name(out.name + ".tok")
-    write_tokenizer(tok_dir, src.vocab, src.merges)
-    tokenizer = CLIPTokenizer(vocab_file=str(tok_dir / "vocab.json"), merges_file=str(tok_dir / "merges.txt"),
-                              model_max_length=77)
+    tokenizer = CLIPTokenizer(vocab=src.vocab, merges=src.merges, model_max_length=77)
+    ids = tokenizer(["a red circle"]).input_ids[0]
+    assert ids[0] == src.vocab["<|startoftext|>"] and len(ids) == 5, ids  # the real CLIP BPE, not unknowns
     sched_cfg = {k: SCHEDULER_CONFIG[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
                                                   "set_alpha_to_one", "clip_sample")}
     scheduler = DDIMScheduler(**sched_cfg, prediction_type=prediction_type, steps_offset=1)
@@ -159,9 +158,6 @@ def sd_teacher(out: Path, *, seed: int = 0, prediction_type: str = "epsilon", tr
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.save_pretrained(str(out))
-    import shutil
-
-    shutil.rmtree(tok_dir, ignore_errors=True)
     return {"path": out, "final_loss": final, "seconds": time.perf_counter() - t0}
 
 

@@ -1,0 +1,20 @@
+"""Helpers shared by the distillation tests (imported by name: pytest puts this folder on sys.path)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+THREADS = 2
+CONFIGS = Path(__file__).resolve().parents[2] / "export" / "distill" / "configs"
+
+
+def distill(argv: list[str]) -> int:
+    """`edge-run distill ...` in this process (the real CLI entry point)."""
+    from edge.cli import main
+
+    return main(["distill", *argv])
+
+
+def report(folder: Path) -> dict:
+    return json.loads((folder / "distill-report.json").read_text())
