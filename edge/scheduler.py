@@ -47,6 +47,7 @@ class JobHandle(Generic[R]):
         self.finished: float | None = None
         self.last_ran = self.submitted
         self.steps = 0
+        self.last_step: Step | None = None
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._done = threading.Event()
         self._cancel = threading.Event()
@@ -201,6 +202,11 @@ class Scheduler:
                      "idle_seconds": 0.0 if m.running else round(now - m.last_used, 1), "pinned": m.pinned,
                      "expires_in": None if m.keep_until is None else round(max(0.0, m.keep_until - now), 1)}
                     for m in self._models.values()]
+
+    def jobs(self) -> list[JobHandle]:
+        """A snapshot of the running and queued jobs, oldest first."""
+        with self._cv:
+            return sorted(self._running + self._queued, key=lambda h: h.id)
 
     def queue_depth(self) -> int:
         with self._cv:
@@ -402,6 +408,7 @@ class Scheduler:
             self.metrics.tokens += ntok
             self.metrics.token_seconds += dt
         h.steps += 1
+        h.last_step = step
         h.last_ran = t1
         if h.first_step is None:
             h.first_step = t1

@@ -28,15 +28,10 @@ def _steps_total(spec) -> int | None:
 
 
 def job_rows(scheduler) -> list[dict[str, Any]]:
-    """A snapshot of the queued and running jobs, oldest first.
-
-    The scheduler has no public job list yet, so this reads its running/queued lists under its own lock.
-    """
-    with scheduler._cv:  # noqa: SLF001 — read-only snapshot under the scheduler's lock
-        handles = list(scheduler._running) + list(scheduler._queued)  # noqa: SLF001
+    """A snapshot of the queued and running jobs, oldest first."""
     now = time.monotonic()
     rows = []
-    for h in sorted(handles, key=lambda h: h.id):
+    for h in scheduler.jobs():
         total = _steps_total(h.spec)
         rows.append({"id": h.id, "label": h.spec.label or "job", "model": h.spec.model_id,
                      "state": h.state if h.state in ("queued", "running") else "running",
