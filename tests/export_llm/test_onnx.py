@@ -54,8 +54,11 @@ def test_tiny_quantized(tiny_onnx, tiny_llama, tiny_llama_torch, tmp_path, preci
             (folder / p.name).write_bytes(p.read_bytes())
     quant = onnx_file.quantize_int8 if precision == "int8" else onnx_file.quantize_int4
     quant(tiny_onnx / "model.onnx", folder / "model.onnx")
-    ops = {n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node}
-    assert ("MatMulNBits" in ops) if precision == "int4" else ("DynamicQuantizeMatMul" in ops or "MatMulInteger" in ops)
+    nodes = onnx.load(str(folder / "model.onnx")).graph.node
+    nbits = [n for n in nodes if n.op_type == "MatMulNBits"]
+    assert len(nbits) == 2 * 7 + 1  # every weight MatMul (7 per layer + the head) is block-quantized
+    bits = {next(a.i for a in n.attribute if a.name == "bits") for n in nbits}
+    assert bits == ({4, 8} if precision == "int4" else {8})
     tokens = check.fixed_sequence(tiny_llama)
     cmp = check.compare_logits(check.torch_logits(tiny_llama_torch, tokens)[63:],
                                check.onnx_logits(folder, tokens, THREADS, prefill=64))
