@@ -1,17 +1,40 @@
 """Execution-provider choice for onnxruntime sessions, with CPU fallback, and the thread budget.
 
 ``make_session(path, threads=..., device=...)`` is the one place ONNX sessions are created.
+
+Devices (``--device``, ``EDGE_DEVICE``, ``Runtime(device=...)``):
+  cpu        onnxruntime's CPU EP
+  auto       the NPU for NPU artifacts when an NPU EP is installed, falling back to the CPU for nodes
+             (or whole graphs) it cannot run; the CPU otherwise. Placement is logged and kept.
+  npu | qnn  strict: the NPU must run the whole graph (CPU fallback disabled); otherwise a DeviceError
+             naming the operators it cannot run. Components an NPU artifact declares as CPU parts (a
+             small tail, an img2img encoder) still run on the CPU.
+  openvino | coreml | nnapi   that built-in EP, with CPU fallback, when this onnxruntime build has it
+
+NPU sessions (edge.npu): the graph is compiled first in a child process (a compiler crash cannot take
+the process down), the compiled EP-context model is cached in ``$EDGE_HOME/cache/npu`` keyed by model
+hash + EP version + options, and loaded from there; a stale or corrupted entry is rebuilt.
+Environment knobs: EDGE_NPU_COMPILE_TIMEOUT (seconds, default 3600), EDGE_NPU_OPTIONS (JSON object of
+extra QNN provider options), EDGE_NPU_CACHE (cache folder).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import shutil
+import threading
 from pathlib import Path
+from typing import Any
 
 from edge.errors import DeviceError
 
 log = logging.getLogger("edge.devices")
-_warned: set[str] = set()
+NPU_NAMES = ("npu", "qnn")
+_placements: dict[str, dict] = {}
+_placements_lock = threading.Lock()
+_compile_locks: dict[str, threading.Lock] = {}
 
 
 def session_options(threads: int):
@@ -26,18 +49,251 @@ def session_options(threads: int):
 
 
 def make_session(path: str | Path, *, threads: int, device: str = "auto"):
-    """An onnxruntime InferenceSession on the best available provider for ``device``.
+    """An onnxruntime session (or an adapter with the same ``run``/``get_inputs``/``get_outputs``) for
+    ``path`` on ``device``. Raises DeviceError (naming what is present / what the NPU cannot run)
+    when ``device`` cannot be honoured."""
+    from edge.npu import artifact, eps
 
-    ``cpu`` and ``auto`` run on the CPU EP today (NPU selection comes with the NPU work); a named
-    device that is not present raises DeviceError naming what is present.
-    """
+    # 1. check the request against what is installed
+    path = Path(path)
+    device = (device or "auto").strip().lower()
+    present = eps.present_names()
+    if device not in ("auto", "cpu", *NPU_NAMES) and device not in present:
+        raise DeviceError(f"`device` {device!r} is not available here; present: {', '.join(present)}"
+                          f"{_why_missing(device)}. Use --device auto or one of those.", param="device")
+    if device in NPU_NAMES and eps.npu_device() is None:
+        raise DeviceError(f"`device` {device!r}: no NPU execution provider is installed; present: "
+                          f"{', '.join(present)}{_why_missing('qnn')}. Use --device auto or cpu.", param="device")
+
+    # 2. what the artifact says about this file
+    comp = artifact.component_for(path)
+    if device in NPU_NAMES and comp is None:
+        raise DeviceError(f"`device` {device!r}: {path.name} is not an NPU artifact (it needs a QDQ graph with static "
+                          f"shapes). Convert the export with `edge-run export npu {path.parent} --out <folder>`, "
+                          "or use --device auto / cpu.", param="device")
+
+    # 3. open it
+    if comp is not None and comp.get("adapter") == "sam_low_res_decoder":
+        from edge.npu.adapters import SamLowResDecoder
+
+        dims = comp.get("per_call_dims", {"num_points": 16})
+        return SamLowResDecoder(lambda n: _open(path, comp, threads, device, {"num_points": n}),
+                                max_points=int(dims.get("num_points", 16)))
+    sess = _open(path, comp, threads, device, {})
+    if comp is not None:
+        from edge.npu.adapters import StaticSession
+
+        return StaticSession(sess, label=path.name, hint=comp.get("shape_hint", ""))
+    return sess
+
+
+def _why_missing(device: str) -> str:
+    from edge.npu import eps
+
+    reason = eps.plugin_errors().get(device)
+    return f" ({reason})" if reason else ""
+
+
+def _open(path: Path, comp: dict | None, threads: int, device: str, dims: dict[str, int]):
+    """One session for ``path`` with fixed ``dims``: NPU (strict or auto) or CPU / a named EP."""
     import onnxruntime as ort
 
-    available = ort.get_available_providers()
-    if device in ("auto", "cpu"):
-        providers = ["CPUExecutionProvider"]
-    else:
-        raise DeviceError(f"`device` {device!r} is not available here; present: cpu "
-                          f"(onnxruntime providers: {', '.join(available)}). Use --device cpu.",
-                          param="device")
-    return ort.InferenceSession(str(path), sess_options=session_options(threads), providers=providers)
+    from edge.npu import eps
+
+    wants_npu = device in NPU_NAMES or (device == "auto" and eps.npu_device() is not None)
+    if comp is not None and comp.get("device", "npu") == "npu" and wants_npu:
+        strict = device in NPU_NAMES
+        try:
+            return _npu_session(path, comp, threads, dims, strict=strict)
+        except _NpuUnavailable as e:
+            if strict:
+                raise DeviceError(f"`device` {device!r}: {path.name} cannot run on the NPU: {e}. "
+                                  "Use --device auto (CPU fallback) or cpu.", param="device") from None
+            log.warning("%s: NPU unavailable (%s); running on the CPU", path.name, e)
+            _record(path, dims, {"device": "cpu", "fallback": str(e)})
+    so = session_options(threads)
+    for name, value in dims.items():
+        so.add_free_dimension_override_by_name(name, int(value))
+    providers = ["CPUExecutionProvider"]
+    if device not in ("auto", "cpu", *NPU_NAMES):
+        providers.insert(0, eps.PROVIDERS[device])
+    sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+    if comp is not None or device not in ("auto", "cpu"):
+        _record(path, dims, {"device": device if len(providers) > 1 else "cpu", "providers": sess.get_providers()})
+    sess_placement = _placement_snapshot(path, dims)
+    try:
+        sess.edge_placement = sess_placement
+    except AttributeError:
+        pass
+    return sess
+
+
+class _NpuUnavailable(Exception):
+    """The NPU cannot take this graph (crash, unsupported operators, compile error, timeout)."""
+
+
+def cache_root() -> Path:
+    env = os.environ.get("EDGE_NPU_CACHE")
+    if env:
+        return Path(env)
+    try:
+        from edge.config import Settings
+
+        home = Settings.from_env().home
+    except Exception:  # noqa: BLE001 - a bad EDGE_* value is reported by the front door, not here
+        from edge.config import _default_home
+
+        home = _default_home()
+    return Path(home) / "cache" / "npu"
+
+
+def npu_options(comp: dict | None = None) -> dict[str, str]:
+    """QNN provider options: defaults, then the artifact's, then EDGE_NPU_OPTIONS (JSON object)."""
+    from edge.npu import eps
+
+    # NB: htp_graph_finalization_optimization_mode=1 compiles ~5x faster but computes wrong 16-bit
+    # results (measured: GroupNorm affine + SiLU in the VAE decoder, 0.99 relative error); not used.
+    opts = dict(eps.QNN_DEFAULT_OPTIONS)
+    opts.update({k: str(v) for k, v in (comp or {}).get("provider_options", {}).items()})
+    extra = os.environ.get("EDGE_NPU_OPTIONS", "").strip()
+    if extra:
+        try:
+            opts.update({k: str(v) for k, v in json.loads(extra).items()})
+        except (ValueError, AttributeError):
+            raise DeviceError(f"EDGE_NPU_OPTIONS={extra!r} is not a JSON object; for example "
+                              "EDGE_NPU_OPTIONS='{\"soc_model\": \"60\"}'.", param="EDGE_NPU_OPTIONS") from None
+    return opts
+
+
+def compile_timeout() -> float:
+    try:
+        return float(os.environ.get("EDGE_NPU_COMPILE_TIMEOUT", "3600"))
+    except ValueError:
+        return 3600.0
+
+
+def npu_key(path: Path, comp: dict | None, dims: dict[str, int], *, strict: bool) -> tuple[str, dict]:
+    import onnxruntime as ort
+
+    from edge.npu import cache as C
+    from edge.npu import eps
+
+    info = eps.npu_device()
+    opts = npu_options(comp)
+    key = C.cache_key(C.model_digest(path), ep=info.provider, ep_version=info.version, ort_version=ort.__version__,
+                      options=opts, strict=strict, free_dims=dims)
+    return key, opts
+
+
+def _npu_session(path: Path, comp: dict, threads: int, dims: dict[str, int], *, strict: bool):
+    """Load the cached compiled graph, compiling it first in a child process when needed."""
+    from edge.npu import cache as C
+    from edge.npu import eps
+    from edge.npu.probe import CTX_NAME, ProbeSpec, run_probe
+
+    info = eps.npu_device()
+    key, opts = npu_key(path, comp, dims, strict=strict)
+    cache = C.ContextCache(cache_root())
+    lock = _compile_locks.setdefault(key, threading.Lock())
+    with lock:
+        for attempt in (1, 2):
+            # 1. a cached result (compiled graph or a recorded failure)?
+            meta = cache.lookup(key)
+            if meta is None:
+                # 2. compile in a child process
+                work = cache.new_workdir()
+                log.info("%s: compiling for %s (first use; cached afterwards)", path.name, info.provider)
+                res = run_probe(ProbeSpec(model=str(path), out_dir=str(work), device=info.device, provider_options=opts,
+                                          strict=strict, free_dims=dims,
+                                          crash_for_test=os.environ.get("EDGE_NPU_TEST_CRASH") == path.name),
+                                timeout=compile_timeout())
+                if res.status == "timeout":
+                    shutil.rmtree(work, ignore_errors=True)
+                    raise _NpuUnavailable(res.message)
+                if res.status != "ok":
+                    for p in work.iterdir():
+                        p.unlink()
+                meta = cache.commit(key, work, {"model": str(path), "ep": info.provider, "ep_version": info.version,
+                                                "options": opts, "strict": strict, "dims": dims,
+                                                "status": res.status, "placement": res.placement,
+                                                "message": res.message, "compile_s": round(res.seconds, 3),
+                                                "sdk_version": res.sdk_version})
+            if meta["status"] != "ok":
+                raise _NpuUnavailable(_failure_text(meta))
+            # 3. load the compiled EP-context model
+            try:
+                sess = _load_ctx(Path(meta["dir"]) / CTX_NAME, opts, threads, strict=strict)
+            except Exception as e:  # noqa: BLE001 - a stale/corrupt cache entry: rebuild it once
+                log.warning("%s: cached NPU graph failed to load (%s); recompiling", path.name, str(e)[:200])
+                cache.remove(key)
+                if attempt == 2:
+                    raise _NpuUnavailable(f"the compiled graph does not load: {str(e)[:200]}") from None
+                continue
+            placement = {"device": "npu", "ep": info.provider, **meta["placement"], "cache": meta["dir"],
+                         "compile_s": meta.get("compile_s")}
+            _record(path, dims, placement)
+            if placement.get("cpu"):
+                log.warning("%s: %d nodes on the NPU, %d on the CPU (%s)", path.name, placement["npu"],
+                            placement["cpu"], ", ".join(f"{k} x{v}" for k, v in placement["cpu_ops"].items()))
+            else:
+                log.info("%s: all %d nodes on the NPU", path.name, placement.get("npu", 0))
+            try:
+                sess.edge_placement = placement
+            except AttributeError:
+                pass
+            return sess
+    raise _NpuUnavailable("unreachable")
+
+
+def _failure_text(meta: dict) -> str:
+    status = meta.get("status")
+    if status == "unsupported":
+        ops = meta.get("placement", {}).get("cpu_ops", {})
+        return (f"the NPU does not support {sum(ops.values())} node(s): "
+                + ", ".join(f"{op} x{n}" for op, n in ops.items()))
+    if status == "crashed":
+        return meta.get("message") or "the NPU compiler crashed"
+    return f"NPU compile failed: {meta.get('message', status)}"
+
+
+def _load_ctx(ctx: Path, opts: dict[str, str], threads: int, *, strict: bool):
+    import onnxruntime as ort
+
+    from edge.npu import eps
+
+    info = eps.npu_device()
+    so = session_options(threads)
+    so.log_severity_level = 3
+    so.add_session_config_entry("session.disable_cpu_ep_fallback", "1" if strict else "0")
+    so.add_provider_for_devices(info.ep_devices, opts)
+    return ort.InferenceSession(str(ctx), sess_options=so)
+
+
+def _record(path: Path, dims: dict[str, int], placement: dict) -> None:
+    key = str(path) + ("" if not dims else " " + json.dumps(dims, sort_keys=True))
+    with _placements_lock:
+        _placements[key] = placement
+
+
+def _placement_snapshot(path: Path, dims: dict[str, int]) -> dict:
+    key = str(path) + ("" if not dims else " " + json.dumps(dims, sort_keys=True))
+    with _placements_lock:
+        return dict(_placements.get(key, {"device": "cpu"}))
+
+
+def placements() -> dict[str, dict]:
+    """Where the sessions made in this process run: file (+ fixed dims) -> placement."""
+    with _placements_lock:
+        return {k: dict(v) for k, v in _placements.items()}
+
+
+def describe(device: str = "auto") -> dict[str, Any]:
+    """What is installed: EPs (name, kind, version, source) and plugins that failed to load."""
+    from edge.npu import eps
+
+    found = eps.discover()
+    npu = eps.npu_device()
+    return {"requested": device, "npu": npu.device if npu else None,
+            "providers": [{"device": i.device, "provider": i.provider, "kind": i.kind, "version": i.version,
+                           "source": i.source, "detail": i.detail} for i in found.values()],
+            "missing": eps.plugin_errors()}

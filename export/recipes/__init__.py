@@ -20,6 +20,7 @@ RECIPES: dict[str, str] = {
     "llm-onnx": "export.recipes.llm_onnx",
     "lcm": "export.recipes.lcm_onnx",
     "sam": "export.recipes.sam_onnx",
+    "npu": "export.recipes.npu",
 }
 
 

@@ -1,0 +1,82 @@
+"""The generic fp32 -> NPU-ready graph pipeline every family converter uses:
+
+  1. (optional) prune to the outputs the NPU graph should produce
+  2. rewrites: exact GELU -> its tanh approximation (sigmoid form; plain Erf -> tanh), ConvTranspose k2s2 -> Conv + DepthToSpace
+  3. static shapes (named dims fixed; ``keep`` dims stay symbolic and are fixed per session)
+  4. fold constants, collapse shape arithmetic on known dims, drop no-op Tile/Expand/Reshape — repeated
+     until nothing changes
+  5. QDQ quantization per scheme (export.npu.quant)
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from export.npu import graph as G
+
+
+@dataclass
+class Prepared:
+    """A static fp32 graph ready for calibration, and what was done to it."""
+
+    path: Path
+    rewrites: dict = field(default_factory=dict)
+    ops_before: dict = field(default_factory=dict)
+    ops_after: dict = field(default_factory=dict)
+    inputs: dict = field(default_factory=dict)
+
+
+def prepare(src: str | Path, dst: str | Path, *, dims: dict[str, int] | None = None,
+            shapes: dict[str, list[int]] | None = None, outputs: list[str] | None = None,
+            keep_symbolic: tuple[str, ...] = ()) -> Prepared:
+    """``src`` (fp32 ONNX as exported) -> ``dst`` (fp32, rewritten, static except ``keep_symbolic``)."""
+    import onnx
+
+    src, dst = Path(src), Path(dst)
+    scratch = Path(tempfile.mkdtemp(prefix=".npu-prepare-", dir=dst.parent))
+    try:
+        # 1. prune
+        cur = src
+        if outputs:
+            cur = G.prune(src, scratch / "pruned.onnx", outputs)
+        model = onnx.load(str(cur))
+        before = G.op_counts(model)
+        # 2. rewrites
+        model, n_gelu = G.gelu_erf_to_sigmoid(model)
+        model, n_erf = G.erf_to_tanh(model)
+        model, n_ct = G.convtranspose_to_d2s(model)
+        # 3. static shapes
+        G.fix_dims(model, dims, shapes)
+        model, n_split = G.slices_to_split(model)
+        left = {k: v for k, v in G.symbolic_inputs(model).items()
+                if any(isinstance(d, str) and d not in keep_symbolic for d in v)}
+        if left:
+            raise ValueError(f"inputs still have symbolic dimensions after fixing: {left}")
+        onnx.save(model, str(scratch / "rw.onnx"))
+        # 4. fold / simplify until stable (static shapes make more chunk-Slices recognisable afterwards)
+        G.fold(scratch / "rw.onnx", scratch / "f.onnx")
+        model = onnx.load(str(scratch / "f.onnx"))
+        model, n_split2 = G.slices_to_split(model)
+        onnx.save(model, str(scratch / "f.onnx"))
+        n_known = n_noop = 0
+        for _ in range(6):
+            model = onnx.load(str(scratch / "f.onnx"))
+            model, k = G.fold_known_dims(model)
+            model, r = G.remove_noops(model)
+            n_known, n_noop = n_known + k, n_noop + r
+            if k == 0 and r == 0:
+                break
+            onnx.save(model, str(scratch / "k.onnx"))
+            G.fold(scratch / "k.onnx", scratch / "f.onnx")
+        shutil.copyfile(scratch / "f.onnx", dst)
+        final = onnx.load(str(dst))
+        return Prepared(dst, {"gelu_erf_to_sigmoid": n_gelu, "erf_to_tanh": n_erf, "convtranspose_to_depth_to_space": n_ct,
+                              "slices_to_split": n_split + n_split2,
+                              "shape_ops_folded": n_known, "noops_removed": n_noop,
+                              "outputs_pruned_to": outputs or []},
+                        before, G.op_counts(final), G.input_shapes(final))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,60 @@
+"""Static QDQ quantization for the QNN HTP NPU, over ``onnxruntime.quantization`` and its QNN
+configuration helpers (``get_qnn_qdq_config``, ``qnn_preprocess_model``) — no quantizer of our own.
+
+Schemes (activations / weights):
+  a8w8    uint8 / uint8   smallest and fastest on the HTP; least accurate
+  a16w8   uint16 / uint8  the usual HTP choice for transformers and diffusion models
+Calibration: MinMax over representative feeds the family converters record from the fp32 model
+on real inputs (images, prompts, text).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+SCHEMES = {"a8w8": ("QUInt8", "QUInt8"), "a16w8": ("QUInt16", "QUInt8")}
+
+
+class FeedsReader:
+    """A CalibrationDataReader over a list of feed dicts (name -> array)."""
+
+    def __init__(self, feeds: Iterable[dict[str, np.ndarray]]):
+        self.feeds = list(feeds)
+        self._it = iter(self.feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+    def rewind(self) -> None:
+        self._it = iter(self.feeds)
+
+
+def quantize_qdq(src: str | Path, dst: str | Path, feeds: list[dict[str, np.ndarray]], scheme: str,
+                 *, nodes_to_exclude: list[str] | None = None) -> Path:
+    """``src`` (fp32, static shapes) -> ``dst`` (QDQ) calibrated on ``feeds`` with ``scheme``."""
+    from onnxruntime.quantization import CalibrationMethod, QuantType, quantize
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
+
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown quantization scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
+    if not feeds:
+        raise ValueError("calibration needs at least one feed")
+    src, dst = Path(src), Path(dst)
+    act, weight = SCHEMES[scheme]
+    pre = dst.with_name(dst.stem + ".qnnpre.onnx")
+    try:
+        if not qnn_preprocess_model(str(src), str(pre), fuse_layernorm=True):
+            shutil.copyfile(src, pre)
+        cfg = get_qnn_qdq_config(str(pre), FeedsReader(feeds), calibrate_method=CalibrationMethod.MinMax,
+                                 activation_type=getattr(QuantType, act), weight_type=getattr(QuantType, weight),
+                                 per_channel=False, nodes_to_exclude=nodes_to_exclude)
+        quantize(str(pre), str(dst), cfg)
+    finally:
+        pre.unlink(missing_ok=True)
+        for junk in dst.parent.glob("*.qnnpre*"):
+            junk.unlink(missing_ok=True)
+    return dst

@@ -1,0 +1,177 @@
+"""MobileSAM fp32 export -> NPU artifact (encoder + decoder, QDQ, static shapes).
+
+encoder.onnx  1x3x1024x1024 -> 1x256x64x64: tanh GELU; static already.
+decoder.onnx  pruned to ``iou_predictions`` + ``low_res_masks`` (the shape-dependent upscale/crop/resize
+              to the original image size runs outside the graph: edge.npu.adapters.SamLowResDecoder);
+              tanh GELU; ConvTranspose k2s2 -> Conv + DepthToSpace; the no-op 5-D Tile of upstream's
+              repeat_interleave removed (QNN HTP segfaults on it); the number of prompt points stays a
+              symbolic dim that each session fixes (one compiled graph per point count, cached).
+Calibration: the encoder on images (generated shapes + real photos from scikit-image, or a folder),
+the decoder on the fp32 encoder's embeddings of those images with point / box prompts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.npu import quant
+from export.npu.convert import prepare
+
+FILES = ("encoder.onnx", "decoder.onnx")
+MAX_POINTS = 16
+CALIB_PHOTOS = ("astronaut", "coffee")
+VERIFY_PHOTOS = ("chelsea",)           # held out from calibration
+
+
+def verify_images() -> list[tuple[str, np.ndarray]]:
+    """Held-out images (not used for calibration): a real photo first, then a generated one."""
+    from export.recipes.sam_onnx import real_photo, synthetic_image
+
+    imgs = [(f"skimage.{n}", real_photo(n)) for n in VERIFY_PHOTOS]
+    return [(n, i) for n, i in imgs if i is not None] + [("shapes-7", synthetic_image(7))]
+
+
+def calibration_images(folder: str | None, limit: int = 8) -> list[tuple[str, np.ndarray]]:
+    from edge.segment import preprocess as pre
+    from export.recipes.sam_onnx import real_photo, synthetic_image
+
+    if folder:
+        paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+        if not paths:
+            from edge.errors import BadRequest
+
+            raise BadRequest(f"--calib-images {folder!r} holds no .jpg/.png/.webp images.", param="calib_images")
+        return [(p.name, pre.load_image(p).rgb) for p in paths[:limit]]
+    imgs = [(f"shapes-{s}", synthetic_image(s)) for s in range(2)]
+    for name in CALIB_PHOTOS:
+        photo = real_photo(name)
+        if photo is not None:
+            imgs.append((f"skimage.{name}", photo))
+    return imgs[:limit]
+
+
+def decoder_feeds(emb: np.ndarray, size: tuple[int, int], cases: list[dict]) -> list[dict[str, np.ndarray]]:
+    from edge.segment import preprocess as pre
+
+    out = []
+    for case in cases:
+        prompt = pre.parse_prompt(case["points"], case["box"], size)
+        coords, labels = prompt.onnx_inputs(size)
+        out.append({"image_embeddings": emb, "point_coords": coords, "point_labels": labels,
+                    "mask_input": np.zeros((1, 1, 256, 256), np.float32), "has_mask_input": np.zeros(1, np.float32)})
+    return out
+
+
+def convert(src: Path, out: Path, schemes: list[str], default: str, *, calib_images: str | None,
+            threads: int) -> dict[str, Any]:
+    """Write the NPU graphs into ``out`` (default scheme at the top, others in ``<scheme>/``); return
+    the manifest's ``npu`` section plus rewrite stats."""
+    import onnxruntime as ort
+
+    from edge.segment import preprocess as pre
+    from export.recipes.sam_onnx import prompt_cases
+
+    work = out / ".work"
+    work.mkdir()
+    # 1. static, rewritten fp32 graphs
+    enc = prepare(src / "encoder.onnx", work / "encoder.onnx")
+    dec = prepare(src / "decoder.onnx", work / "decoder.onnx", outputs=["iou_predictions", "low_res_masks"],
+                  keep_symbolic=("num_points",))
+    # 2. calibration data
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    enc_ref = ort.InferenceSession(str(src / "encoder.onnx"), so, providers=["CPUExecutionProvider"])
+    enc_feeds, dec_feeds = [], []
+    for _, rgb in calibration_images(calib_images):
+        x, _ = pre.encoder_input(rgb)
+        enc_feeds.append({"image": x})
+        emb = enc_ref.run(None, {"image": x})[0]
+        h, w = rgb.shape[:2]
+        dec_feeds += decoder_feeds(emb, (h, w), prompt_cases(h, w)[:4])
+    # 3. quantize per scheme
+    components: dict[str, dict] = {}
+    for scheme in schemes:
+        folder = out if scheme == default else out / scheme
+        folder.mkdir(exist_ok=True)
+        rel = "" if scheme == default else f"{scheme}/"
+        quant.quantize_qdq(enc.path, folder / "encoder.onnx", enc_feeds, scheme)
+        quant.quantize_qdq(dec.path, folder / "decoder.onnx", dec_feeds, scheme)
+        components[rel + "encoder.onnx"] = {"role": "encoder", "quant": scheme, "static": True, "device": "npu",
+                                            "inputs": enc.inputs}
+        components[rel + "decoder.onnx"] = {"role": "decoder", "quant": scheme, "static": True, "device": "npu",
+                                            "inputs": dec.inputs, "adapter": "sam_low_res_decoder",
+                                            "per_call_dims": {"num_points": MAX_POINTS}}
+    for p in work.iterdir():
+        p.unlink()
+    work.rmdir()
+    return {"components": components,
+            "rewrites": {"encoder": {**enc.rewrites, "ops_before": enc.ops_before, "ops_after": enc.ops_after},
+                         "decoder": {**dec.rewrites, "ops_before": dec.ops_before, "ops_after": dec.ops_after}},
+            "calibration": {"encoder_feeds": len(enc_feeds), "decoder_feeds": len(dec_feeds),
+                            "images": calib_images or "generated shapes + scikit-image photos"}}
+
+
+def verify(src: Path, out: Path, schemes: list[str], default: str, *, devices: list[str], images: int = 1,
+           cases: int = 6, threads: int = 2) -> dict[str, Any]:
+    """Mask IoU and embedding error of every scheme on every device in ``devices`` (cpu = the QDQ
+    graph on onnxruntime's CPU EP; auto/npu = on the NPU EP) against the fp32 export on the CPU."""
+    from edge.segment import preprocess as pre
+    from edge.segment.predictor import OnnxSamPredictor
+    from export import verify as V
+    from export.recipes.sam_onnx import prompt_cases
+
+    ref = OnnxSamPredictor.from_files(src / "encoder.onnx", src / "decoder.onnx", threads=threads, device="cpu")
+    test_imgs = verify_images()[:images]
+    ref_out = {}
+    for name, rgb in test_imgs:
+        img = pre.load_image(rgb)
+        emb = ref.encode(img)
+        h, w = rgb.shape[:2]
+        ref_out[name] = (img, emb, [(c["name"], ref.decode(emb, pre.parse_prompt(c["points"], c["box"], (h, w)),
+                                                            multimask=c["multimask"])[0])
+                                        for c in prompt_cases(h, w)[:cases]])
+    results: dict[str, Any] = {}
+    for scheme in schemes:
+        folder = out if scheme == default else out / scheme
+        for device in devices:
+            ours = OnnxSamPredictor.from_files(folder / "encoder.onnx", folder / "decoder.onnx", threads=threads,
+                                               device=device)
+            ious, emb_err, cases = [], [], []
+            for name, (img, emb_ref, refs) in ref_out.items():
+                emb = ours.encode(img)
+                emb_err.append(V.relative_error(emb.features, emb_ref.features))
+                h, w = img.size
+                for (case_name, ref_masks), case in zip(refs, prompt_cases(h, w)[:cases]):
+                    masks, _ = ours.decode(emb, pre.parse_prompt(case["points"], case["box"], (h, w)),
+                                           multimask=case["multimask"])
+                    case_iou = [V.iou(m.mask, r.mask) for m, r in zip(masks, ref_masks)]
+                    ious += case_iou
+                    cases.append({"image": name, "case": case_name, "iou": [round(v, 4) for v in case_iou]})
+            placement = {"encoder": getattr(ours.encoder, "placement", {}),
+                         "decoder": {str(k): v for k, v in getattr(ours.decoder, "placement", {}).items()}}
+            results[f"{scheme}@{device}"] = {
+                "scheme": scheme, "device": device, "min_mask_iou": float(min(ious)) if ious else None,
+                "mean_mask_iou": float(np.mean(ious)) if ious else None,
+                "max_embedding_rel_err": float(max(emb_err)) if emb_err else None,
+                "cases": cases, "placement": _strip(placement)}
+            ours.close()
+    ref.close()
+    return results
+
+
+def _strip(obj: Any) -> Any:
+    """Placement dicts without local paths (the cache folder) for the report."""
+    if isinstance(obj, dict):
+        return {k: _strip(v) for k, v in obj.items() if k != "cache"}
+    return obj
+
+
+def manifest(src_manifest: dict, npu: dict, default: str) -> dict:
+    m = json.loads(json.dumps(src_manifest))
+    m.update({"precision": default, "recipe": "npu", "source_recipe": src_manifest.get("recipe", "sam"),
+              "components": {"encoder": default, "decoder": default}})
+    return m
