@@ -6,7 +6,8 @@
 DIR defaults: the exports of the SmolLM2 default model made by
 ``edge-run export llm <dequantized SmolLM2> --quant q8_0,q4_k_m`` and ``edge-run export llm-onnx ...``
 (see the report of issue 6). Each engine runs in its own worker process (so RSS is that engine's
-alone), through the engines' shared chat interface with greedy decoding. Decode tok/s = (tokens - 1)
+alone; the workers take turns, one prompt each per round), through the engines' shared chat
+interface with greedy decoding. Decode tok/s = (tokens - 1)
 / (last token time - first token time); TTFT = request -> first token. The peer for the ONNX engine is
 llama.cpp on the same weights (onnxruntime-genai published Qwen2.5-0.5B int4 at 67 tok/s vs llama.cpp's
 112 on one CPU: ratio 0.60).
@@ -29,13 +30,40 @@ from _common import median, table  # noqa: E402
 PROMPT = "Question {i}: write a detailed paragraph about the history of bread making in Europe."
 
 
-def worker(kind: str, path: str, threads: int, runs: int, tokens: int) -> dict:
+class Worker:
+    """One engine in its own process (so RSS is that engine's alone), driven over stdin/stdout."""
+
+    def __init__(self, kind: str, path: str, threads: int, tokens: int):
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", kind, path, "--threads", str(threads),
+                                      "--tokens", str(tokens)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True, bufsize=1)
+        self.info = self._read()
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("bench worker died")
+        return json.loads(line)
+
+    def run(self, i: int) -> dict:
+        self.proc.stdin.write(f"{i}\n")
+        return self._read()
+
+    def close(self) -> dict:
+        self.proc.stdin.write("rss\n")
+        out = self._read()
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+        return out
+
+
+def serve(kind: str, path: str, threads: int, tokens: int) -> None:
+    """Worker side: load, warm up, then answer one prompt per stdin line with its timings."""
     import psutil
 
     from edge.chat.request import ChatRequest
 
     proc = psutil.Process()
-    rss0 = proc.memory_info().rss
     if kind == "gguf":
         from edge.chat.engine import LlamaChatEngine
         eng = LlamaChatEngine(path, threads=threads, slots=1, n_ctx=2048)
@@ -44,27 +72,26 @@ def worker(kind: str, path: str, threads: int, runs: int, tokens: int) -> dict:
         from edge.chat.onnx_engine import OnnxChatEngine
         eng = OnnxChatEngine(path, threads=threads, slots=1, n_ctx=2048)
         size = sum(p.stat().st_size for p in Path(path).glob("model.onnx*"))
-    rss_loaded = proc.memory_info().rss
 
-    def one(i: int) -> tuple[float, float, int]:
+    def one(i: int) -> dict:
         req = ChatRequest(messages=[{"role": "user", "content": PROMPT.format(i=i)}], max_tokens=tokens,
                           temperature=0.0, min_p=0.0)
         t0 = time.perf_counter()
         times = []
-        gen = eng.chat_steps(req)
-        for step in gen:
+        for step in eng.chat_steps(req):
             if step.kind == "token" and step.tokens:
                 times.append(time.perf_counter())
         rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 2 else float("nan")
-        return rate, (times[0] - t0) * 1000 if times else float("nan"), len(times)
+        return {"decode": rate, "ttft": (times[0] - t0) * 1000 if times else float("nan"), "tokens": len(times)}
 
     one(-1)  # warm up
-    results = [one(i) for i in range(runs)]
-    out = {"kind": kind, "path": path, "size": size, "decode": median([r[0] for r in results]),
-           "ttft": median([r[1] for r in results]), "tokens": median([r[2] for r in results]),
-           "rss": proc.memory_info().rss, "rss_model": rss_loaded - rss0}
+    print(json.dumps({"size": size}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "rss":
+            print(json.dumps({"rss": proc.memory_info().rss}), flush=True)
+            break
+        print(json.dumps(one(int(line))), flush=True)
     eng.close()
-    return out
 
 
 def main() -> None:
@@ -78,25 +105,29 @@ def main() -> None:
     ap.add_argument("--worker", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker[0], args.worker[1], args.threads, args.runs, args.tokens)))
+        serve(args.worker[0], args.worker[1], args.threads, args.tokens)
         return
     cases = [("GGUF q4_k_m (llama.cpp)", "gguf", str(Path(args.gguf_dir) / "model.q4_k_m.gguf")),
              ("GGUF q8_0 (llama.cpp)", "gguf", str(Path(args.gguf_dir) / "model.q8_0.gguf")),
              ("ONNX int4 (edge ORT engine)", "onnx", args.onnx_int4),
              ("ONNX int8 (edge ORT engine)", "onnx", args.onnx_int8)]
-    rows, got = [], {}
+    workers = {}
     for label, kind, path in cases:
-        if not Path(path).exists():
+        if Path(path).exists():
+            workers[label] = Worker(kind, path, args.threads, args.tokens)
+        else:
             print(f"skip {label}: {path} missing")
-            continue
-        res = subprocess.run([sys.executable, __file__, "--worker", kind, path, "--threads", str(args.threads),
-                              "--runs", str(args.runs), "--tokens", str(args.tokens)],
-                             capture_output=True, text=True, check=True)
-        got[label] = json.loads(res.stdout.strip().splitlines()[-1])
-    peer = got.get("GGUF q4_k_m (llama.cpp)")
-    for label, r in got.items():
-        rows.append([label, r["decode"], r["ttft"], r["size"] / 2**20, r["rss"] / 2**20,
-                     r["decode"] / peer["decode"] if peer else float("nan")])
+    results: dict[str, list[dict]] = {k: [] for k in workers}
+    for rnd in range(args.runs):  # interleave so drift in machine load hits every engine alike
+        for label, w in workers.items():
+            results[label].append(w.run(rnd))
+    rss = {label: w.close()["rss"] for label, w in workers.items()}
+    agg = {label: (median([r["decode"] for r in rs]), median([r["ttft"] for r in rs])) for label, rs in results.items()}
+    peer = agg.get("GGUF q4_k_m (llama.cpp)")
+    rows = []
+    for label, (rate, ttft) in agg.items():
+        rows.append([label, rate, ttft, workers[label].info["size"] / 2**20, rss[label] / 2**20,
+                     rate / peer[0] if peer else float("nan")])
     print(f"SmolLM2-135M-Instruct, threads {args.threads}, {args.tokens} tokens greedy, median of {args.runs} runs\n")
     print(table(["engine", "decode tok/s", "TTFT ms", "file MiB", "RSS MiB", "tok/s vs GGUF q4_k_m"], rows))
 
