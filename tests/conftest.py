@@ -3,7 +3,13 @@ a session Runtime, and a real `edge-run serve` process on a free port."""
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import importlib.metadata
+import importlib.util
 import os
+import shutil
+import tempfile
 import socket
 import subprocess
 import sys
@@ -14,6 +20,9 @@ from pathlib import Path
 import pytest
 
 CHAT_MODEL = "smollm2-135m-instruct-q4_1"
+IMAGE_MODEL = "lcm-tiny-random"
+SEG_MODEL = "mobilesam-tiny-test"
+ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("EDGE_TEST_CACHE", Path.home() / ".cache" / "edge-run-tests"))
 THREADS = 2
 
@@ -98,3 +107,85 @@ def server(edge_home: Path):
                                                 EDGE_MAX_QUEUE="64", EDGE_CHAT_SLOTS="4"))
     yield srv
     srv.stop()
+
+
+# -- tiny seeded image / segmentation exports shared by the cross-workload suites (web, android) ---------
+def _export_key(files: tuple[str, ...]) -> str:
+    """Exports are cached between runs, keyed by the code that builds them and the exporting libraries."""
+    h = hashlib.sha256()
+    for p in files:
+        h.update((ROOT / p).read_bytes())
+    for dist in ("torch", "onnx", "onnxruntime", "diffusers", "transformers", "mobilesam-mirror"):
+        try:
+            h.update(f"{dist}={importlib.metadata.version(dist)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return h.hexdigest()[:16]
+
+
+def _build_lcm(out: Path) -> None:
+    """`edge-run export lcm --random-init tiny --precisions fp32` (the recipe verifies itself)."""
+    from export.recipes import lcm_onnx
+
+    p = argparse.ArgumentParser()
+    lcm_onnx.add_arguments(p)
+    lcm_onnx.run(p.parse_args(["--random-init", "tiny", "--out", str(out), "--precisions", "fp32",
+                               "--threads", str(THREADS), "--no-progress"]))
+
+
+def _build_sam(out: Path) -> None:
+    spec = importlib.util.spec_from_file_location("edge_tests_segment_conftest", ROOT / "tests" / "segment" / "conftest.py")
+    seg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(seg)
+    from export.recipes.sam_onnx import build_sam
+
+    seg._export(build_sam("tiny", seed=0), out, "fp32")
+
+
+@pytest.fixture(scope="session")
+def tiny_exports() -> dict[str, Path]:
+    """The tiny LCM and MobileSAM export folders, built through the real recipes at most once and
+    cached between runs (rebuilt when the export code or the exporting libraries change)."""
+    out = {}
+    root = CACHE / "tiny-exports"
+    for name, build, code in (
+            ("lcm", _build_lcm, ("export/recipes/lcm_onnx.py", "export/artifacts.py")),
+            ("sam", _build_sam, ("export/recipes/sam_onnx.py", "export/artifacts.py", "tests/segment/conftest.py"))):
+        cache = root / f"{name}-{_export_key(code)}"
+        final = cache / name
+        if not (final / "edge-model.json").is_file():
+            for old in root.glob(f"{name}-*"):  # exports of older code
+                shutil.rmtree(old, ignore_errors=True)
+            cache.mkdir(parents=True, exist_ok=True)
+            work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache))
+            build(work / name)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(work / name, final)
+            shutil.rmtree(work, ignore_errors=True)
+        out[name] = final
+    return out
+
+
+def make_workloads_home(home: Path, exports: dict[str, Path], chat_model_path: Path) -> Path:
+    """An EDGE_HOME with all three workloads installed through the registry."""
+    from edge.config import Settings
+    from edge.registry import add_local_model
+
+    s = Settings.from_env(env={}, home=home)
+    add_local_model(s, exports["lcm"], model_id=IMAGE_MODEL, task="image", fmt="onnx", license="Apache-2.0",
+                    source={"recipe": "lcm", "random_init": "tiny", "seed": 0})
+    add_local_model(s, exports["sam"], model_id=SEG_MODEL, task="segment", fmt="onnx", license="Apache-2.0",
+                    source={"recipe": "sam", "random_init": "tiny", "seed": 0})
+    dest = home / "models" / CHAT_MODEL
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(chat_model_path, dest / "model.gguf")
+    except OSError:
+        shutil.copy(chat_model_path, dest / "model.gguf")
+    return home
+
+
+@pytest.fixture(scope="session")
+def workloads_home(tiny_exports, chat_model_path, tmp_path_factory) -> Path:
+    """A fresh EDGE_HOME with SmolLM2 + the tiny LCM + the tiny MobileSAM."""
+    return make_workloads_home(tmp_path_factory.mktemp("edge-home-all"), tiny_exports, chat_model_path)

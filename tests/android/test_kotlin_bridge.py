@@ -9,7 +9,6 @@ against Python's own view of the same server.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -26,8 +25,8 @@ BRIDGE = ROOT / "android-bridge"
 BUILD_SH = BRIDGE / "build.sh"
 RUNNER = "dev.edgerun.bridge.test.RunTestsKt"
 API_KEY = "bridge-test-key"
-IMAGE_MODEL = "lcm-tiny-android"
-SEGMENT_MODEL = "mobilesam-tiny-android"
+IMAGE_MODEL = "lcm-tiny-random"  # tests/conftest.py IMAGE_MODEL / SEG_MODEL
+SEGMENT_MODEL = "mobilesam-tiny-test"
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("java") is None or shutil.which("npm") is None,
@@ -46,39 +45,16 @@ def _shared_conftest():
     return mod
 
 
-def _tiny_models(home: Path, work: Path) -> None:
-    """Export the tiny seeded LCM and MobileSAM through the real recipes and install them into ``home``."""
-    from edge.config import Settings
-    from edge.registry import add_local_model
-    from export.recipes import lcm_onnx, sam_onnx
-
-    settings = Settings.from_env(env={}, home=home)
-    p = argparse.ArgumentParser()
-    lcm_onnx.add_arguments(p)
-    lcm = lcm_onnx.run(p.parse_args(["--random-init", "tiny", "--out", str(work / "lcm"), "--precisions", "fp32",
-                                     "--no-taesd", "--threads", "2", "--no-progress"]))
-    add_local_model(settings, lcm, model_id=IMAGE_MODEL, task="image", fmt="onnx", license="Apache-2.0",
-                    source={"recipe": "lcm", "random_init": "tiny", "seed": 0})
-    p = argparse.ArgumentParser()
-    sam_onnx.add_arguments(p)
-    sam = sam_onnx.run(p.parse_args(["--random-init", "tiny", "--precision", "fp32", "--out", str(work / "sam"),
-                                     "--verify-images", "1"]), sam=sam_onnx.build_sam("tiny", seed=0))
-    add_local_model(settings, sam, model_id=SEGMENT_MODEL, task="segment", fmt="onnx", license="Apache-2.0",
-                    source={"recipe": "sam", "random_init": "tiny", "seed": 0})
-
-
 @pytest.fixture(scope="module")
-def bridge(edge_home, tmp_path_factory):
+def bridge(tiny_exports, chat_model_path, tmp_path_factory):
     """Build the bridge (in the background) while the tiny models export; then start the server.
     Yields (classpath of the Kotlin tests, server URL)."""
     build = subprocess.Popen([str(BUILD_SH), "fetch", "jar", "tests", "example"], stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, text=True)
-    # 1. a test EDGE_HOME: the shared chat model (copied from the session cache; verified on load) + tiny models
+    # 1. a test EDGE_HOME: SmolLM2 + the tiny LCM and MobileSAM exports shared with the other suites
     try:
-        home = tmp_path_factory.mktemp("edge-home-android")
-        chat = Path(edge_home) / "models" / "smollm2-135m-instruct-q4_1"
-        shutil.copytree(chat, home / "models" / chat.name)
-        _tiny_models(home, tmp_path_factory.mktemp("android-exports"))
+        shared = _shared_conftest()
+        home = shared.make_workloads_home(tmp_path_factory.mktemp("edge-home-android"), tiny_exports, chat_model_path)
     except BaseException:
         build.kill()
         raise
@@ -87,7 +63,6 @@ def bridge(edge_home, tmp_path_factory):
     assert build.returncode == 0, f"android-bridge/build.sh failed:\n{out}"
     cp = subprocess.run([str(BUILD_SH), "classpath"], capture_output=True, text=True, check=True).stdout.strip()
     # 3. the real server, key-protected
-    shared = _shared_conftest()
     srv = shared.ServerProcess(home, "--api-key", API_KEY,
                                env=shared.edge_env(home, EDGE_OFFLINE="1", EDGE_KEEP_ALIVE="-1"))
     yield cp, srv.url
