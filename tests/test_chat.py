@@ -9,7 +9,7 @@ import pytest
 
 from edge.errors import BadRequest, Cancelled, ContextTooLong
 
-from conftest import CHAT_MODEL, THREADS
+from support import CHAT_MODEL, THREADS
 
 FACTS = [  # questions this 135M model answers right when greedy
     ("What is the capital of France? Answer in one word.", "paris"),

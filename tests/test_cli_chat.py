@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CHAT_MODEL, edge_env
+from support import CHAT_MODEL, edge_env
 
 EDGE = [sys.executable, "-m", "edge.cli"]
 

@@ -12,7 +12,7 @@ import openai
 import psutil
 import pytest
 
-from conftest import CHAT_MODEL, ServerProcess, edge_env
+from support import CHAT_MODEL, ServerProcess, edge_env
 
 Q = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
 
