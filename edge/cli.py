@@ -14,7 +14,7 @@ from edge import __version__
 from edge.config import Settings
 from edge.errors import BadRequest, EdgeError
 
-WORKLOAD_CLIS = ("edge.image.cli", "edge.segment.cli", "export.distill.cli")
+WORKLOAD_CLIS = ("edge.image.cli", "edge.segment.cli", "export.distill.cli", "edge.devices_cli")
 
 
 # -- settings -> flags ---------------------------------------------------------------------------

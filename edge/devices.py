@@ -76,9 +76,10 @@ def make_session(path: str | Path, *, threads: int, device: str = "auto"):
     if comp is not None and comp.get("adapter") == "sam_low_res_decoder":
         from edge.npu.adapters import SamLowResDecoder
 
-        dims = comp.get("per_call_dims", {"num_points": 16})
-        return SamLowResDecoder(lambda n: _open(path, comp, threads, device, {"num_points": n}),
-                                max_points=int(dims.get("num_points", 16)))
+        head_path = Path(comp["_root"]) / comp["head"]
+        head = _open(head_path, artifact.component_for(head_path), threads, device, {})
+        return SamLowResDecoder(head, lambda n: _open(path, comp, threads, device, {"num_tokens": n}),
+                                max_tokens=int(comp.get("per_call_dims", {}).get("num_tokens", 21)))
     sess = _open(path, comp, threads, device, {})
     if comp is not None:
         from edge.npu.adapters import StaticSession
@@ -101,6 +102,7 @@ def _open(path: Path, comp: dict | None, threads: int, device: str, dims: dict[s
     from edge.npu import eps
 
     wants_npu = device in NPU_NAMES or (device == "auto" and eps.npu_device() is not None)
+    fallback: str | None = None
     if comp is not None and comp.get("device", "npu") == "npu" and wants_npu:
         strict = device in NPU_NAMES
         try:
@@ -110,7 +112,7 @@ def _open(path: Path, comp: dict | None, threads: int, device: str, dims: dict[s
                 raise DeviceError(f"`device` {device!r}: {path.name} cannot run on the NPU: {e}. "
                                   "Use --device auto (CPU fallback) or cpu.", param="device") from None
             log.warning("%s: NPU unavailable (%s); running on the CPU", path.name, e)
-            _record(path, dims, {"device": "cpu", "fallback": str(e)})
+            fallback = str(e)
     so = session_options(threads)
     for name, value in dims.items():
         so.add_free_dimension_override_by_name(name, int(value))
@@ -119,7 +121,8 @@ def _open(path: Path, comp: dict | None, threads: int, device: str, dims: dict[s
         providers.insert(0, eps.PROVIDERS[device])
     sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
     if comp is not None or device not in ("auto", "cpu"):
-        _record(path, dims, {"device": device if len(providers) > 1 else "cpu", "providers": sess.get_providers()})
+        _record(path, dims, {"device": device if len(providers) > 1 else "cpu", "providers": sess.get_providers(),
+                             **({"fallback": fallback} if fallback else {})})
     sess_placement = _placement_snapshot(path, dims)
     try:
         sess.edge_placement = sess_placement
@@ -204,8 +207,7 @@ def _npu_session(path: Path, comp: dict, threads: int, dims: dict[str, int], *, 
                 work = cache.new_workdir()
                 log.info("%s: compiling for %s (first use; cached afterwards)", path.name, info.provider)
                 res = run_probe(ProbeSpec(model=str(path), out_dir=str(work), device=info.device, provider_options=opts,
-                                          strict=strict, free_dims=dims,
-                                          crash_for_test=os.environ.get("EDGE_NPU_TEST_CRASH") == path.name),
+                                          strict=strict, free_dims=dims),
                                 timeout=compile_timeout())
                 if res.status == "timeout":
                     shutil.rmtree(work, ignore_errors=True)
@@ -249,8 +251,10 @@ def _failure_text(meta: dict) -> str:
     status = meta.get("status")
     if status == "unsupported":
         ops = meta.get("placement", {}).get("cpu_ops", {})
-        return (f"the NPU does not support {sum(ops.values())} node(s): "
-                + ", ".join(f"{op} x{n}" for op, n in ops.items()))
+        qdq = sum(n for op, n in ops.items() if op in ("QuantizeLinear", "DequantizeLinear"))
+        real = {op: n for op, n in ops.items() if op not in ("QuantizeLinear", "DequantizeLinear")} or ops
+        return ("the NPU does not support " + ", ".join(f"{op} x{n}" for op, n in real.items())
+                + (f" (plus {qdq} Quantize/Dequantize nodes around them)" if qdq and real is not ops else ""))
     if status == "crashed":
         return meta.get("message") or "the NPU compiler crashed"
     return f"NPU compile failed: {meta.get('message', status)}"
@@ -285,6 +289,43 @@ def placements() -> dict[str, dict]:
     """Where the sessions made in this process run: file (+ fixed dims) -> placement."""
     with _placements_lock:
         return {k: dict(v) for k, v in _placements.items()}
+
+
+def plan(path: str | Path, device: str = "auto") -> dict[str, Any]:
+    """What ``make_session(path, device=device)`` would do, without compiling anything: the device,
+    and for NPU components whether a compiled graph (or a recorded failure) is cached."""
+    from edge.npu import artifact, cache as C, eps
+
+    path = Path(path)
+    comp = artifact.component_for(path)
+    npu = eps.npu_device()
+    if comp is None:
+        why = "not an NPU artifact"
+        if device in NPU_NAMES:
+            return {"device": "error", "why": f"{why}; --device {device} refuses it"}
+        return {"device": "cpu" if device in ("auto", "cpu", *NPU_NAMES) else device, "why": why}
+    if comp.get("device", "npu") == "cpu":
+        return {"device": "cpu", "why": "a CPU component of this NPU artifact"}
+    if device == "cpu":
+        return {"device": "cpu", "why": "--device cpu"}
+    if npu is None:
+        if device in NPU_NAMES:
+            return {"device": "error", "why": "no NPU execution provider installed"}
+        return {"device": "cpu", "why": "no NPU execution provider installed"}
+    if device not in ("auto", *NPU_NAMES):
+        return {"device": device, "why": "named execution provider"}
+    strict = device in NPU_NAMES
+    if comp.get("adapter") == "sam_low_res_decoder":
+        return {"device": npu.device, "why": "compiled per number of prompt points on first use", "strict": strict}
+    key, _ = npu_key(path, comp, {}, strict=strict)
+    meta = C.ContextCache(cache_root()).lookup(key)
+    if meta is None:
+        return {"device": npu.device, "why": "compiles on first load (then cached)", "strict": strict}
+    if meta["status"] != "ok":
+        return {"device": "error" if strict else "cpu", "why": _failure_text(meta) + " (cached)", "strict": strict}
+    pl = meta.get("placement", {})
+    return {"device": npu.device, "strict": strict, "npu_nodes": pl.get("npu"), "cpu_nodes": pl.get("cpu"),
+            "why": f"cached compiled graph: {pl.get('npu')} nodes on the NPU, {pl.get('cpu')} on the CPU"}
 
 
 def describe(device: str = "auto") -> dict[str, Any]:

@@ -93,29 +93,33 @@ def sam_masks_from_low_res(low_res: np.ndarray, orig_size: tuple[int, int], img_
 
 
 class SamLowResDecoder:
-    """The MobileSAM decoder interface over an NPU decoder graph (outputs iou_predictions and
-    low_res_masks; no ``orig_im_size`` input). ``open_for(num_points)`` returns a session for that
-    number of prompt points (compiled with that static shape)."""
+    """The MobileSAM decoder interface (edge.segment.predictor) over an NPU artifact's two graphs: the
+    fp32 prompt-encoder ``head`` (CPU) -> prompt_tokens, dense_embeddings; the QDQ body (NPU) ->
+    iou_predictions, low_res_masks; then ``masks`` at the original size in numpy. ``open_for(n)``
+    returns a body session compiled for ``n`` prompt tokens (5 + points)."""
 
     INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size")
+    HEAD_INPUTS = ("point_coords", "point_labels", "mask_input", "has_mask_input")
     OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
 
-    def __init__(self, open_for: Callable[[int], Any], *, img_size: int = 1024, max_points: int = 16):
+    def __init__(self, head: Any, open_for: Callable[[int], Any], *, img_size: int = 1024, max_tokens: int = 21):
+        self.head = head
         self.open_for = open_for
         self.img_size = img_size
-        self.max_points = max_points
+        self.max_tokens = max_tokens
         self._sessions: dict[int, Any] = {}
         self._lock = threading.Lock()
         self.placement: dict = {}
 
     def session(self, n: int):
-        if n < 1 or n > self.max_points:
-            raise BadRequest(f"this NPU SAM decoder takes 1 to {self.max_points} prompt points (a box counts as 2), "
-                             f"got {n}. Use fewer points or --device cpu.", param="points")
+        if n < 6 or n > self.max_tokens:
+            raise BadRequest(f"this NPU SAM decoder takes up to {self.max_tokens - 5} prompt points (a box counts as "
+                             f"2, a lone point brings a padding point), got {n - 5}. Use fewer points or --device cpu.",
+                             param="points")
         with self._lock:
             if n not in self._sessions:
                 self._sessions[n] = self.open_for(n)
-                self.placement[n] = getattr(self._sessions[n], "edge_placement", {})
+                self.placement[n - 5] = getattr(self._sessions[n], "edge_placement", {})
             return self._sessions[n]
 
     def get_inputs(self):
@@ -129,7 +133,7 @@ class SamLowResDecoder:
 
     def get_providers(self):
         provs: list[str] = []
-        for s in self._sessions.values():
+        for s in [self.head, *self._sessions.values()]:
             provs += [p for p in s.get_providers() if p not in provs]
         return provs
 
@@ -137,9 +141,11 @@ class SamLowResDecoder:
         missing = [n for n in self.INPUTS if n not in feeds]
         if missing:
             raise BadRequest(f"SAM decoder inputs missing: {missing}", param="feeds")
-        n = int(np.shape(feeds["point_coords"])[1])
-        inner = {k: feeds[k] for k in self.INPUTS if k != "orig_im_size"}
-        iou, low = self.session(n).run(["iou_predictions", "low_res_masks"], inner)
+        tokens, dense = self.head.run(["prompt_tokens", "dense_embeddings"], {k: feeds[k] for k in self.HEAD_INPUTS})
+        body = self.session(int(tokens.shape[1]))
+        iou, low = body.run(["iou_predictions", "low_res_masks"], {"image_embeddings": feeds["image_embeddings"],
+                                                                    "prompt_tokens": tokens,
+                                                                    "dense_embeddings": dense})
         out = {"iou_predictions": iou, "low_res_masks": low}
         names = list(output_names) if output_names else list(self.OUTPUTS)
         if "masks" in names:
@@ -149,3 +155,4 @@ class SamLowResDecoder:
 
     def close(self) -> None:
         self._sessions.clear()
+        self.head = None

@@ -47,7 +47,7 @@ def component_for(path: str | Path) -> dict | None:
     except ValueError:
         return None
     comp = comps.get(rel)
-    return dict(comp) if isinstance(comp, dict) else None
+    return {**comp, "_root": str(folder), "_rel": rel} if isinstance(comp, dict) else None
 
 
 def npu_summary(manifest: dict) -> dict | None:

@@ -1,9 +1,9 @@
 """The generic fp32 -> NPU-ready graph pipeline every family converter uses:
 
   1. (optional) prune to the outputs the NPU graph should produce
-  2. rewrites: exact GELU -> its tanh approximation (sigmoid form; plain Erf -> tanh), ConvTranspose k2s2 -> Conv + DepthToSpace
+  2. rewrites: exact GELU -> one Gelu node (HTP-native) or its tanh approximation; lone Erf -> tanh; ConvTranspose k2s2 -> Conv + DepthToSpace
   3. static shapes (named dims fixed; ``keep`` dims stay symbolic and are fixed per session)
-  4. fold constants, collapse shape arithmetic on known dims, drop no-op Tile/Expand/Reshape — repeated
+  4. fold constants, clamp -3.4e38 attention masks to -100, collapse shape arithmetic on known dims, drop no-op Tile/Expand/Reshape — repeated
      until nothing changes
   5. QDQ quantization per scheme (export.npu.quant)
 """
@@ -29,10 +29,19 @@ class Prepared:
     inputs: dict = field(default_factory=dict)
 
 
+GELU_MODES = ("native", "tanh")
+
+
 def prepare(src: str | Path, dst: str | Path, *, dims: dict[str, int] | None = None,
             shapes: dict[str, list[int]] | None = None, outputs: list[str] | None = None,
-            keep_symbolic: tuple[str, ...] = ()) -> Prepared:
-    """``src`` (fp32 ONNX as exported) -> ``dst`` (fp32, rewritten, static except ``keep_symbolic``)."""
+            keep_symbolic: tuple[str, ...] = (), gelu: str = "native") -> Prepared:
+    """``src`` (fp32 ONNX as exported) -> ``dst`` (fp32, rewritten, static except ``keep_symbolic``).
+
+    ``gelu``: ``native`` fuses exact GELU (x*0.5*(1+erf(x/sqrt2))) into one ``Gelu`` node, which QNN HTP
+    runs natively (onnxruntime's QNN preprocessing); ``tanh`` writes it as the tanh approximation
+    instead (for NPUs without a GELU). Any Erf left over becomes tanh either way (HTP has no Erf)."""
+    if gelu not in GELU_MODES:
+        raise ValueError(f"gelu must be one of {GELU_MODES}, got {gelu!r}")
     import onnx
 
     src, dst = Path(src), Path(dst)
@@ -42,10 +51,17 @@ def prepare(src: str | Path, dst: str | Path, *, dims: dict[str, int] | None = N
         cur = src
         if outputs:
             cur = G.prune(src, scratch / "pruned.onnx", outputs)
-        model = onnx.load(str(cur))
-        before = G.op_counts(model)
+        before = G.op_counts(onnx.load(str(cur)))
         # 2. rewrites
-        model, n_gelu = G.gelu_erf_to_sigmoid(model)
+        n_native = 0
+        if gelu == "native":
+            from onnxruntime.quantization.execution_providers.qnn import qnn_preprocess_model
+
+            if qnn_preprocess_model(str(cur), str(scratch / "fused.onnx")):
+                cur = scratch / "fused.onnx"
+                n_native = G.op_counts(onnx.load(str(cur))).get("Gelu", 0)
+        model = onnx.load(str(cur))
+        model, n_gelu = G.gelu_erf_to_sigmoid(model) if gelu == "tanh" else (model, 0)
         model, n_erf = G.erf_to_tanh(model)
         model, n_ct = G.convtranspose_to_d2s(model)
         # 3. static shapes
@@ -60,6 +76,7 @@ def prepare(src: str | Path, dst: str | Path, *, dims: dict[str, int] | None = N
         G.fold(scratch / "rw.onnx", scratch / "f.onnx")
         model = onnx.load(str(scratch / "f.onnx"))
         model, n_split2 = G.slices_to_split(model)
+        model, n_mask = G.clamp_masks(model)
         onnx.save(model, str(scratch / "f.onnx"))
         n_known = n_noop = 0
         for _ in range(6):
@@ -71,10 +88,11 @@ def prepare(src: str | Path, dst: str | Path, *, dims: dict[str, int] | None = N
                 break
             onnx.save(model, str(scratch / "k.onnx"))
             G.fold(scratch / "k.onnx", scratch / "f.onnx")
-        shutil.copyfile(scratch / "f.onnx", dst)
-        final = onnx.load(str(dst))
-        return Prepared(dst, {"gelu_erf_to_sigmoid": n_gelu, "erf_to_tanh": n_erf, "convtranspose_to_depth_to_space": n_ct,
-                              "slices_to_split": n_split + n_split2,
+        final = onnx.load(str(scratch / "f.onnx"))
+        del final.metadata_props[:]   # onnxruntime's qnn_preprocess_model fails on models that carry any
+        onnx.save(final, str(dst))
+        return Prepared(dst, {"gelu_fused_native": n_native, "gelu_erf_to_sigmoid": n_gelu, "erf_to_tanh": n_erf, "convtranspose_to_depth_to_space": n_ct,
+                              "slices_to_split": n_split + n_split2, "masks_clamped": n_mask,
                               "shape_ops_folded": n_known, "noops_removed": n_noop,
                               "outputs_pruned_to": outputs or []},
                         before, G.op_counts(final), G.input_shapes(final))

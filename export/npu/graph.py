@@ -98,10 +98,10 @@ def erf_to_tanh(model):
 
 def gelu_erf_to_sigmoid(model):
     """``Add(Erf(z), 1)`` (the heart of exact GELU, x*0.5*(1+erf(x/sqrt2))) -> ``2*Sigmoid(2*(a*z + b*z^3))``,
-    the tanh GELU approximation written with a sigmoid (1 + tanh(u) = 2*sigmoid(2u)). Preferred over
-    :func:`erf_to_tanh` where it applies: QNN HTP computes ``x * (1 + tanh(.))`` wrongly with 16-bit
-    activations (measured: 0.35-0.58 relative error on diffusers' GEGLU), the sigmoid form correctly.
-    Returns (model, number replaced)."""
+    the tanh GELU approximation written with a sigmoid (1 + tanh(u) = 2*sigmoid(2u)). Used by
+    ``--gelu tanh`` (NPUs without a native GELU); measured here on the QNN HTP simulator with 16-bit
+    activations: ``x * (1 + tanh(.))`` inside diffusers' GEGLU diverged from onnxruntime's CPU QDQ
+    result, the sigmoid form did not. Returns (model, number replaced)."""
     from onnx import helper, numpy_helper
 
     g = model.graph
@@ -149,6 +149,26 @@ def gelu_erf_to_sigmoid(model):
     g.node.extend(out)
     _drop_unused_initializers(model)
     return model, len(replace)
+
+
+def clamp_masks(model, floor: float = -100.0, below: float = -1e4):
+    """Additive attention masks built from ``finfo.min`` (-3.4e38, e.g. CLIP's causal mask) -> ``floor``.
+    A static-range quantizer gives the masked ``scores + mask`` tensor a range of ~3.4e38, which leaves no
+    resolution for the real scores (measured: 0.13 relative error on CLIP's output with 16-bit
+    activations). exp(-100) is 0 in float32, so softmax is unchanged. Returns (model, tensors clamped)."""
+    from onnx import numpy_helper
+
+    g = model.graph
+    adds = {i for n in g.node if n.op_type == "Add" for i in n.input}
+    n = 0
+    for k, init in enumerate(list(g.initializer)):
+        if init.name not in adds or init.data_type != 1:
+            continue
+        a = numpy_helper.to_array(init)
+        if a.size > 1 and float(a.min()) < below:
+            g.initializer[k].CopyFrom(numpy_helper.from_array(np.maximum(a, np.float32(floor)), init.name))
+            n += 1
+    return model, n
 
 
 def convtranspose_to_d2s(model):
@@ -416,9 +436,8 @@ def fold_known_dims(model):
 
 def slices_to_split(model):
     """Two or more ``Slice`` nodes that cut one tensor into contiguous pieces along one axis (as
-    ``torch.chunk`` exports, e.g. GEGLU's gate) -> one ``Split``. Same values; QNN HTP computes the
-    Slice pair wrongly with 16-bit activations (measured: 0.66 relative error on diffusers' GEGLU).
-    Returns (model, number of Split nodes made)."""
+    ``torch.chunk`` exports, e.g. GEGLU's gate) -> one ``Split``. Same values, one node instead of
+    several. Returns (model, number of Split nodes made)."""
     from onnx import helper, numpy_helper
 
     g = model.graph
@@ -458,3 +477,97 @@ def slices_to_split(model):
         made += 1
     _drop_unused_initializers(model)
     return model, made
+
+
+def split_head(src: str | Path, head_dst: str | Path, body_dst: str | Path, head_inputs: list[str],
+               names: dict[str, str] | None = None) -> list[str]:
+    """Split a graph in two at the smallest cut below ``head_inputs``: the *head* computes everything
+    that depends on ``head_inputs`` alone (e.g. MobileSAM's prompt encoder: point labels compared with
+    -1/0/1/2/3, sine/cosine position encodings — exact on the CPU, ruined by static quantization), the
+    *body* the rest. Returns the cut tensor names (head outputs = body inputs); ``names`` renames
+    them in the order found (as list of new names)."""
+    import onnx
+    from onnx.utils import Extractor
+
+    model = onnx.load(str(src))
+    g = model.graph
+    const = {i.name for i in g.initializer} | {n.output[0] for n in g.node if n.op_type == "Constant"}
+    # 1. nodes whose non-constant inputs all come from the head inputs
+    pure, head_nodes = set(head_inputs), []
+    for n in g.node:
+        ins = [i for i in n.input if i and i not in const]
+        if ins and all(i in pure for i in ins):
+            head_nodes.append(n)
+            pure.update(n.output)
+
+    def frontier(nodes):
+        inside = {o for n in nodes for o in n.output}
+        ids = {id(n) for n in nodes}
+        return sorted({i for n in g.node if id(n) not in ids for i in n.input if i in inside}
+                      | {o.name for o in g.output if o.name in inside})
+
+    # 2. shrink: a head tensor computed from another cut tensor belongs to the body
+    while True:
+        cut = frontier(head_nodes)
+        producer = {o: n for n in head_nodes for o in n.output}
+        moved = set()
+        for c in cut:
+            down = {c}
+            for n in head_nodes:           # topological order: collect head nodes downstream of c
+                if any(i in down for i in n.input):
+                    down.update(n.output)
+                    moved.add(id(n))
+        moved -= {id(producer[c]) for c in cut}     # a cut tensor's own producer stays in the head...
+        for c in cut:                                # ...unless it is itself downstream of another cut tensor
+            if any(i in {o for n in head_nodes if id(n) in moved for o in n.output} for i in producer[c].input):
+                moved.add(id(producer[c]))
+        keep = [n for n in head_nodes if id(n) not in moved]
+        if len(keep) == len(head_nodes):
+            break
+        head_nodes = keep
+    cut = frontier(head_nodes)
+    rename = dict(zip(cut, names or cut))
+    # 3. rename the cut tensors, then extract both graphs
+    for n in g.node:
+        n.input[:] = [rename.get(i, i) for i in n.input]
+        n.output[:] = [rename.get(o, o) for o in n.output]
+    model = onnx.shape_inference.infer_shapes(model)
+    known = {v.name for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
+    for new in rename.values():
+        if new not in known:
+            model.graph.value_info.append(onnx.helper.make_tensor_value_info(new, onnx.TensorProto.FLOAT, None))
+    ex = Extractor(model)
+    onnx.save(ex.extract_model(head_inputs, list(rename.values())), str(head_dst))
+    body_inputs = [i.name for i in model.graph.input if i.name not in head_inputs] + list(rename.values())
+    outs = [o.name for o in model.graph.output]
+    body = ex.extract_model(body_inputs, outs)
+    used = {i for n in body.graph.node for i in n.input}
+    keep_in = [i for i in body.graph.input if i.name in used]
+    del body.graph.input[:]
+    body.graph.input.extend(keep_in)
+    onnx.save(body, str(body_dst))
+    return list(rename.values())
+
+
+def rename_tensors(model, mapping: dict[str, str]):
+    """Rename tensors (graph inputs/outputs, node inputs/outputs, value_info)."""
+    g = model.graph
+    for n in g.node:
+        n.input[:] = [mapping.get(i, i) for i in n.input]
+        n.output[:] = [mapping.get(o, o) for o in n.output]
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        vi.name = mapping.get(vi.name, vi.name)
+    return model
+
+
+def set_dim(model, tensor: str, axis: int, value: int | str):
+    """Set one dimension of a graph input to a number or a symbolic name."""
+    for vi in model.graph.input:
+        if vi.name == tensor:
+            d = vi.type.tensor_type.shape.dim[axis]
+            if isinstance(value, str):
+                d.dim_param = value
+            else:
+                d.dim_value = int(value)
+            return model
+    raise KeyError(tensor)

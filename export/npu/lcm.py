@@ -1,7 +1,7 @@
 """LCM fp32 export -> NPU artifact: text encoder, UNet, VAE decoder (and TAESD) as static-shape QDQ
 graphs for one image size; the img2img VAE encoder stays an fp32 CPU component.
 
-Rewrites: tanh GELU (the UNet's GEGLU feed-forward uses exact GELU), static shapes (batch 1, the
+Rewrites: the UNet's exact GELU (GEGLU) fused into HTP's native Gelu (or --gelu tanh), static shapes (batch 1, the
 latent side of ``size``), constant folding of the shape arithmetic diffusers' graphs carry.
 Calibration: every component's inputs recorded while the fp32 edge pipeline renders a set of prompts
 (text encoder ids, UNet latents / timesteps / embeddings at each step, the final latents for the
@@ -66,7 +66,7 @@ def record_feeds(src: Path, manifest: dict, size: int, steps: int, threads: int,
 
 
 def convert(src: Path, out: Path, schemes: list[str], default: str, *, size: int | None, steps: int,
-            threads: int) -> dict[str, Any]:
+            threads: int, gelu: str = "native") -> dict[str, Any]:
     from edge.errors import BadRequest
 
     manifest = json.loads((src / "edge-model.json").read_text())
@@ -82,7 +82,7 @@ def convert(src: Path, out: Path, schemes: list[str], default: str, *, size: int
     work = out / ".work"
     work.mkdir()
     # 1. static, rewritten fp32 graphs
-    prepared = {name: prepare(src / fp32[name], work / f"{name}.onnx", dims=dims[name])
+    prepared = {name: prepare(src / fp32[name], work / f"{name}.onnx", dims=dims[name], gelu=gelu)
                 for name in NPU_COMPONENTS if name in fp32}
     # 2. calibration data from the fp32 pipeline
     feeds = record_feeds(src, manifest, size, steps, threads)

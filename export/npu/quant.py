@@ -47,7 +47,14 @@ def quantize_qdq(src: str | Path, dst: str | Path, feeds: list[dict[str, np.ndar
     act, weight = SCHEMES[scheme]
     pre = dst.with_name(dst.stem + ".qnnpre.onnx")
     try:
-        if not qnn_preprocess_model(str(src), str(pre), fuse_layernorm=True):
+        import onnx
+
+        model = onnx.load(str(src))
+        if model.metadata_props:       # qnn_preprocess_model fails on models that carry metadata_props
+            del model.metadata_props[:]
+            onnx.save(model, str(pre))
+            src = pre
+        if not qnn_preprocess_model(str(src), str(pre), fuse_layernorm=True) and src != pre:
             shutil.copyfile(src, pre)
         cfg = get_qnn_qdq_config(str(pre), FeedsReader(feeds), calibrate_method=CalibrationMethod.MinMax,
                                  activation_type=getattr(QuantType, act), weight_type=getattr(QuantType, weight),

@@ -41,6 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--calib-steps", type=int, default=2, help="lcm: LCM steps per calibration prompt")
     _add(parser, "--calib-images", default=None, help="sam: folder of calibration images (default: generated "
                                                        "shapes + scikit-image photos)")
+    _add(parser, "--gelu", choices=("native", "tanh"), default="native",
+         help="exact GELU as one Gelu node (QNN HTP runs it natively) or as its tanh approximation")
+    _add(parser, "--sam-decoder-quant", default="a16w8",
+         help="sam: scheme of the decoder body in every variant ('same' = the variant's own); default a16w8 "
+              "(8-bit activations lose the masks)")
     _add(parser, "--verify-devices", default="cpu,auto",
          help="where to verify each scheme: cpu (QDQ on the CPU EP), auto/npu (on the NPU EP when installed); "
               "'none' skips verification")
@@ -75,6 +80,8 @@ def run(args: argparse.Namespace) -> Path:
         raise BadRequest("`source` LCM export has no fp32 precision; export with --precisions fp32,...", param="source")
     schemes = [s.strip() for s in args.quant.split(",") if s.strip()]
     bad = [s for s in schemes if s not in SCHEMES]
+    if getattr(args, "sam_decoder_quant", "same") not in (*SCHEMES, "same"):
+        bad.append(args.sam_decoder_quant)
     if not schemes or bad:
         raise BadRequest(f"`--quant` {args.quant!r} must list schemes from {', '.join(SCHEMES)}.", param="quant")
     devices = [] if args.verify_devices.strip() == "none" else [d.strip() for d in args.verify_devices.split(",")]
@@ -89,10 +96,13 @@ def run(args: argparse.Namespace) -> Path:
     with ArtifactDir(args.out, overwrite=args.overwrite) as tmp:
         # 2.-3. rewrite, make static, calibrate and quantize
         if family == "sam":
-            npu = sam.convert(src, tmp, schemes, default, calib_images=args.calib_images, threads=threads)
+            npu = sam.convert(src, tmp, schemes, default, calib_images=args.calib_images, threads=threads,
+                              decoder_quant=None if args.sam_decoder_quant == "same" else args.sam_decoder_quant,
+                              gelu=args.gelu)
             m = sam.manifest(src_manifest, npu, default)
         else:
-            npu = lcm.convert(src, tmp, schemes, default, size=args.size, steps=args.calib_steps, threads=threads)
+            npu = lcm.convert(src, tmp, schemes, default, size=args.size, steps=args.calib_steps, threads=threads,
+                              gelu=args.gelu)
             m = lcm.manifest(src_manifest, npu, default)
         # 4. manifest (edge.devices reads its npu section)
         m["npu"] = {"schema": 1, "target": "qnn-htp", "default_quant": default, "schemes": schemes,

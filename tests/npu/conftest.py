@@ -1,0 +1,293 @@
+"""NPU fixtures: tiny seeded MobileSAM and LCM exported ONCE to fp32 (the real upstream / diffusers
+architectures through the recipes' own export functions), converted ONCE by `export npu` (A16W8), and
+a compile cache for the QNN HTP simulator.
+
+The compiled EP-context graphs are kept between runs in $EDGE_TEST_CACHE/npu-cache (the exports are
+deterministic, so the same files hash to the same keys): the first run on a machine pays the QNN
+compiles (minutes for the 1024x1024 SAM encoder), later runs load them. Tests of the cache itself use
+their own fresh folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("EDGE_TEST_CACHE", Path.home() / ".cache" / "edge-run-tests"))
+THREADS = 2
+SAM_ID = "mobilesam-tiny-npu"
+LCM_ID = "lcm-tiny-npu"
+CRASH_ID = "mobilesam-tiny-npu-crashing"
+SIZE = 64          # the tiny LCM's static image side
+
+
+def have_qnn() -> bool:
+    try:
+        from edge.npu import eps
+
+        return eps.npu_device() is not None
+    except Exception:  # noqa: BLE001
+        return False
+
+
+needs_qnn = pytest.mark.skipif(not have_qnn(), reason="onnxruntime-qnn is not installed (pip install 'edge-run[npu]')")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def npu_cache_dir():
+    """The persistent compile cache (EDGE_NPU_CACHE) for the whole session."""
+    d = CACHE / "npu-cache"
+    d.mkdir(parents=True, exist_ok=True)
+    old = os.environ.get("EDGE_NPU_CACHE")
+    os.environ["EDGE_NPU_CACHE"] = str(d)
+    yield d
+    if old is None:
+        os.environ.pop("EDGE_NPU_CACHE", None)
+    else:
+        os.environ["EDGE_NPU_CACHE"] = old
+
+
+def _manifest_files(folder: Path, manifest: dict) -> None:
+    from export.artifacts import MANIFEST, file_table, write_json
+
+    manifest["files"] = file_table(folder)
+    write_json(folder / MANIFEST, manifest)
+
+
+# -- MobileSAM ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def sam_fp32(tmp_path_factory) -> Path:
+    """encoder.onnx + decoder.onnx of the tiny upstream MobileSAM (seed 0), fp32, with a manifest."""
+    import torch
+
+    from export.recipes import sam_onnx as R
+
+    torch.set_num_threads(THREADS)
+    out = tmp_path_factory.mktemp("npu-sam") / "fp32"
+    out.mkdir()
+    sam = R.build_sam("tiny", seed=0)
+    R.export_encoder(sam, out / "encoder.onnx")
+    R.export_decoder(sam, out / "decoder.onnx")
+    _manifest_files(out, {"task": "segment", "format": "onnx", "family": "mobilesam", "recipe": "sam",
+                          "precision": "fp32", "source": {"kind": "random-init", "preset": "tiny", "seed": 0}})
+    return out
+
+
+def run_npu_recipe(src: Path, out: Path, *extra: str) -> Path:
+    from export.recipes import npu as R
+
+    p = argparse.ArgumentParser()
+    R.add_arguments(p)
+    args = p.parse_args([str(src), "--out", str(out), "--quant", "a16w8", "--verify-devices", "none", *extra])
+    return R.run(args)
+
+
+@pytest.fixture(scope="session")
+def sam_npu(sam_fp32, tmp_path_factory) -> Path:
+    return run_npu_recipe(sam_fp32, tmp_path_factory.mktemp("npu-sam") / "npu")
+
+
+# -- LCM ------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def lcm_fp32(tmp_path_factory) -> Path:
+    """The tiny LCM (diffusers UNet / VAE / TAESD, transformers CLIP; seed 0) exported fp32 with the
+    recipe's own functions (its diffusers verification is the image tests' business)."""
+    import torch
+
+    from export.recipes import lcm_onnx as L
+
+    torch.set_num_threads(THREADS)
+    out = tmp_path_factory.mktemp("npu-lcm") / "fp32"
+    (out / "fp32").mkdir(parents=True)
+    src = L.random_components("tiny", 0)
+    L.write_tokenizer(out / "tokenizer", src.vocab, src.merges)
+    files = {}
+    for name, module in L._wrappers(src).items():  # noqa: SLF001 - the recipe's export wrappers
+        side = L.unet_trace_side(src) if name == "unet" else SIZE
+        L.export_component(module, name, L.sample_inputs(src, name, side), out / "fp32" / f"{name}.onnx", 17)
+        files[name] = f"fp32/{name}.onnx"
+    m = L.manifest(src, LCM_ID.replace("-npu", ""), {"fp32": files}, "fp32", {"precisions": {}})
+    _manifest_files(out, m)
+    return out
+
+
+@pytest.fixture(scope="session")
+def lcm_npu(lcm_fp32, tmp_path_factory) -> Path:
+    return run_npu_recipe(lcm_fp32, tmp_path_factory.mktemp("npu-lcm") / "npu", "--size", str(SIZE))
+
+
+# -- an EDGE_HOME with both installed, a Runtime on --device npu and a server over it ---------------
+
+@pytest.fixture(scope="session")
+def npu_home(sam_npu, lcm_npu, sam_npu_crashing, tmp_path_factory) -> Path:
+    from edge.config import Settings
+    from edge.registry import add_local_model
+
+    home = tmp_path_factory.mktemp("edge-home-npu")
+    s = Settings.from_env(env={}, home=home)
+    add_local_model(s, sam_npu, model_id=SAM_ID, task="segment", fmt="onnx", license="Apache-2.0",
+                    source={"recipe": "npu", "from": "sam tiny"})
+    add_local_model(s, lcm_npu, model_id=LCM_ID, task="image", fmt="onnx", license="Apache-2.0",
+                    source={"recipe": "npu", "from": "lcm tiny"})
+    add_local_model(s, sam_npu_crashing, model_id=CRASH_ID, task="segment", fmt="onnx", license="Apache-2.0",
+                    source={"recipe": "npu", "from": "sam tiny + the 5-D Tile that crashes libQnnHtp.so"})
+    return home
+
+
+@pytest.fixture(scope="session")
+def npu_runtime(npu_home):
+    from edge.api import Runtime
+
+    rt = Runtime(home=str(npu_home), threads=THREADS, offline=True, keep_alive=-1, device="npu")
+    yield rt
+    rt.close()
+
+
+@pytest.fixture(scope="session")
+def npu_server(npu_runtime):
+    import uvicorn
+
+    from edge.server.app import create_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(npu_runtime), host="127.0.0.1", port=port,
+                                           log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+# -- small graphs for the device / cache / crash tests ----------------------------------------------
+
+def qdq_artifact(folder: Path, fp32_model, feeds: list[dict], name: str = "model.onnx", scheme: str = "a8w8") -> Path:
+    """Quantize an fp32 onnx.ModelProto into ``folder/name`` and write a manifest declaring it an NPU
+    component (static shapes)."""
+    import onnx
+
+    from export.npu.quant import quantize_qdq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(fp32_model, str(folder / "fp32.onnx"))
+    quantize_qdq(folder / "fp32.onnx", folder / name, feeds, scheme)
+    (folder / "fp32.onnx").unlink()
+    (folder / "edge-model.json").write_text(json.dumps({"task": "test", "format": "onnx", "npu": {
+        "schema": 1, "components": {name: {"role": "test", "quant": scheme, "static": True, "device": "npu"}}}}))
+    return folder / name
+
+
+def tile5d_model():
+    """x -> Unsqueeze -> Tile(all ones, 5-D) -> Reshape -> + b: the pattern of upstream MobileSAM's
+    repeat_interleave that makes libQnnHtp.so segfault at graph finalisation (a real crash)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.array([1], np.int64), "axis"),
+             numpy_helper.from_array(np.ones(5, np.int64), "reps"),
+             numpy_helper.from_array(np.array([-1, 16, 8, 8], np.int64), "shape"),
+             numpy_helper.from_array(np.linspace(-1, 1, 1024, dtype=np.float32).reshape(1, 16, 8, 8), "b")]
+    nodes = [helper.make_node("Unsqueeze", ["x", "axis"], ["u"]), helper.make_node("Tile", ["u", "reps"], ["t"]),
+             helper.make_node("Reshape", ["t", "shape"], ["r"]), helper.make_node("Add", ["r", "b"], ["y"])]
+    g = helper.make_graph(nodes, "tile5d", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def conv_model(erf: bool = False, seed: int = 0):
+    """A small conv -> ReLU -> conv net (exported by torch); ``erf`` puts a bare ``erf`` there instead, an
+    operator the HTP lacks (exact GELU itself is fused into HTP's Gelu by the QNN preprocessing)."""
+    import io
+
+    import onnx
+    import torch
+
+    torch.manual_seed(seed)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Conv2d(3, 16, 3, padding=1)
+            self.b = torch.nn.Conv2d(16, 8, 3, padding=1)
+
+        def forward(self, x):
+            h = self.a(x)
+            h = torch.erf(h) if erf else torch.relu(h)
+            return self.b(h)
+
+    buf = io.BytesIO()
+    torch.onnx.export(Net().eval(), (torch.zeros(1, 3, 32, 32),), buf, input_names=["x"], output_names=["y"],
+                      opset_version=17, dynamo=False)
+    return onnx.load_from_string(buf.getvalue())
+
+
+@pytest.fixture()
+def fresh_cache(tmp_path, monkeypatch) -> Path:
+    d = tmp_path / "npu-cache"
+    monkeypatch.setenv("EDGE_NPU_CACHE", str(d))
+    return d
+
+
+def inject_tile5d(path: Path, tensor: str) -> None:
+    """Insert Unsqueeze -> Tile(all ones, 5-D) -> Reshape, each wrapped in the tensor's own Q/DQ, right
+    after the DequantizeLinear of ``tensor`` in a QDQ model: the same values, but the graph now holds the
+    pattern that crashes libQnnHtp.so (used to make a real crashing NPU model for the front doors)."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    m = onnx.load(str(path))
+    g = m.graph
+    dq = next(n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] in
+              {q.output[0] for q in g.node if q.op_type == "QuantizeLinear" and q.input[0] == tensor})
+    scale, zp = dq.input[1], dq.input[2]
+    src = dq.output[0]
+    shape = next(list(d.dim_value for d in i.type.tensor_type.shape.dim) for i in g.input if i.name == tensor)
+    g.initializer.extend([numpy_helper.from_array(np.array([0], np.int64), "crash_axis"),
+                          numpy_helper.from_array(np.ones(len(shape) + 1, np.int64), "crash_reps"),
+                          numpy_helper.from_array(np.array(shape, np.int64), "crash_shape")])
+    domain = dq.domain
+    new, cur = [], src
+    for k, (op, extra) in enumerate((("Unsqueeze", "crash_axis"), ("Tile", "crash_reps"), ("Reshape", "crash_shape"))):
+        out, qo, dqo = f"crash_{k}", f"crash_{k}_q", f"crash_{k}_dq"
+        new += [helper.make_node(op, [cur, extra], [out], name=f"crash_{op}"),
+                helper.make_node("QuantizeLinear", [out, scale, zp], [qo], name=f"crash_{k}_Q", domain=domain),
+                helper.make_node("DequantizeLinear", [qo, scale, zp], [dqo], name=f"crash_{k}_DQ", domain=domain)]
+        cur = dqo
+    for n in g.node:
+        if n is not dq:
+            n.input[:] = [cur if i == src else i for i in n.input]
+    at = list(g.node).index(dq) + 1
+    for k, n in enumerate(new):
+        g.node.insert(at + k, n)
+    onnx.save(m, str(path))
+
+
+@pytest.fixture(scope="session")
+def sam_npu_crashing(sam_npu, tmp_path_factory) -> Path:
+    """A copy of the SAM NPU artifact whose decoder body holds upstream's crashing 5-D Tile again."""
+    from export.artifacts import MANIFEST
+
+    out = tmp_path_factory.mktemp("npu-sam-crash") / "npu"
+    shutil.copytree(sam_npu, out)
+    inject_tile5d(out / "decoder.onnx", "image_embeddings")
+    _manifest_files(out, json.loads((out / MANIFEST).read_text()))
+    return out

@@ -1,0 +1,99 @@
+"""Tiny MobileSAM and LCM on the QNN HTP (the x86-64 simulator of the Hexagon NPU), strict
+(``device="npu"``: CPU fallback disabled), against the fp32 exports on onnxruntime's CPU EP.
+
+Thresholds (A16W8, measured on these seeded random models, stated here and asserted):
+  SAM    embedding relative error <= 0.05; mask IoU vs fp32 >= 0.90 for every mask of the prompts
+  LCM    image PSNR vs the fp32 pipeline >= 25 dB; text-embedding relative error <= 0.05
+The HTP's numerics are compared with onnxruntime's own QDQ kernels as well (same graph on the CPU EP).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from edge.errors import BadRequest
+from tests.npu.conftest import SIZE, THREADS, needs_qnn
+
+pytestmark = needs_qnn
+SAM_MIN_IOU = 0.90
+SAM_MAX_EMB_ERR = 0.05
+LCM_MIN_PSNR = 25.0
+LCM_MAX_TEXT_ERR = 0.05
+
+
+def _iou(a, b) -> float:
+    from export import verify as V
+
+    return V.iou(a, b)
+
+
+@pytest.fixture(scope="module")
+def held_out_photo():
+    from export.npu.sam import verify_images
+
+    return verify_images()[0][1]        # scikit-image's chelsea: not among the calibration images
+
+
+def test_sam_encoder_and_decoder_run_on_the_npu_close_to_fp32(sam_fp32, sam_npu, held_out_photo):
+    from edge.segment import preprocess as pre
+    from edge.segment.predictor import OnnxSamPredictor
+    from export import verify as V
+
+    ref = OnnxSamPredictor.from_files(sam_fp32 / "encoder.onnx", sam_fp32 / "decoder.onnx", threads=THREADS,
+                                      device="cpu")
+    npu = OnnxSamPredictor.from_files(sam_npu / "encoder.onnx", sam_npu / "decoder.onnx", threads=THREADS,
+                                      device="npu")
+    # 1. placement: the whole encoder on the NPU
+    enc = npu.encoder.placement
+    assert enc["device"] == "npu" and enc["cpu"] == 0 and enc["npu"] > 500
+    # 2. embedding
+    img = pre.load_image(held_out_photo)
+    e_ref, e_npu = ref.encode(img), npu.encode(img)
+    assert V.relative_error(e_npu.features, e_ref.features) <= SAM_MAX_EMB_ERR
+    # 3. masks: a foreground point (multimask) and a box, both 2 prompt points -> one compiled decoder
+    h, w = img.size
+    for points, box, multi in (([(0.45 * w, 0.5 * h, 1)], None, True), ([], (0.2 * w, 0.2 * h, 0.8 * w, 0.9 * h), False)):
+        prompt = pre.parse_prompt(points, box, (h, w))
+        m_ref, _ = ref.decode(e_ref, prompt, multimask=multi)
+        m_npu, _ = npu.decode(e_npu, prompt, multimask=multi)
+        ious = [_iou(a.mask, b.mask) for a, b in zip(m_npu, m_ref)]
+        assert min(ious) >= SAM_MIN_IOU, ious
+    dec = npu.decoder.placement[2]               # the body compiled for 2 prompt points (7 tokens)
+    assert dec["device"] == "npu" and dec["cpu"] == 0 and dec["npu"] > 300
+    assert npu.decoder.head.get_providers() == ["CPUExecutionProvider"]    # the fp32 prompt encoder
+
+
+def _render(comps, prompt: str, seed: int = 3, size: int = SIZE) -> np.ndarray:
+    from edge.image.pipeline import ImageRequest, LCMPipeline
+
+    gen = LCMPipeline(comps, model_id="t").generate_steps(ImageRequest(prompt=prompt, width=size, height=size,
+                                                                       steps=2, seed=seed))
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        return np.asarray(stop.value[0])
+
+
+def test_lcm_pipeline_runs_on_the_npu_close_to_fp32(lcm_fp32, lcm_npu):
+    from edge.image.engine import components_from_manifest
+    from export import verify as V
+
+    ref = components_from_manifest(json.loads((lcm_fp32 / "edge-model.json").read_text()), lcm_fp32,
+                                   precision="fp32", threads=THREADS, device="cpu")
+    manifest = json.loads((lcm_npu / "edge-model.json").read_text())
+    assert manifest["precision"] == "a16w8" and manifest["default_size"] == SIZE
+    npu = components_from_manifest(manifest, lcm_npu, threads=THREADS, device="npu")
+    prompt = "a small boat on a calm lake at sunrise"
+    img_ref, img_npu = _render(ref, prompt), _render(npu, prompt)
+    assert V.psnr(img_npu, img_ref, data_range=255.0) >= LCM_MIN_PSNR
+    ids = ref.tokenizer.encode([prompt])[0]
+    assert V.relative_error(npu.text_encoder(input_ids=ids)[0], ref.text_encoder(input_ids=ids)[0]) <= LCM_MAX_TEXT_ERR
+    for model in (npu.text_encoder, npu.unet, npu.decoders["vae"].model._model):   # noqa: SLF001 (LazyModel)
+        p = model.session.placement
+        assert p["device"] == "npu" and p["cpu"] == 0 and p["npu"] > 100, p
+    with pytest.raises(BadRequest, match=f"generates {SIZE}x{SIZE} images only"):
+        _render(npu, prompt, size=SIZE * 2)
