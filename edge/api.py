@@ -92,6 +92,14 @@ class RuntimeCore:
     def _estimate(self, model_id: str) -> int:
         entry = self.catalog.get(model_id)
         size = entry.size
+        manifest_path = self.store.model_dir(model_id) / "edge-model.json"
+        if manifest_path.is_file():  # multi-precision exports: only the loaded precision's files count
+            import json
+
+            manifest = json.loads(manifest_path.read_text())
+            load = (manifest.get("load_bytes") or {}).get(manifest.get("precision"))
+            if isinstance(load, int) and load > 0:
+                size = load
         if entry.task == "chat":
             size += 64 << 20  # KV cache + compute buffers of a small model at the default context
         return int(size * 1.1)
