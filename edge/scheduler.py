@@ -257,7 +257,8 @@ class Scheduler:
         cands = list(self._running)
         if self.policy == "fifo" and self._running:
             return self._running[0]
-        for h in self._queued:
+        queued = self._queued[:1] if self.policy == "fifo" else self._queued  # FIFO: only the head may start
+        for h in queued:
             m = self._models.get(h.spec.model_id)
             if m is not None and m.running < m.slots:
                 cands.append(h)
