@@ -21,6 +21,7 @@ import numpy as np
 from edge.chat.request import ChatRequest, ChatResult
 from edge.errors import BadRequest, ContextTooLong, EdgeError, ModelNotInstalled
 from edge.jobs import Step, StepGen
+from edge.chat.engine import _common_prefix
 
 PREFILL_CHUNK = 256
 REPEAT_LAST_N = 64  # llama-cpp-python's default window for repeat_penalty
@@ -250,13 +251,6 @@ def _softmax(x: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _find_stop(text: str, stops: list[str]) -> int | None:
