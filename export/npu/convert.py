@@ -88,7 +88,9 @@ def prepare(src: str | Path, dst: str | Path, *, dims: dict[str, int] | None = N
                 break
             onnx.save(model, str(scratch / "k.onnx"))
             G.fold(scratch / "k.onnx", scratch / "f.onnx")
-        final = onnx.load(str(scratch / "f.onnx"))
+        # value_info for every tensor (the calibrator only sees tensors whose type onnx's own inference
+        # reaches, and it stops at contrib ops such as com.microsoft Gelu)
+        final = G._infer(onnx.load(str(scratch / "f.onnx")))  # noqa: SLF001
         del final.metadata_props[:]   # onnxruntime's qnn_preprocess_model fails on models that carry any
         onnx.save(final, str(dst))
         return Prepared(dst, {"gelu_fused_native": n_native, "gelu_erf_to_sigmoid": n_gelu, "erf_to_tanh": n_erf, "convtranspose_to_depth_to_space": n_ct,

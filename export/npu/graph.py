@@ -255,7 +255,7 @@ def prune(src: str | Path, dst: str | Path, outputs: list[str], inputs: list[str
     import onnx
     from onnx.utils import Extractor
 
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(src)))
+    model = _infer(onnx.load(str(src)))
     known = {v.name for v in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input)}
     for name in outputs:  # shape inference does not reach every tensor (e.g. some QDQ outputs)
         if name not in known:
@@ -293,6 +293,22 @@ def op_counts(model) -> dict[str, int]:
 def _static_shape(shapes: dict[str, list], name: str) -> list[int] | None:
     s = shapes.get(name)
     return s if s is not None and all(isinstance(d, int) and d > 0 for d in s) else None
+
+
+def _infer(model):
+    """The model with value_info filled by onnxruntime's symbolic shape inference (it knows contrib
+    ops such as com.microsoft Gelu, where onnx's inference stops), else by onnx's."""
+    import onnx
+
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        out = SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=False)
+        if out is not None:
+            return out
+    except Exception:  # noqa: BLE001
+        pass
+    return onnx.shape_inference.infer_shapes(model)
 
 
 def _shape_table(model) -> dict[str, list]:
@@ -531,7 +547,7 @@ def split_head(src: str | Path, head_dst: str | Path, body_dst: str | Path, head
     for n in g.node:
         n.input[:] = [rename.get(i, i) for i in n.input]
         n.output[:] = [rename.get(o, o) for o in n.output]
-    model = onnx.shape_inference.infer_shapes(model)
+    model = _infer(model)
     known = {v.name for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output)}
     for new in rename.values():
         if new not in known:

@@ -66,7 +66,7 @@ def record_feeds(src: Path, manifest: dict, size: int, steps: int, threads: int,
 
 
 def convert(src: Path, out: Path, schemes: list[str], default: str, *, size: int | None, steps: int,
-            threads: int, gelu: str = "native") -> dict[str, Any]:
+            threads: int, gelu: str = "native", calib_limit: int = 8) -> dict[str, Any]:
     from edge.errors import BadRequest
 
     manifest = json.loads((src / "edge-model.json").read_text())
@@ -85,7 +85,7 @@ def convert(src: Path, out: Path, schemes: list[str], default: str, *, size: int
     prepared = {name: prepare(src / fp32[name], work / f"{name}.onnx", dims=dims[name], gelu=gelu)
                 for name in NPU_COMPONENTS if name in fp32}
     # 2. calibration data from the fp32 pipeline
-    feeds = record_feeds(src, manifest, size, steps, threads)
+    feeds = record_feeds(src, manifest, size, steps, threads, prompts=CALIB_PROMPTS[:max(1, calib_limit)])
     # 3. quantize; copy the CPU components and the tokenizer
     components, table = {}, {}
     for scheme in schemes:

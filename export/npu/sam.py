@@ -73,7 +73,8 @@ HEAD_INPUTS = ["point_coords", "point_labels", "mask_input", "has_mask_input"]
 
 
 def convert(src: Path, out: Path, schemes: list[str], default: str, *, calib_images: str | None,
-            threads: int, decoder_quant: str | None = "a16w8", gelu: str = "native") -> dict[str, Any]:
+            threads: int, decoder_quant: str | None = "a16w8", gelu: str = "native",
+            calib_limit: int = 8) -> dict[str, Any]:
     """Write the NPU graphs into ``out`` (default scheme at the top, others in ``<scheme>/``; the fp32
     prompt-encoder head ``decoder_head.onnx`` is shared); return the manifest's ``npu`` section parts.
     ``decoder_quant``: the scheme of every variant's decoder body (None = the variant's own). Default
@@ -95,7 +96,10 @@ def convert(src: Path, out: Path, schemes: list[str], default: str, *, calib_ima
                   keep_symbolic=("num_points",), gelu=gelu)
     cut = G.split_head(dec.path, work / "head.onnx", work / "body.onnx", HEAD_INPUTS)
     head = onnx.load(str(work / "head.onnx"))
-    ranks = {o.name: len(o.type.tensor_type.shape.dim) for o in head.graph.output}
+    probe = ort.InferenceSession(str(work / "head.onnx"), providers=["CPUExecutionProvider"])
+    outs = probe.run(None, {"point_coords": np.zeros((1, 2, 2), np.float32), "point_labels": np.array([[1, -1]], np.float32),
+                            "mask_input": np.zeros((1, 1, 256, 256), np.float32), "has_mask_input": np.zeros(1, np.float32)})
+    ranks = {o.name: v.ndim for o, v in zip(probe.get_outputs(), outs)}
     names = {c: "dense_embeddings" if ranks.get(c) == 4 else "prompt_tokens" for c in cut}
     if sorted(names.values()) != ["dense_embeddings", "prompt_tokens"]:
         raise RuntimeError(f"unexpected MobileSAM decoder structure: the prompt encoder ends in {cut}")
@@ -110,7 +114,7 @@ def convert(src: Path, out: Path, schemes: list[str], default: str, *, calib_ima
     enc_ref = ort.InferenceSession(str(src / "encoder.onnx"), so, providers=["CPUExecutionProvider"])
     head_sess = ort.InferenceSession(str(out / "decoder_head.onnx"), so, providers=["CPUExecutionProvider"])
     enc_feeds, dec_feeds = [], []
-    for _, rgb in calibration_images(calib_images):
+    for _, rgb in calibration_images(calib_images, limit=calib_limit):
         x, _ = pre.encoder_input(rgb)
         enc_feeds.append({"image": x})
         emb = enc_ref.run(None, {"image": x})[0]

@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
          help=f"comma list of QDQ schemes ({', '.join(SCHEMES)}); the first is the default the runtime loads")
     _add(parser, "--size", type=int, default=None, help="lcm: the static image side (default: the model's)")
     _add(parser, "--calib-steps", type=int, default=2, help="lcm: LCM steps per calibration prompt")
+    _add(parser, "--calib-limit", type=int, default=8, help="at most this many calibration images (sam) / prompts (lcm)")
     _add(parser, "--calib-images", default=None, help="sam: folder of calibration images (default: generated "
                                                        "shapes + scikit-image photos)")
     _add(parser, "--gelu", choices=("native", "tanh"), default="native",
@@ -97,11 +98,13 @@ def run(args: argparse.Namespace) -> Path:
         # 2.-3. rewrite, make static, calibrate and quantize
         if family == "sam":
             npu = sam.convert(src, tmp, schemes, default, calib_images=args.calib_images, threads=threads,
+                              calib_limit=args.calib_limit,
                               decoder_quant=None if args.sam_decoder_quant == "same" else args.sam_decoder_quant,
                               gelu=args.gelu)
             m = sam.manifest(src_manifest, npu, default)
         else:
             npu = lcm.convert(src, tmp, schemes, default, size=args.size, steps=args.calib_steps, threads=threads,
+                              calib_limit=args.calib_limit,
                               gelu=args.gelu)
             m = lcm.manifest(src_manifest, npu, default)
         # 4. manifest (edge.devices reads its npu section)

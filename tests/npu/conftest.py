@@ -10,7 +10,6 @@ their own fresh folders.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ SAM_ID = "mobilesam-tiny-npu"
 LCM_ID = "lcm-tiny-npu"
 CRASH_ID = "mobilesam-tiny-npu-crashing"
 SIZE = 64          # the tiny LCM's static image side
+CALIB = 3          # calibration images (sam) / prompts (lcm): enough for these tiny models, quick
 
 
 def have_qnn() -> bool:
@@ -64,68 +64,41 @@ def _manifest_files(folder: Path, manifest: dict) -> None:
     write_json(folder / MANIFEST, manifest)
 
 
-# -- MobileSAM ------------------------------------------------------------------------------------
-
 @pytest.fixture(scope="session")
 def sam_fp32(tmp_path_factory) -> Path:
     """encoder.onnx + decoder.onnx of the tiny upstream MobileSAM (seed 0), fp32, with a manifest."""
     import torch
 
-    from export.recipes import sam_onnx as R
+    from export.npu import tiny
 
     torch.set_num_threads(THREADS)
-    out = tmp_path_factory.mktemp("npu-sam") / "fp32"
-    out.mkdir()
-    sam = R.build_sam("tiny", seed=0)
-    R.export_encoder(sam, out / "encoder.onnx")
-    R.export_decoder(sam, out / "decoder.onnx")
-    _manifest_files(out, {"task": "segment", "format": "onnx", "family": "mobilesam", "recipe": "sam",
-                          "precision": "fp32", "source": {"kind": "random-init", "preset": "tiny", "seed": 0}})
-    return out
-
-
-def run_npu_recipe(src: Path, out: Path, *extra: str) -> Path:
-    from export.recipes import npu as R
-
-    p = argparse.ArgumentParser()
-    R.add_arguments(p)
-    args = p.parse_args([str(src), "--out", str(out), "--quant", "a16w8", "--verify-devices", "none", *extra])
-    return R.run(args)
+    return tiny.sam_fp32(tmp_path_factory.mktemp("npu-sam") / "fp32")
 
 
 @pytest.fixture(scope="session")
 def sam_npu(sam_fp32, tmp_path_factory) -> Path:
-    return run_npu_recipe(sam_fp32, tmp_path_factory.mktemp("npu-sam") / "npu")
+    from export.npu import tiny
 
+    return tiny.to_npu(sam_fp32, tmp_path_factory.mktemp("npu-sam") / "npu", "--calib-limit", str(CALIB))
 
-# -- LCM ------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="session")
 def lcm_fp32(tmp_path_factory) -> Path:
-    """The tiny LCM (diffusers UNet / VAE / TAESD, transformers CLIP; seed 0) exported fp32 with the
-    recipe's own functions (its diffusers verification is the image tests' business)."""
+    """The tiny LCM (diffusers UNet / VAE / TAESD, transformers CLIP; seed 0), fp32."""
     import torch
 
-    from export.recipes import lcm_onnx as L
+    from export.npu import tiny
 
     torch.set_num_threads(THREADS)
-    out = tmp_path_factory.mktemp("npu-lcm") / "fp32"
-    (out / "fp32").mkdir(parents=True)
-    src = L.random_components("tiny", 0)
-    L.write_tokenizer(out / "tokenizer", src.vocab, src.merges)
-    files = {}
-    for name, module in L._wrappers(src).items():  # noqa: SLF001 - the recipe's export wrappers
-        side = L.unet_trace_side(src) if name == "unet" else SIZE
-        L.export_component(module, name, L.sample_inputs(src, name, side), out / "fp32" / f"{name}.onnx", 17)
-        files[name] = f"fp32/{name}.onnx"
-    m = L.manifest(src, LCM_ID.replace("-npu", ""), {"fp32": files}, "fp32", {"precisions": {}})
-    _manifest_files(out, m)
-    return out
+    return tiny.lcm_fp32(tmp_path_factory.mktemp("npu-lcm") / "fp32", size=SIZE)
 
 
 @pytest.fixture(scope="session")
 def lcm_npu(lcm_fp32, tmp_path_factory) -> Path:
-    return run_npu_recipe(lcm_fp32, tmp_path_factory.mktemp("npu-lcm") / "npu", "--size", str(SIZE))
+    from export.npu import tiny
+
+    return tiny.to_npu(lcm_fp32, tmp_path_factory.mktemp("npu-lcm") / "npu", "--size", str(SIZE), "--calib-limit",
+                       str(CALIB))
 
 
 # -- an EDGE_HOME with both installed, a Runtime on --device npu and a server over it ---------------

@@ -131,7 +131,12 @@ def test_static_shape_pipeline_keeps_a_named_dim_symbolic(tmp_path):
     m = _export(Net(), torch.randn(2, 3, 4), dynamic={"x": {0: "batch", 2: "n"}})
     onnx.save(m, tmp_path / "a.onnx")
     prep = prepare(tmp_path / "a.onnx", tmp_path / "b.onnx", dims={"batch": 1}, keep_symbolic=("n",))
-    assert prep.inputs["x"] == [1, 3, "n"] and prep.rewrites["gelu_erf_to_sigmoid"] == 1
+    assert prep.inputs["x"] == [1, 3, "n"] and prep.rewrites["gelu_fused_native"] == 1
+    x = torch.randn(1, 3, 5)
+    got = ort.InferenceSession(str(tmp_path / "b.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x.numpy()})[0]
+    np.testing.assert_allclose(got, Net()(x).numpy(), atol=1e-5)        # native Gelu: exact GELU
+    tanh = prepare(tmp_path / "a.onnx", tmp_path / "t.onnx", dims={"batch": 1}, keep_symbolic=("n",), gelu="tanh")
+    assert tanh.rewrites["gelu_erf_to_sigmoid"] == 1 and "Gelu" not in tanh.ops_after
     with pytest.raises(ValueError, match="symbolic"):
         prepare(tmp_path / "a.onnx", tmp_path / "c.onnx", dims={"batch": 1})
 

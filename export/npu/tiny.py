@@ -1,0 +1,56 @@
+"""Tiny seeded fp32 exports for tests and benches (the real upstream MobileSAM / diffusers + CLIP
+architectures through the recipes' own export functions; the recipes' PyTorch verification is their
+own tests' business), and the NPU conversion of a folder with default options."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from export.artifacts import MANIFEST, file_table, write_json
+
+LCM_SIZE = 64
+
+
+def _write_manifest(folder: Path, manifest: dict) -> None:
+    manifest["files"] = file_table(folder)
+    write_json(folder / MANIFEST, manifest)
+
+
+def sam_fp32(out: Path, preset: str = "tiny", seed: int = 0) -> Path:
+    """encoder.onnx + decoder.onnx of upstream MobileSAM with seeded random weights, fp32."""
+    from export.recipes import sam_onnx as R
+
+    out.mkdir(parents=True, exist_ok=True)
+    sam = R.build_sam(preset, seed=seed)
+    R.export_encoder(sam, out / "encoder.onnx")
+    R.export_decoder(sam, out / "decoder.onnx")
+    _write_manifest(out, {"task": "segment", "format": "onnx", "family": "mobilesam", "recipe": "sam",
+                          "precision": "fp32", "source": {"kind": "random-init", "preset": preset, "seed": seed}})
+    return out
+
+
+def lcm_fp32(out: Path, preset: str = "tiny", seed: int = 0, size: int = LCM_SIZE) -> Path:
+    """The LCM components (CLIP text encoder, UNet with w-embedding, VAE, TAESD) with seeded random
+    weights, fp32, in the lcm recipe's folder layout."""
+    from export.recipes import lcm_onnx as L
+
+    (out / "fp32").mkdir(parents=True, exist_ok=True)
+    src = L.random_components(preset, seed)
+    L.write_tokenizer(out / "tokenizer", src.vocab, src.merges)
+    files = {}
+    for name, module in L._wrappers(src).items():  # noqa: SLF001 - the recipe's export wrappers
+        side = L.unet_trace_side(src) if name == "unet" else size
+        L.export_component(module, name, L.sample_inputs(src, name, side), out / "fp32" / f"{name}.onnx", 17)
+        files[name] = f"fp32/{name}.onnx"
+    _write_manifest(out, L.manifest(src, f"lcm-{preset}-random", {"fp32": files}, "fp32", {"precisions": {}}))
+    return out
+
+
+def to_npu(src: Path, out: Path, *extra: str, quant: str = "a16w8") -> Path:
+    """`edge-run export npu SRC --out OUT --quant QUANT --verify-devices none ...`."""
+    from export.recipes import npu as R
+
+    p = argparse.ArgumentParser()
+    R.add_arguments(p)
+    return R.run(p.parse_args([str(src), "--out", str(out), "--quant", quant, "--verify-devices", "none", *extra]))
