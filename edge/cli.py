@@ -162,6 +162,16 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _with_nested(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """``p`` and every sub-command parser below it."""
+    out = [p]
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                out += _with_nested(child)
+    return out
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-run", description="Offline on-device inference: chat, images, "
                                 "segmentation behind one scheduler.")
@@ -235,7 +245,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         before = set(sub.choices)
         mod.add_parser(sub)
         for name in set(sub.choices) - before:
-            add_settings_flags(sub.choices[name])
+            for parser_ in _with_nested(sub.choices[name]):  # e.g. `edge-run distill lcm ... --home X`
+                add_settings_flags(parser_)
             sub.choices[name].set_defaults(_workload=True)
     return p
 
