@@ -417,7 +417,17 @@ class Trainer:
         start = self.resume()
         before_path = self.ckpt_dir / "before.json"
         before = None
+        eval_s = 0.0
         if evaluate is not None:
+            inner = evaluate
+
+            def evaluate() -> dict:  # noqa: F811 - the same evaluation, timed
+                nonlocal eval_s
+                t = time.perf_counter()
+                out = inner()
+                eval_s += time.perf_counter() - t
+                return out
+
             if start and before_path.exists():
                 before = json.loads(before_path.read_text())
             elif self.is_main:
@@ -429,6 +439,7 @@ class Trainer:
         bar = tqdm(total=cfg.steps, initial=start, desc=f"distill {self.recipe}", unit="step",
                    disable=cfg.no_progress or not self.is_main, dynamic_ncols=True)
         t0 = time.perf_counter()
+        eval_before_loop = eval_s
         for step in range(start, end):
             self.model.train()
             loss, metrics = loss_fn(step)
@@ -458,7 +469,7 @@ class Trainer:
         bar.close()
         if end < cfg.steps:
             return {"recipe": self.recipe, "stopped_at_step": end, "checkpoints": str(self.ckpt_dir)}
-        train_s = time.perf_counter() - t0
+        train_s = time.perf_counter() - t0 - (eval_s - eval_before_loop)
         self.counter.step = cfg.steps
         after = None
         if evaluate is not None and self.is_main:
@@ -467,6 +478,7 @@ class Trainer:
         self.acc.wait_for_everyone()
         return {"recipe": self.recipe, "config": dataclasses.asdict(cfg), "processes": self.world,
                 "device": str(self.device), "resumed_from_step": start, "train_seconds": round(train_s, 2),
+                "eval_seconds": round(eval_s, 2),
                 "before": before, "after": after, "change": relative_change(before, after),
                 "history": self.history}
 

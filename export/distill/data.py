@@ -109,25 +109,52 @@ def procedural_texture(kind: str, size: tuple[int, int], rng: np.random.Generato
 
 
 # ---------------------------------------------------------------------------------------------- captions
+PLACES = {"top left": (0.28, 0.28), "top": (0.5, 0.28), "top right": (0.72, 0.28), "left": (0.28, 0.5),
+          "center": (0.5, 0.5), "right": (0.72, 0.5), "bottom left": (0.28, 0.72), "bottom": (0.5, 0.72),
+          "bottom right": (0.72, 0.72)}
+CAPTION_TEXTURES = ("plain", "striped", "checkered", "dotted", "gradient")
+
+
+def caption_texture(kind: str, size: int, a: tuple[int, int, int], b: tuple[int, int, int]) -> np.ndarray:
+    """A background fully described by its caption words (fixed stripe angle / cell sizes)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    if kind == "plain":
+        t = np.zeros((size, size), np.float32)
+    elif kind == "striped":
+        t = ((xx + yy) // max(2, size // 8) % 2).astype(np.float32)
+    elif kind == "checkered":
+        t = ((yy // max(2, size // 4) + xx // max(2, size // 4)) % 2).astype(np.float32)
+    elif kind == "dotted":
+        c = max(4, size // 4)
+        t = ((((yy % c) - c / 2) ** 2 + ((xx % c) - c / 2) ** 2) < (c / 4) ** 2).astype(np.float32)
+    elif kind == "gradient":
+        t = xx / max(1, size - 1)
+    else:
+        raise ValueError(f"unknown background {kind!r}; one of {CAPTION_TEXTURES}")
+    img = np.array(a, np.float32)[None, None] * (1 - t[..., None]) + np.array(b, np.float32)[None, None] * t[..., None]
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
 def shapes_with_captions(n: int, size: int = 64, seed: int = 0) -> list[tuple[np.ndarray, str]]:
-    """``n`` (image uint8 (size, size, 3), caption) pairs: one shape of a colour and size on a plain or
-    textured background, described by its caption ("a large red circle on a striped blue background")."""
+    """``n`` (image uint8 (size, size, 3), caption) pairs, each caption describing its image fully: one
+    shape of a colour, size and place on a plain or patterned two-colour background, e.g. "a large red
+    circle at the top left on a striped blue and white background"."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
         shape = str(rng.choice(SHAPES))
-        fg, bg, bg2 = rng.choice(list(COLORS), 3, replace=False)
+        fg, bg, bg2 = (str(c) for c in rng.choice(list(COLORS), 3, replace=False))
         size_word = str(rng.choice(list(SIZES)))
-        texture = str(rng.choice(TEXTURES))
-        back = procedural_texture(texture, (size, size), rng, (COLORS[bg], COLORS[bg2]))
-        img = Image.fromarray(back)
-        r = SIZES[size_word] * size / 2 * 1.6
-        cx, cy = rng.uniform(r, size - r), rng.uniform(r, size - r)
-        draw_shape(img, shape, COLORS[fg], cx, cy, r, angle=float(rng.uniform(0, 0.5)))
-        where = "on a" if texture == "plain" else f"on a {texture}"
-        out.append((np.asarray(img), f"a {size_word} {fg} {shape} {where} {bg} background"))
+        place = str(rng.choice(list(PLACES)))
+        texture = str(rng.choice(CAPTION_TEXTURES))
+        img = Image.fromarray(caption_texture(texture, size, COLORS[bg], COLORS[bg2]))
+        r = SIZES[size_word] * size / 2
+        fx, fy = PLACES[place]
+        draw_shape(img, shape, COLORS[fg], fx * size, fy * size, r)
+        where = f"on a {bg} background" if texture == "plain" else f"on a {texture} {bg} and {bg2} background"
+        out.append((np.asarray(img), f"a {size_word} {fg} {shape} at the {place} {where}".replace("the center", "center")))
     return out
 
 

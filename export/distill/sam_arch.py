@@ -30,6 +30,8 @@ def tinyvit_config(sd: dict[str, Any], prefix: str = "image_encoder.") -> dict[s
     """TinyViT keyword arguments from an encoder state dict (keys under ``prefix``)."""
     p = prefix
     n_stages = _count(sd, re.escape(p) + r"layers\.(\d+)\.")
+    if f"{p}layers.{n_stages - 1}.downsample.conv1.c.weight" in sd:
+        n_stages += 1  # the last stage has no downsample; with no blocks it has no tensors at all
     dims = [int(sd[f"{p}patch_embed.seq.2.c.weight"].shape[0])]
     for i in range(n_stages - 1):
         dims.append(int(sd[f"{p}layers.{i}.downsample.conv1.c.weight"].shape[0]))

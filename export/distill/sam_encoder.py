@@ -149,8 +149,9 @@ def encoder_input(rgb: np.ndarray) -> np.ndarray:
 
 
 def teacher_embeddings(teacher_sam, images: list[np.ndarray], tr: Trainer, cache: Path | None) -> Any:
-    """(N, 256, 64, 64) float16 teacher embeddings, computed once (each process its share when there
-    are several) into a memory-mapped file beside the checkpoints, so a resumed run skips them."""
+    """(N, 256, 64, 64) teacher embeddings, computed once: float16 in a memory-mapped file beside the
+    checkpoints (each process computes its share; a resumed run skips them), or float32 in memory when
+    ``cache`` is None (the held-out set)."""
     import torch
 
     n = len(images)
@@ -158,7 +159,7 @@ def teacher_embeddings(teacher_sam, images: list[np.ndarray], tr: Trainer, cache
     if cache is None:
         with torch.no_grad():
             return np.stack([teacher_sam.image_encoder(torch.from_numpy(encoder_input(im)).to(tr.device))[0]
-                             .float().cpu().numpy() for im in images]).astype(np.float16)
+                             .float().cpu().numpy() for im in images])
     done = cache.with_suffix(f".done-{tr.world}")
     if tr.is_main and not done.exists():
         cache.parent.mkdir(parents=True, exist_ok=True)

@@ -1,15 +1,52 @@
 """Session fixtures for the distillation recipes: tiny teachers (a Llama trained briefly on the shipped
-corpus, a Stable-Diffusion-class pipeline trained briefly on captioned shapes, the tiny seeded
-MobileSAM) and one run of each recipe through the real `edge-run distill` command with the shipped
-tiny config files. Every artifact is built once per session."""
+corpus, a Stable-Diffusion-class pipeline trained for a few minutes on captioned shapes, the tiny
+seeded MobileSAM) and one run of each recipe through the real `edge-run distill` command with the
+shipped tiny config files. Every artifact is built once per session; the two *trained* teachers are
+also kept in the test cache (like the chat model of tests/conftest.py), keyed by a hash of the code
+and parameters that make them, so only the first session pays for their training."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import shutil
 from pathlib import Path
+from typing import Callable
 
 import pytest
 from distill_helpers import CONFIGS, THREADS, distill
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("EDGE_TEST_CACHE", Path.home() / ".cache" / "edge-run-tests")) / "distill"
+TEACHER_SOURCES = ("export/distill/teachers.py", "export/distill/data.py", "export/distill/data/corpus.txt",
+                   "export/distill/llm_kd.py", "export/recipes/lcm_onnx.py", "export/llm/source.py")
+
+
+def cached_teacher(name: str, build: Callable[..., object], **params) -> Path:
+    """``build(folder, **params)`` once per code version: the folder is kept in the test cache under a
+    key hashing the teacher code, the parameters and the library versions."""
+    import diffusers
+    import torch
+    import transformers
+
+    h = hashlib.sha256()
+    for rel in TEACHER_SOURCES:
+        h.update((ROOT / rel).read_bytes())
+    h.update(json.dumps([params, torch.__version__, diffusers.__version__, transformers.__version__],
+                        sort_keys=True, default=str).encode())
+    dest = CACHE / f"{name}-{h.hexdigest()[:16]}"
+    if (dest / ".complete").exists():
+        return dest / "teacher"
+    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    build(tmp / "teacher", **params)
+    (tmp / ".complete").write_text(json.dumps(params, default=str))
+    try:
+        os.replace(tmp, dest)
+    except OSError:  # another session finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest / "teacher"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -30,7 +67,7 @@ def llm_teacher(work) -> Path:
     """A 4-layer, 64-wide Llama (byte-level BPE of 512 tokens, ChatML template) trained for 100 steps."""
     from export.distill.teachers import llm_teacher
 
-    return llm_teacher(work / "llm-teacher", steps=100, batch=8, lr=5e-3)["path"]
+    return cached_teacher("llm-teacher", llm_teacher, steps=100, batch=16, lr=5e-3)
 
 
 @pytest.fixture(scope="session")
@@ -38,8 +75,7 @@ def llm_student(work, llm_teacher) -> Path:
     """`edge-run distill llm-kd --config llm-kd-tiny.toml` (1 process, batch 16)."""
     out = work / "llm-student"
     assert distill(["llm-kd", "--config", str(CONFIGS / "llm-kd-tiny.toml"), "--teacher", str(llm_teacher),
-                    "--out", str(out), "--threads", str(THREADS), "--no-progress", "--home",
-                    str(work / "home")]) == 0
+                    "--out", str(out), "--threads", str(THREADS), "--no-progress"], home=work / "home") == 0
     return out
 
 
@@ -55,27 +91,24 @@ def sam_teacher(work) -> Path:
 def sam_student(work, sam_teacher) -> Path:
     out = work / "sam-student"
     assert distill(["sam-encoder", "--config", str(CONFIGS / "sam-encoder-tiny.toml"), "--teacher", str(sam_teacher),
-                    "--out", str(out), "--threads", str(THREADS), "--no-progress", "--home",
-                    str(work / "home")]) == 0
+                    "--out", str(out), "--threads", str(THREADS), "--no-progress"], home=work / "home") == 0
     return out
 
 
 # ---------------------------------------------------------------------------------------------- lcm
 @pytest.fixture(scope="session")
 def sd_teacher(work) -> Path:
-    """A tiny SD-class pipeline (epsilon prediction) trained for a few hundred steps on captioned shapes."""
+    """A tiny SD-class pipeline (epsilon prediction) trained on captioned shapes."""
     from export.distill.teachers import sd_teacher
 
-    return sd_teacher(work / "sd-teacher", train_steps=int(os.environ.get("EDGE_TEST_SD_TEACHER_STEPS", 300)),
-                      images=128)["path"]
+    return cached_teacher("sd-teacher", sd_teacher, train_steps=1500, images=512)
 
 
 @pytest.fixture(scope="session")
 def lcm_student(work, sd_teacher) -> Path:
     out = work / "lcm-student"
     assert distill(["lcm", "--config", str(CONFIGS / "lcm-tiny.toml"), "--teacher", str(sd_teacher),
-                    "--out", str(out), "--threads", str(THREADS), "--no-progress", "--home",
-                    str(work / "home")]) == 0
+                    "--out", str(out), "--threads", str(THREADS), "--no-progress"], home=work / "home") == 0
     return out
 
 

@@ -9,11 +9,12 @@ THREADS = 2
 CONFIGS = Path(__file__).resolve().parents[2] / "export" / "distill" / "configs"
 
 
-def distill(argv: list[str]) -> int:
-    """`edge-run distill ...` in this process (the real CLI entry point)."""
+def distill(argv: list[str], home: Path | None = None) -> int:
+    """`edge-run distill [--home HOME] ...` in this process (the real CLI entry point; the runtime
+    settings flags belong to `distill`, before the recipe)."""
     from edge.cli import main
 
-    return main(["distill", *argv])
+    return main(["distill", *(["--home", str(home)] if home else []), *argv])
 
 
 def report(folder: Path) -> dict:
