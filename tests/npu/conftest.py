@@ -26,7 +26,7 @@ CACHE = Path(os.environ.get("EDGE_TEST_CACHE", Path.home() / ".cache" / "edge-ru
 THREADS = 2
 SAM_ID = "mobilesam-tiny-npu"
 LCM_ID = "lcm-tiny-npu"
-CRASH_ID = "mobilesam-tiny-npu-crashing"
+CRASH_ID = "lcm-tiny-npu-crashing"
 SIZE = 64          # the tiny LCM's static image side
 CALIB = 3          # calibration images (sam) / prompts (lcm): enough for these tiny models, quick
 
@@ -104,7 +104,7 @@ def lcm_npu(lcm_fp32, tmp_path_factory) -> Path:
 # -- an EDGE_HOME with both installed, a Runtime on --device npu and a server over it ---------------
 
 @pytest.fixture(scope="session")
-def npu_home(sam_npu, lcm_npu, sam_npu_crashing, tmp_path_factory) -> Path:
+def npu_home(sam_npu, lcm_npu, lcm_npu_crashing, tmp_path_factory) -> Path:
     from edge.config import Settings
     from edge.registry import add_local_model
 
@@ -114,8 +114,8 @@ def npu_home(sam_npu, lcm_npu, sam_npu_crashing, tmp_path_factory) -> Path:
                     source={"recipe": "npu", "from": "sam tiny"})
     add_local_model(s, lcm_npu, model_id=LCM_ID, task="image", fmt="onnx", license="Apache-2.0",
                     source={"recipe": "npu", "from": "lcm tiny"})
-    add_local_model(s, sam_npu_crashing, model_id=CRASH_ID, task="segment", fmt="onnx", license="Apache-2.0",
-                    source={"recipe": "npu", "from": "sam tiny + the 5-D Tile that crashes libQnnHtp.so"})
+    add_local_model(s, lcm_npu_crashing, model_id=CRASH_ID, task="image", fmt="onnx", license="Apache-2.0",
+                    source={"recipe": "npu", "from": "lcm tiny + the 5-D Tile that crashes libQnnHtp.so"})
     return home
 
 
@@ -255,12 +255,12 @@ def inject_tile5d(path: Path, tensor: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def sam_npu_crashing(sam_npu, tmp_path_factory) -> Path:
-    """A copy of the SAM NPU artifact whose decoder body holds upstream's crashing 5-D Tile again."""
+def lcm_npu_crashing(lcm_npu, tmp_path_factory) -> Path:
+    """A copy of the LCM NPU artifact whose UNet holds the 5-D Tile that crashes libQnnHtp.so."""
     from export.artifacts import MANIFEST
 
-    out = tmp_path_factory.mktemp("npu-sam-crash") / "npu"
-    shutil.copytree(sam_npu, out)
-    inject_tile5d(out / "decoder.onnx", "image_embeddings")
+    out = tmp_path_factory.mktemp("npu-lcm-crash") / "npu"
+    shutil.copytree(lcm_npu, out)
+    inject_tile5d(out / "a16w8" / "unet.onnx", "sample")
     _manifest_files(out, json.loads((out / MANIFEST).read_text()))
     return out
