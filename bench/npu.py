@@ -1,16 +1,16 @@
 """NPU benchmark: Qualcomm QNN HTP (onnxruntime-qnn; on x86-64 a SIMULATOR of the Hexagon NPU) vs
 onnxruntime's CPU EP, same run, same files.
 
-    python bench/npu.py [--workloads sam,lcm] [--quant a16w8] [--runs 3] [--threads 2] [--work DIR]
-                        [--sam-fp32 DIR] [--lcm-fp32 DIR]
+    python bench/npu.py [--workloads sam,lcm,chat] [--quant a16w8] [--runs 3] [--threads 2] [--work DIR]
+                        [--sam-fp32 DIR] [--lcm-fp32 DIR] [--chat-fp32 DIR]
 
-Without --sam-fp32 / --lcm-fp32 it builds the tiny seeded exports (upstream MobileSAM, diffusers LCM)
+Without --*-fp32 it builds the tiny seeded exports (upstream MobileSAM, diffusers LCM, transformers Llama)
 and converts them with `edge-run export npu` into --work (kept between runs).
 
 Prints, per component: session creation (cold = child-process compile + EP-context cache write, warm
 = load from the cache, and the CPU EP for reference), latency on the HTP simulator vs the CPU EP (the
 same QDQ graph, and the fp32 export), node placement (NPU / CPU nodes), and per workload the accuracy
-vs the fp32 export on the CPU (SAM: mask IoU; LCM: image PSNR). The simulator's latency is NO speed
+vs the fp32 export on the CPU (SAM: mask IoU; LCM: image PSNR; chat: top-1 next-token agreement). The simulator's latency is NO speed
 claim (it emulates the Hexagon DSP on an x86 core); placement, numerics and the cache effect are real.
 """
 
@@ -138,15 +138,36 @@ def lcm_rows(fp32: Path, npu: Path, threads: int, runs: int) -> tuple[list, dict
                   for k, v in acc.items()}
 
 
+def chat_rows(fp32: Path, npu: Path, threads: int, runs: int) -> tuple[list, dict]:
+    from export.npu import chat
+
+    m = json.loads((npu / "edge-model.json").read_text())
+    L, kv = int(m["context_length"]), m["kv"]
+    feeds = {"input_ids": np.array([[5]], np.int64), "position_ids": np.array([[10]], np.int64),
+             "attention_mask": np.r_[np.ones(10), np.zeros(L - 10), np.ones(1)].astype(np.int64)[None]}
+    for i in range(kv["num_layers"]):
+        for t in ("key", "value"):
+            feeds[f"past_key_values.{i}.{t}"] = np.zeros((1, kv["num_kv_heads"], L, kv["head_dim"]), np.float32)
+
+    from edge.devices import make_session
+
+    rows = [component_row(f"chat decoder step (ctx {L})", npu / "model.onnx", None, feeds, threads, runs,
+                          open_npu=lambda: make_session(npu / "model.onnx", threads=threads, device="npu").session)]
+    acc = chat.verify(fp32, npu, [m["precision"]], m["precision"], devices=["cpu", "npu"], threads=threads)
+    return rows, {k: f"top-1 next-token agreement {v['top1_agreement']:.3f} over {v['tokens']} tokens, greedy answer "
+                     f"{'same' if v['greedy_same'] else 'different'}" for k, v in acc.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workloads", default="sam,lcm")
+    ap.add_argument("--workloads", default="sam,lcm,chat")
     ap.add_argument("--quant", default="a16w8")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", default=str(Path.home() / ".cache" / "edge-run-bench" / "npu"))
     ap.add_argument("--sam-fp32", default=None)
     ap.add_argument("--lcm-fp32", default=None)
+    ap.add_argument("--chat-fp32", default=None)
     args = ap.parse_args(argv)
 
     from edge.npu import eps
@@ -161,11 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     for wl in [w.strip() for w in args.workloads.split(",") if w.strip()]:
         fp32 = Path(getattr(args, f"{wl}_fp32") or work / f"{wl}-fp32")
         if not (fp32 / "edge-model.json").exists():
-            (tiny.sam_fp32 if wl == "sam" else tiny.lcm_fp32)(fp32)
+            {"sam": tiny.sam_fp32, "lcm": tiny.lcm_fp32, "chat": tiny.chat_fp32}[wl](fp32)
         npu = work / f"{wl}-npu-{args.quant}"
         if not (npu / "edge-model.json").exists():
-            tiny.to_npu(fp32, npu, quant=args.quant)
-        r, a = (sam_rows if wl == "sam" else lcm_rows)(fp32, npu, args.threads, args.runs)
+            tiny.to_npu(fp32, npu, *(["--context", "128"] if wl == "chat" else []), quant=args.quant)
+        r, a = {"sam": sam_rows, "lcm": lcm_rows, "chat": chat_rows}[wl](fp32, npu, args.threads, args.runs)
         rows += r
         accuracy.update({f"{wl} {k}": v for k, v in a.items()})
     info = eps.npu_device()

@@ -81,6 +81,10 @@ def make_session(path: str | Path, *, threads: int, device: str = "auto"):
         return SamLowResDecoder(head, lambda n: _open(path, comp, threads, device, {"num_tokens": n}),
                                 max_tokens=int(comp.get("per_call_dims", {}).get("num_tokens", 21)))
     sess = _open(path, comp, threads, device, {})
+    if comp is not None and comp.get("adapter") == "static_kv_decoder":
+        from edge.npu.adapters import StaticKVDecoder
+
+        return StaticKVDecoder(sess, context=int(comp["context"]), label=path.name)
     if comp is not None:
         from edge.npu.adapters import StaticSession
 

@@ -156,3 +156,65 @@ class SamLowResDecoder:
     def close(self) -> None:
         self._sessions.clear()
         self.head = None
+
+
+# -- decoder-with-past chat models -----------------------------------------------------------------
+
+class StaticKVDecoder:
+    """The dynamic decoder-with-past interface (edge.chat.onnx_engine: input_ids 1xk, attention_mask,
+    position_ids, past_key_values.* 1 x kv x P x d -> logits, present.* 1 x kv x (P+k) x d) over a graph
+    compiled for ONE new token after a FIXED past of ``context`` positions. Unused past positions are
+    zeros with attention_mask 0 (attention ignores them; keys carry their own rotary positions), and
+    each step's new key/value is the last position of ``present``. k new tokens = k steps."""
+
+    def __init__(self, session: Any, *, context: int, label: str = "model.onnx"):
+        self.session = session
+        self.context = int(context)
+        self.label = label
+        self.placement: dict = getattr(session, "placement", {}) or getattr(session, "edge_placement", {})
+        self._in = [i.name for i in session.get_inputs()]
+        self._out = [o.name for o in session.get_outputs()]
+        self._past = [n for n in self._in if n.startswith("past_key_values.")]
+        self._present = [n.replace("past_key_values.", "present.") for n in self._past]
+
+    def get_inputs(self):
+        return [IO(i.name, [1, "sequence"] if not i.name.startswith("past") else [1, i.shape[1], "past", i.shape[3]],
+                   i.type) for i in self.session.get_inputs()]
+
+    def get_outputs(self):
+        return self.session.get_outputs()
+
+    def get_providers(self):
+        return self.session.get_providers()
+
+    def run(self, output_names, feeds, *args, **kw):
+        ids = np.asarray(feeds["input_ids"])
+        pos = np.asarray(feeds["position_ids"])
+        past = {n: np.asarray(feeds[n]) for n in self._past}
+        p = int(next(iter(past.values())).shape[2]) if past else 0
+        k = ids.shape[1]
+        if p + k > self.context:
+            raise BadRequest(f"this NPU chat model was compiled for a context of {self.context} tokens (static "
+                             f"shapes); the conversation needs {p + k}. Shorten it (/reset), or re-export with "
+                             "`edge-run export npu ... --context N`.", param="messages")
+        L = self.context
+        buf = {n: np.zeros((v.shape[0], v.shape[1], L, v.shape[3]), np.float32) for n, v in past.items()}
+        for n, v in past.items():
+            buf[n][:, :, :p] = v
+        mask = np.zeros((1, L + 1), np.int64)
+        mask[0, :p] = 1
+        mask[0, L] = 1
+        logits = None
+        for j in range(k):
+            res = self.session.run(None, {"input_ids": ids[:, j:j + 1], "position_ids": pos[:, j:j + 1],
+                                          "attention_mask": mask, **buf})
+            out = dict(zip(self._out, res))
+            logits = out["logits"]
+            for n, pres in zip(self._past, self._present):
+                buf[n][:, :, p + j] = out[pres][:, :, L]
+            mask[0, p + j] = 1
+        result = {"logits": logits}
+        for n, pres in zip(self._past, self._present):
+            result[pres] = np.ascontiguousarray(buf[n][:, :, :p + k])
+        names = list(output_names) if output_names else self._out
+        return [result[n] for n in names]

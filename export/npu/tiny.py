@@ -1,5 +1,5 @@
-"""Tiny seeded fp32 exports for tests and benches (the real upstream MobileSAM / diffusers + CLIP
-architectures through the recipes' own export functions; the recipes' PyTorch verification is their
+"""Tiny seeded fp32 exports for tests and benches (the real upstream MobileSAM / diffusers + CLIP /
+transformers Llama architectures through the recipes' own export functions; the recipes' PyTorch verification is their
 own tests' business), and the NPU conversion of a folder with default options."""
 
 from __future__ import annotations
@@ -45,6 +45,16 @@ def lcm_fp32(out: Path, preset: str = "tiny", seed: int = 0, size: int = LCM_SIZ
         files[name] = f"fp32/{name}.onnx"
     _write_manifest(out, L.manifest(src, f"lcm-{preset}-random", {"fp32": files}, "fp32", {"precisions": {}}))
     return out
+
+
+def chat_fp32(out: Path, preset: str = "tiny-llama", seed: int = 0) -> Path:
+    """`edge-run export llm-onnx --random-init tiny-llama --quant fp32` (verified vs transformers by the recipe)."""
+    from export.recipes import llm_onnx
+
+    p = argparse.ArgumentParser()
+    llm_onnx.add_arguments(p)
+    return llm_onnx.run(p.parse_args(["--random-init", preset, "--seed", str(seed), "--quant", "fp32",
+                                      "--out", str(out)]))
 
 
 def to_npu(src: Path, out: Path, *extra: str, quant: str = "a16w8") -> Path:

@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-HELP = "fp32 ONNX export (sam, lcm) -> QDQ static-shape NPU artifact (QNN HTP), with placement and accuracy report"
-FAMILIES = ("sam", "lcm")
+HELP = ("fp32 ONNX export (sam, lcm, llm-onnx) -> QDQ static-shape NPU artifact (QNN HTP), with placement and "
+        "accuracy report")
+FAMILIES = ("sam", "lcm", "llm-onnx")
 
 
 def _add(parser: argparse.ArgumentParser, *flags: str, **kw: Any) -> None:
@@ -38,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _add(parser, "--quant", default="a16w8,a8w8",
          help=f"comma list of QDQ schemes ({', '.join(SCHEMES)}); the first is the default the runtime loads")
     _add(parser, "--size", type=int, default=None, help="lcm: the static image side (default: the model's)")
+    _add(parser, "--context", type=int, default=None, help="llm-onnx: the static context (past) length (default 256)")
     _add(parser, "--calib-steps", type=int, default=2, help="lcm: LCM steps per calibration prompt")
     _add(parser, "--calib-limit", type=int, default=8, help="at most this many calibration images (sam) / prompts (lcm)")
     _add(parser, "--calib-images", default=None, help="sam: folder of calibration images (default: generated "
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> Path:
     from edge.errors import BadRequest
     from edge.npu import eps
     from export.artifacts import MANIFEST, ArtifactDir, file_table, write_json
-    from export.npu import lcm, sam
+    from export.npu import chat, lcm, sam
     from export.npu.quant import SCHEMES
     from export.verify import environment
 
@@ -77,6 +79,9 @@ def run(args: argparse.Namespace) -> Path:
     if family == "sam" and src_manifest.get("precision", "fp32") != "fp32":
         raise BadRequest(f"`source` is a {src_manifest.get('precision')} MobileSAM export; the NPU conversion needs "
                          "the fp32 one (`edge-run export sam ... --precision fp32`).", param="source")
+    if family == "llm-onnx" and src_manifest.get("precision", "fp32") != "fp32":
+        raise BadRequest(f"`source` is a {src_manifest.get('precision')} ONNX chat export; the NPU conversion needs the "
+                         "fp32 one (`edge-run export llm-onnx ... --quant fp32`).", param="source")
     if family == "lcm" and "fp32" not in src_manifest.get("precisions", {}):
         raise BadRequest("`source` LCM export has no fp32 precision; export with --precisions fp32,...", param="source")
     schemes = [s.strip() for s in args.quant.split(",") if s.strip()]
@@ -102,6 +107,10 @@ def run(args: argparse.Namespace) -> Path:
                               decoder_quant=None if args.sam_decoder_quant == "same" else args.sam_decoder_quant,
                               gelu=args.gelu)
             m = sam.manifest(src_manifest, npu, default)
+        elif family == "llm-onnx":
+            npu = chat.convert(src, tmp, schemes, default, context=args.context, threads=threads,
+                               calib_limit=args.calib_limit, gelu=args.gelu)
+            m = chat.manifest(src_manifest, npu, default)
         else:
             npu = lcm.convert(src, tmp, schemes, default, size=args.size, steps=args.calib_steps, threads=threads,
                               calib_limit=args.calib_limit,
@@ -116,6 +125,8 @@ def run(args: argparse.Namespace) -> Path:
         if family == "sam":
             checks = sam.verify(src, tmp, schemes, default, devices=devices, images=args.verify_images,
                                 cases=args.verify_cases, threads=threads)
+        elif family == "llm-onnx":
+            checks = chat.verify(src, tmp, schemes, default, devices=devices, threads=threads)
         else:
             checks = lcm.verify(src, tmp, schemes, devices=devices, size=npu["size"], threads=threads,
                                 decoders=tuple(m.get("decoders", {"vae": 0})))
@@ -128,7 +139,8 @@ def run(args: argparse.Namespace) -> Path:
                   "note": "accuracy is reported, not gated; on x86-64 the QNN HTP is a simulator: its timings are "
                           "no speed claim, its placement and numerics are the NPU's"}
         write_json(tmp / "report.json", report)
-        m["verify"] = {k: {kk: v.get(kk) for kk in ("min_mask_iou", "mean_mask_iou", "min_psnr", "placement")
+        m["verify"] = {k: {kk: v.get(kk) for kk in ("min_mask_iou", "mean_mask_iou", "min_psnr", "top1_agreement",
+                                                    "placement")
                            if kk in v} for k, v in checks.items()}
         m["files"] = file_table(tmp)
         write_json(tmp / MANIFEST, m)
@@ -139,7 +151,7 @@ def run(args: argparse.Namespace) -> Path:
 
         model_id = args.model_id or f"{src_manifest.get('id') or src.name}-npu"
         add_local_model(settings_from_args(args), args.out, model_id=model_id,
-                        task="segment" if family == "sam" else "image", fmt="onnx",
+                        task={"sam": "segment", "lcm": "image", "llm-onnx": "chat"}[family], fmt="onnx",
                         license=(src_manifest.get("source") or {}).get("license", "see source"),
                         source={"recipe": "npu", "from": str(src.absolute())}, description=HELP)
         print(f"npu: installed as {model_id!r}")
@@ -164,6 +176,8 @@ def _print_summary(out, family: str, checks: dict) -> None:
         if family == "sam":
             row.update({"min mask IoU": c["min_mask_iou"], "mean mask IoU": c["mean_mask_iou"],
                         "emb rel err": c["max_embedding_rel_err"]})
+        elif family == "llm-onnx":
+            row.update({"top-1 agreement": c["top1_agreement"], "greedy answer same": c["greedy_same"]})
         else:
             row.update({"min PSNR dB": c["min_psnr"], "text emb rel err": c["text_embedding_rel_err"]})
         row["placement (npu/cpu nodes)"] = _placement_cell(c.get("placement", {}))

@@ -27,6 +27,8 @@ THREADS = 2
 SAM_ID = "mobilesam-tiny-npu"
 LCM_ID = "lcm-tiny-npu"
 CRASH_ID = "lcm-tiny-npu-crashing"
+CHAT_ID = "tiny-llama-npu"
+CONTEXT = 64       # the tiny chat model's static context
 SIZE = 64          # the tiny LCM's static image side
 CALIB = 3          # calibration images (sam) / prompts (lcm): enough for these tiny models, quick
 
@@ -101,10 +103,26 @@ def lcm_npu(lcm_fp32, tmp_path_factory) -> Path:
                        str(CALIB))
 
 
+@pytest.fixture(scope="session")
+def chat_fp32(tmp_path_factory) -> Path:
+    """The tiny random Llama (transformers) exported by `edge-run export llm-onnx --quant fp32`."""
+    from export.npu import tiny
+
+    return tiny.chat_fp32(tmp_path_factory.mktemp("npu-chat") / "fp32")
+
+
+@pytest.fixture(scope="session")
+def chat_npu(chat_fp32, tmp_path_factory) -> Path:
+    from export.npu import tiny
+
+    return tiny.to_npu(chat_fp32, tmp_path_factory.mktemp("npu-chat") / "npu", "--context", str(CONTEXT),
+                       "--calib-limit", str(CALIB))
+
+
 # -- an EDGE_HOME with both installed, a Runtime on --device npu and a server over it ---------------
 
 @pytest.fixture(scope="session")
-def npu_home(sam_npu, lcm_npu, lcm_npu_crashing, tmp_path_factory) -> Path:
+def npu_home(sam_npu, lcm_npu, lcm_npu_crashing, chat_npu, chat_fp32, tmp_path_factory) -> Path:
     from edge.config import Settings
     from edge.registry import add_local_model
 
@@ -114,6 +132,10 @@ def npu_home(sam_npu, lcm_npu, lcm_npu_crashing, tmp_path_factory) -> Path:
                     source={"recipe": "npu", "from": "sam tiny"})
     add_local_model(s, lcm_npu, model_id=LCM_ID, task="image", fmt="onnx", license="Apache-2.0",
                     source={"recipe": "npu", "from": "lcm tiny"})
+    add_local_model(s, chat_npu, model_id=CHAT_ID, task="chat", fmt="onnx", license="Apache-2.0",
+                    source={"recipe": "npu", "from": "llm-onnx tiny-llama"})
+    add_local_model(s, chat_fp32, model_id=CHAT_ID + "-fp32", task="chat", fmt="onnx", license="Apache-2.0",
+                    source={"recipe": "llm-onnx", "random_init": "tiny-llama"})
     add_local_model(s, lcm_npu_crashing, model_id=CRASH_ID, task="image", fmt="onnx", license="Apache-2.0",
                     source={"recipe": "npu", "from": "lcm tiny + the 5-D Tile that crashes libQnnHtp.so"})
     return home

@@ -10,7 +10,7 @@ import io
 import pytest
 from PIL import Image
 
-from tests.npu.conftest import CRASH_ID, LCM_ID, SAM_ID, SIZE, THREADS, needs_qnn
+from tests.npu.conftest import CHAT_ID, CONTEXT, CRASH_ID, LCM_ID, SAM_ID, SIZE, THREADS, needs_qnn
 
 pytestmark = needs_qnn
 
@@ -95,3 +95,19 @@ def test_a_crashing_npu_compile_leaves_the_server_up(npu_server, npu_home):
     assert unet["device"] == "cpu" and "crashed" in unet["fallback"]
     text = next(v for k, v in placed.items() if k.endswith("text_encoder.onnx"))
     assert text["device"] == "npu" and text["cpu"] == 0
+
+
+def test_chat_on_the_npu_through_the_server_matches_the_fp32_cpu_answer(npu_server, npu_home):
+    from openai import BadRequestError, OpenAI
+
+    from edge.api import Runtime
+
+    msgs = [{"role": "user", "content": "Name a colour."}]
+    client = OpenAI(base_url=npu_server + "/v1", api_key="x", max_retries=0, timeout=600)
+    r = client.chat.completions.create(model=CHAT_ID, messages=msgs, max_tokens=6, temperature=0)
+    with Runtime(home=str(npu_home), threads=THREADS, offline=True, device="cpu") as rt:
+        ref = rt.chat(msgs, model=CHAT_ID + "-fp32", max_tokens=6, temperature=0)
+    assert r.choices[0].message.content == ref.text and r.usage.completion_tokens == ref.completion_tokens
+    with pytest.raises(BadRequestError, match="context"):
+        client.chat.completions.create(model=CHAT_ID, messages=[{"role": "user", "content": "word " * CONTEXT}],
+                                       max_tokens=4)

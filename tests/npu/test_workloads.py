@@ -4,6 +4,7 @@
 Thresholds (A16W8, measured on these seeded random models, stated here and asserted):
   SAM    embedding relative error <= 0.05; mask IoU vs fp32 >= 0.90 for every mask of the prompts
   LCM    image PSNR vs the fp32 pipeline >= 25 dB; text-embedding relative error <= 0.05
+  chat   top-1 next-token agreement with the fp32 graph (teacher forced, 48 tokens) >= 0.95
 test_devices.py compares the HTP with onnxruntime's own QDQ kernels (the same graph on the CPU EP).
 """
 
@@ -22,6 +23,7 @@ SAM_MIN_IOU = 0.90
 SAM_MAX_EMB_ERR = 0.05
 LCM_MIN_PSNR = 25.0
 LCM_MAX_TEXT_ERR = 0.05
+CHAT_MIN_TOP1 = 0.95
 
 
 def _iou(a, b) -> float:
@@ -100,3 +102,12 @@ def test_lcm_pipeline_runs_on_the_npu_close_to_fp32(lcm_fp32, lcm_npu):
         assert p["device"] == "npu" and p["cpu"] == 0 and p["npu"] > 100, p
     with pytest.raises(BadRequest, match=f"generates {SIZE}x{SIZE} images only"):
         _render(npu, prompt, size=SIZE * 2)
+
+
+def test_chat_decoder_runs_on_the_npu_close_to_fp32(chat_fp32, chat_npu):
+    from export.npu import chat
+
+    res = chat.verify(chat_fp32, chat_npu, ["a16w8"], "a16w8", devices=["npu"], threads=THREADS)["a16w8@npu"]
+    assert res["tokens"] >= 20 and res["top1_agreement"] >= CHAT_MIN_TOP1, res
+    p = res["placement"]["model"]
+    assert p["device"] == "npu" and p["cpu"] == 0 and p["npu"] > 100
