@@ -139,10 +139,17 @@ class _NpuUnavailable(Exception):
     """The NPU cannot take this graph (crash, unsupported operators, compile error, timeout)."""
 
 
-def cache_root() -> Path:
+def cache_root(model_path: str | Path | None = None) -> Path:
+    """EDGE_NPU_CACHE; else ``<home>/cache/npu`` of the store holding ``model_path`` (a file under
+    ``<home>/models/<id>/``, so ``Runtime(home=...)`` keeps its compiled graphs in its own home); else
+    the settings' EDGE_HOME."""
     env = os.environ.get("EDGE_NPU_CACHE")
     if env:
         return Path(env)
+    if model_path is not None:
+        for parent in Path(model_path).resolve().parents:
+            if parent.name == "models" and parent.parent != parent:
+                return parent.parent / "cache" / "npu"
     try:
         from edge.config import Settings
 
@@ -200,7 +207,7 @@ def _npu_session(path: Path, comp: dict, threads: int, dims: dict[str, int], *, 
 
     info = eps.npu_device()
     key, opts = npu_key(path, comp, dims, strict=strict)
-    cache = C.ContextCache(cache_root())
+    cache = C.ContextCache(cache_root(path))
     lock = _compile_locks.setdefault(key, threading.Lock())
     with lock:
         for attempt in (1, 2):
@@ -322,7 +329,7 @@ def plan(path: str | Path, device: str = "auto") -> dict[str, Any]:
     if comp.get("adapter") == "sam_low_res_decoder":
         return {"device": npu.device, "why": "compiled per number of prompt points on first use", "strict": strict}
     key, _ = npu_key(path, comp, {}, strict=strict)
-    meta = C.ContextCache(cache_root()).lookup(key)
+    meta = C.ContextCache(cache_root(path)).lookup(key)
     if meta is None:
         return {"device": npu.device, "why": "compiles on first load (then cached)", "strict": strict}
     if meta["status"] != "ok":

@@ -181,3 +181,15 @@ def test_devices_command_lists_providers_and_what_models_would_use(npu_home, cap
     assert main(["devices", "--home", str(npu_home)]) == 0
     text = capsys.readouterr().out
     assert "QNNExecutionProvider" in text and "HTP" in text and "mobilesam-tiny-npu" in text
+
+
+def test_compiled_graphs_live_in_the_home_of_the_store_that_holds_the_model(relu_net, tmp_path, monkeypatch):
+    import shutil
+
+    from edge.devices import make_session
+
+    monkeypatch.delenv("EDGE_NPU_CACHE", raising=False)
+    model_dir = tmp_path / "home" / "models" / "relu-net"
+    shutil.copytree(relu_net.parent, model_dir)
+    sess = make_session(model_dir / "model.onnx", threads=1, device="npu")
+    assert Path(sess.placement["cache"]).parent == tmp_path / "home" / "cache" / "npu"
