@@ -94,13 +94,10 @@ class LlamaChatEngine:
     def _acquire(self, tokens: list[int]) -> int:
         """Take the free slot whose reusable (aligned) cache shares the longest prefix with ``tokens``."""
         with self._lock:
-            best, best_len = -1, -1
-            for i, busy in enumerate(self._busy):
-                if busy:
-                    continue
-                n = _common_prefix(self._aligned[i], tokens) if self._contexts[i] is not None else -1
-                if n > best_len or (n == best_len and self._contexts[i] is not None):
-                    best, best_len = i, n
+            # a free open slot with the longest reusable prefix; an unopened slot (-1) only if none is open
+            free = [(_common_prefix(self._aligned[i], tokens) if self._contexts[i] is not None else -1, -i)
+                    for i, busy in enumerate(self._busy) if not busy]
+            best = -max(free)[1] if free else -1
             if best < 0:
                 raise EdgeError("no free chat slot (scheduler invariant broken)")
             self._busy[best] = True
