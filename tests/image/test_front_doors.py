@@ -190,7 +190,7 @@ def test_chat_is_answered_while_an_image_renders(mixed_home):
     with Runtime(home=str(mixed_home), threads=2, offline=True, keep_alive=-1) as rt:
         rt.chat([{"role": "user", "content": "Hi"}], max_tokens=2, seed=0)  # load the chat model first
         rt.imagine("warm-up", size="64x64", steps=1, seed=0)  # and the image model
-        job = rt.imagine_job("a long render", size="256x256", steps=4, n=2, seed=1)
+        job = rt.imagine_job("a long render", size="512x512", steps=8, n=2, seed=1)
         events = job.events()
         assert next(events).kind == "text_encode"
         t0 = time.monotonic()
