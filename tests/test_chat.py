@@ -149,3 +149,25 @@ def test_greedy_answer_does_not_depend_on_what_the_slot_served_before(edge_home)
         rt.chat(ask("Why is the sky blue?"), temperature=0, max_tokens=16)  # shares the template prefix
         after_other = rt.chat(q, temperature=0, max_tokens=64).text
     assert fresh == again == after_other
+
+
+def test_llama_cpp_logits_do_not_depend_on_how_the_prompt_is_batched(chat_model_path):
+    """The engine reuses any cached prompt prefix and relies on this: the last logits of a 600-token text
+    are bit-identical in one batch or split into batches of two or more tokens (a token evaluated alone,
+    as decoding does, takes another kernel; the engine never reuses those)."""
+    import numpy as np
+    from llama_cpp import Llama
+
+    llm = Llama(str(chat_model_path), n_ctx=2048, n_threads=THREADS, n_batch=1024, n_ubatch=1024, verbose=False)
+    text = " ".join(f"Line {i}: the quick brown fox jumps over the lazy dog." for i in range(60))
+    tokens = llm.tokenize(text.encode(), add_bos=True)[:600]
+
+    def last_logits(cuts: list[int]) -> np.ndarray:
+        llm.reset()
+        for a, b in zip([0, *cuts], [*cuts, len(tokens)]):
+            llm.eval(tokens[a:b])
+        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()
+
+    whole = last_logits([])
+    for cuts in ([100, 356], [256, 512], [37], list(range(2, 598, 2))):
+        assert np.array_equal(whole, last_logits(cuts)), cuts[:4]

@@ -5,10 +5,13 @@ are shared between contexts, so a slot costs only its KV cache; each slot keeps 
 between jobs and a new job takes the free slot with the longest matching prompt prefix, so a
 multi-turn chat does not re-evaluate the whole conversation.
 
-Determinism: llama.cpp's numbers depend slightly on batch sizes, so a prompt is always evaluated in
-chunks aligned to absolute positions (0-255, 256-511, ...) and only whole aligned prompt chunks are
-reused from a slot's cache. The same prompt therefore gives the same greedy answer whatever the
-slot served before (a tail chunk, or tokens decoded one at a time, are never reused).
+Prefix reuse and determinism: llama.cpp's CPU kernels give bit-identical logits however a prompt is
+split into batches of two or more tokens, but a token evaluated alone (as every decoded token is)
+takes another kernel and its numbers differ. So a job reuses the longest common prefix with the
+*prompt* tokens its slot evaluated (never the decoded answer), and always evaluates at least its
+last two prompt tokens together. The same prompt therefore gets the same greedy answer whatever the
+slot served before (tests/test_chat.py checks both facts), and a multi-turn chat re-evaluates only
+its previous answer and the new turn.
 
 A job is a step generator: it yields after each prefill chunk and after each streamed token.
 """
@@ -16,7 +19,7 @@ A job is a step generator: it yields after each prefill chunk and after each str
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Sequence
 
 from edge.chat.request import ChatRequest, ChatResult
 from edge.errors import BadRequest, ContextTooLong, EdgeError
@@ -39,7 +42,7 @@ class LlamaChatEngine:
         self.slots = slots
         self._contexts: list[Any | None] = [None] * slots
         self._busy = [False] * slots
-        self._aligned: list[list[int]] = [[] for _ in range(slots)]  # prompt tokens in whole aligned chunks
+        self._prompt: list[list[int]] = [[] for _ in range(slots)]  # prompt tokens held in each slot's cache
         self._lock = threading.Lock()
         self._contexts[0] = self._new_context()  # load now: the footprint is measured around load()
         first = self._contexts[0]
@@ -95,7 +98,7 @@ class LlamaChatEngine:
         """Take the free slot whose reusable (aligned) cache shares the longest prefix with ``tokens``."""
         with self._lock:
             # a free open slot with the longest reusable prefix; an unopened slot (-1) only if none is open
-            free = [(_common_prefix(self._aligned[i], tokens) if self._contexts[i] is not None else -1, -i)
+            free = [(_common_prefix(self._prompt[i], tokens) if self._contexts[i] is not None else -1, -i)
                     for i, busy in enumerate(self._busy) if not busy]
             best = -max(free)[1] if free else -1
             if best < 0:
@@ -135,17 +138,16 @@ class LlamaChatEngine:
         llm = self._contexts[slot]
         completion = None
         try:
-            # 2. prefill whole aligned chunks (reusing the slot's matching ones); create_completion
-            #    evaluates the tail chunk (1..PREFILL_CHUNK tokens) in one batch and starts decoding
-            last_full = ((len(tokens) - 1) // PREFILL_CHUNK) * PREFILL_CHUNK
-            reuse = min(_common_prefix(self._aligned[slot], tokens) // PREFILL_CHUNK * PREFILL_CHUNK, last_full)
-            llm.n_tokens = min(llm.n_tokens, reuse)  # eval()/generate() drop the stale tail of the KV cache
-            self._aligned[slot] = tokens[:reuse]
-            n_chunks = (last_full - reuse) // PREFILL_CHUNK
+            # 2. prefill what the slot's cache lacks in whole chunks, one per step; create_completion finds
+            #    that prefix cached, evaluates the rest (2..PREFILL_CHUNK + 1 tokens) and starts decoding
+            reuse = max(0, min(_common_prefix(self._prompt[slot], tokens), llm.n_tokens, len(tokens) - 2))
+            llm.n_tokens = reuse  # eval() drops the stale tail of the KV cache
+            self._prompt[slot] = tokens[:reuse]
+            n_chunks = max(0, len(tokens) - reuse - 2) // PREFILL_CHUNK
             for c in range(n_chunks):
                 start = reuse + c * PREFILL_CHUNK
                 llm.eval(tokens[start:start + PREFILL_CHUNK])
-                self._aligned[slot] = tokens[:start + PREFILL_CHUNK]
+                self._prompt[slot] = tokens[:start + PREFILL_CHUNK]
                 yield Step("prefill", index=c + 1, total=n_chunks + 1)
             # 3. decode, one streamed piece per step
             counter = _TokenCounter(stopping)
@@ -157,6 +159,7 @@ class LlamaChatEngine:
             parts: list[str] = []
             finish = "stop"
             for chunk in completion:
+                self._prompt[slot] = tokens  # the whole prompt is in the cache once the first piece is out
                 choice = chunk["choices"][0]
                 text = choice.get("text") or ""
                 if text:
@@ -186,7 +189,7 @@ class LlamaChatEngine:
                              param="json_schema") from None
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = 0
     for x, y in zip(a, b):
         if x != y:
