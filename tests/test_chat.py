@@ -132,7 +132,7 @@ def test_llama_chat_engine_steps_slots_and_close(edge_home):
             result = stop.value
         assert kinds[:2] == ["prefill", "prefill"] and set(kinds[2:]) == {"token"}
         assert result.completion_tokens == 3 and result.finish_reason == "length", result
-        assert eng._busy == [False, False] and eng._contexts[1] is None  # one job used one lazily made slot
+        assert eng._busy == [False, False] and eng._prompt[1] == []  # one job used one slot
     finally:
         eng.close()
     assert eng._contexts == [None, None]

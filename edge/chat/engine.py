@@ -1,6 +1,6 @@
 """GGUF chat engine over llama-cpp-python.
 
-One loaded model keeps ``slots`` llama.cpp contexts (created on first use). With mmap the weights
+One loaded model keeps ``slots`` llama.cpp contexts (all created at load). With mmap the weights
 are shared between contexts, so a slot costs only its KV cache; each slot keeps its KV cache
 between jobs and a new job takes the free slot with the longest matching prompt prefix, so a
 multi-turn chat does not re-evaluate the whole conversation.
@@ -44,7 +44,9 @@ class LlamaChatEngine:
         self._busy = [False] * slots
         self._prompt: list[list[int]] = [[] for _ in range(slots)]  # prompt tokens held in each slot's cache
         self._lock = threading.Lock()
-        self._contexts[0] = self._new_context()  # load now: the footprint is measured around load()
+        # every slot now, not on first use: the scheduler measures the footprint around load() (the RAM
+        # budget must see each slot's KV cache), and a burst of chats must not pay context creation
+        self._contexts = [self._new_context() for _ in range(slots)]
         first = self._contexts[0]
         self.formatter = self._make_formatter(first)
         self.eos_text = first._model.token_get_text(first.token_eos()) if first.token_eos() != -1 else ""
