@@ -97,7 +97,7 @@ class LlamaChatEngine:
         return tokens, rendered
 
     def _acquire(self, tokens: list[int]) -> int:
-        """Take the free slot whose reusable (aligned) cache shares the longest prefix with ``tokens``."""
+        """Take the free slot whose cached prompt shares the longest prefix with ``tokens``."""
         with self._lock:
             # a free open slot with the longest reusable prefix; an unopened slot (-1) only if none is open
             free = [(_common_prefix(self._prompt[i], tokens) if self._contexts[i] is not None else -1, -i)
