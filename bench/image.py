@@ -279,10 +279,30 @@ def main(argv=None) -> int:
               f"diffusers image vs edge fp32: max diff {int(np.abs(peer['image'].astype(int) - ref).max())}/255")
         print(f"peak RSS {a.best} + TAESD: {best['peak_rss'] / 2**30:.2f} GB (target <= 2 GB; "
               f"stable-diffusion.cpp q8_0 needs {SD_CPP_Q8_RSS_GB} GB)")
+        _print_roofline(a, runs["edge ORT fp32, TAESD"], peer)
     if a.json:
         Path(a.json).write_text(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "image"}
                                             for k, v in runs.items()}, indent=1))
     return 0
+
+
+def _print_roofline(a, edge: dict, peer: dict) -> None:
+    """The UNet's matrix products at this machine's best GEMM rate: the fastest a step can be, and the
+    best speed-up over diffusers that leaves (text encoder and TAESD as measured)."""
+    from bench.roofline import gemm_rate, onnx_macs
+
+    lat = a.size // 8
+    macs = sum(v for k, v in onnx_macs(Path(a.export_dir) / "fp32" / "unet.onnx",
+                                       {"sample": [1, 4, lat, lat], "timestep_cond": [1, 256]}).items()
+               if k != "unknown")
+    rate = gemm_rate(a.threads)
+    floor = macs / rate
+    best_total = edge["text_s"] + a.steps * floor + edge["decode_s"]
+    print(f"roofline: UNet {macs / 1e9:.0f} GMAC per step; best fp32 GEMM rate here {rate / 1e9:.1f} GMAC/s "
+          f"(onnxruntime, {a.threads} threads) -> >= {floor:.2f} s/step; edge measured {edge['unet_s']:.2f} s "
+          f"({floor / edge['unet_s']:.0%} of that rate), torch {peer['unet_s']:.2f} s; a UNet at the GEMM rate "
+          f"would give at most {peer['total_s'] / best_total:.2f}x over diffusers; "
+          f"{TARGET_SPEEDUP}x needs <= {(peer['total_s'] / TARGET_SPEEDUP - edge['text_s'] - edge['decode_s']) / a.steps:.2f} s/step")
 
 
 def _torch_version() -> str:

@@ -163,9 +163,29 @@ def main(argv: list[str] | None = None) -> int:
           f"({dp95:.1f} ms); encoder >= {TARGET_ENCODER_SPEEDUP:.0f}x torch: fp32 {t_enc / e50:.2f}x, "
           f"int8 {t_enc / i50:.2f}x ({'MET' if max(t_enc / e50, t_enc / i50) >= TARGET_ENCODER_SPEEDUP else 'MISSED'}); "
           f"CPU encode is {min(e50, i50) / PUBLISHED_GPU_ENCODE_MS:.0f}x the published 8 ms GPU encode")
+    _print_roofline(fp32, args.threads, t_enc, e50, dp95)
     for e in engines.values():
         e.close()
     return 0
+
+
+def _print_roofline(folder: Path, threads: int, torch_enc_ms: float, enc_ms: float, dec_p95_ms: float) -> None:
+    """Matrix-product MACs of the two graphs at this machine's best fp32 GEMM rate: the fastest each can
+    run with upstream's maths, against the targets."""
+    from bench.roofline import gemm_rate, onnx_macs
+
+    rate = gemm_rate(threads)
+    enc = sum(v for k, v in onnx_macs(folder / "encoder.onnx").items() if k != "unknown")
+    dec = sum(v for k, v in onnx_macs(folder / "decoder.onnx", {"point_coords": [1, 2, 2],
+                                                                 "point_labels": [1, 2]}).items() if k != "unknown")
+    enc_floor, dec_floor = enc / rate * 1e3, dec / rate * 1e3
+    print(f"roofline: best fp32 GEMM rate here {rate / 1e9:.1f} GMAC/s (onnxruntime, {threads} threads)")
+    print(f"  encoder {enc / 1e9:.1f} GMAC -> >= {enc_floor:.0f} ms (measured {enc_ms:.0f} ms = {enc_floor / enc_ms:.0%} "
+          f"of that rate); {TARGET_ENCODER_SPEEDUP:.0f}x torch needs <= {torch_enc_ms / TARGET_ENCODER_SPEEDUP:.0f} ms; "
+          f"at most {torch_enc_ms / enc_floor:.2f}x with every product at the GEMM rate and nothing else")
+    print(f"  decoder {dec / 1e9:.2f} GMAC per click -> >= {dec_floor:.0f} ms (p95 measured {dec_p95_ms:.0f} ms); "
+          f"{TARGET_DECODER_P95_MS:.0f} ms needs {dec / (TARGET_DECODER_P95_MS / 1e3) / 1e9:.0f} GMAC/s = "
+          f"{dec / (TARGET_DECODER_P95_MS / 1e3) / rate:.1f}x this machine's best GEMM rate")
 
 
 def _interleaved(fns: dict, repeat: int) -> dict[str, list[float]]:
