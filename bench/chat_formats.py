@@ -1,11 +1,11 @@
 """Chat formats, same model, same run: GGUF q4_k_m / q8_0 (llama.cpp engine) vs ONNX int4 / int8
 (edge's ONNX engine over onnxruntime) — decode tok/s, TTFT, file size, RSS.
 
-    python bench/chat_formats.py --gguf-dir DIR --onnx-int4 DIR --onnx-int8 DIR [--threads 2] [--runs 3]
+    python bench/chat_formats.py [--gguf-dir DIR --onnx-int4 DIR --onnx-int8 DIR] [--threads 2] [--runs 3]
 
-DIR defaults: the exports of the SmolLM2 default model made by
-``edge-run export llm <dequantized SmolLM2> --quant q8_0,q4_k_m`` and ``edge-run export llm-onnx ...``
-(see the report of issue 6). Each engine runs in its own worker process (so RSS is that engine's
+DIR defaults: folders under --work (~/.cache/edge-run-bench/chat-formats), made on first use from the
+default chat model (SmolLM2 Q4_1 GGUF, pulled into the bench store): dequantized into a transformers
+folder, then ``edge-run export llm --quant q8_0,q4_k_m`` and ``edge-run export llm-onnx --quant int4|int8``. Each engine runs in its own worker process (so RSS is that engine's
 alone; the workers take turns, one prompt each per round), through the engines' shared chat
 interface with greedy decoding. Decode tok/s = (tokens - 1)
 / (last token time - first token time); TTFT = request -> first token. The peer for the ONNX engine is
@@ -94,11 +94,38 @@ def serve(kind: str, path: str, threads: int, tokens: int) -> None:
     eng.close()
 
 
+def prepare(work: Path) -> dict[str, Path]:
+    """The three exports of the default chat model under ``work``, made by the real recipes if missing."""
+    out = {"gguf": work / "smol-gguf", "int4": work / "smol-onnx-int4", "int8": work / "smol-onnx-int8"}
+    if all(p.exists() for p in out.values()):
+        return out
+    from _common import CHAT_MODEL, bench_home
+
+    from export.llm.source import gguf_to_hf
+
+    hf = work / "smol-hf"
+    if not hf.exists():
+        gguf = bench_home() / "models" / CHAT_MODEL / "model.gguf"
+        print(f"dequantizing {gguf.name} into {hf} (once) ...", flush=True)
+        gguf_to_hf(gguf, hf)
+    cli = [sys.executable, "-m", "edge.cli", "export"]
+    jobs = {"gguf": ["llm", str(hf), "--quant", "q8_0,q4_k_m"], "int4": ["llm-onnx", str(hf), "--quant", "int4"],
+            "int8": ["llm-onnx", str(hf), "--quant", "int8"]}
+    for name, job in jobs.items():
+        if not out[name].exists():
+            print(f"exporting {name} into {out[name]} (once) ...", flush=True)
+            subprocess.run(cli + job + ["--out", str(out[name])], check=True,
+                           cwd=str(Path(__file__).resolve().parent.parent))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--gguf-dir", default="/tmp/llmt/smol-gguf")
-    ap.add_argument("--onnx-int4", default="/tmp/llmt/smol-onnx-int4")
-    ap.add_argument("--onnx-int8", default="/tmp/llmt/smol-onnx-int8")
+    ap.add_argument("--work", default=str(Path.home() / ".cache" / "edge-run-bench" / "chat-formats"),
+                    help="where the default exports are made and cached")
+    ap.add_argument("--gguf-dir", default=None, help="folder with model.q4_k_m.gguf and model.q8_0.gguf")
+    ap.add_argument("--onnx-int4", default=None, help="edge-run export llm-onnx --quant int4 folder")
+    ap.add_argument("--onnx-int8", default=None, help="edge-run export llm-onnx --quant int8 folder")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=64)
@@ -107,6 +134,11 @@ def main() -> None:
     if args.worker:
         serve(args.worker[0], args.worker[1], args.threads, args.tokens)
         return
+    if not (args.gguf_dir and args.onnx_int4 and args.onnx_int8):
+        made = prepare(Path(args.work))
+        args.gguf_dir = args.gguf_dir or str(made["gguf"])
+        args.onnx_int4 = args.onnx_int4 or str(made["int4"])
+        args.onnx_int8 = args.onnx_int8 or str(made["int8"])
     cases = [("GGUF q4_k_m (llama.cpp)", "gguf", str(Path(args.gguf_dir) / "model.q4_k_m.gguf")),
              ("GGUF q8_0 (llama.cpp)", "gguf", str(Path(args.gguf_dir) / "model.q8_0.gguf")),
              ("ONNX int4 (edge ORT engine)", "onnx", args.onnx_int4),
