@@ -289,12 +289,10 @@ def main(argv=None) -> int:
 def _print_roofline(a, edge: dict, peer: dict) -> None:
     """The UNet's matrix products at this machine's best GEMM rate: the fastest a step can be, and the
     best speed-up over diffusers that leaves (text encoder and TAESD as measured)."""
-    from bench.roofline import gemm_rate, onnx_macs
+    from bench.roofline import gemm_rate, total_macs
 
     lat = a.size // 8
-    macs = sum(v for k, v in onnx_macs(Path(a.export_dir) / "fp32" / "unet.onnx",
-                                       {"sample": [1, 4, lat, lat], "timestep_cond": [1, 256]}).items()
-               if k != "unknown")
+    macs = total_macs(Path(a.export_dir) / "fp32" / "unet.onnx", {"sample": [1, 4, lat, lat], "timestep_cond": [1, 256]})
     rate = gemm_rate(a.threads)
     floor = macs / rate
     best_total = edge["text_s"] + a.steps * floor + edge["decode_s"]

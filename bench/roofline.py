@@ -69,6 +69,11 @@ def onnx_macs(path: str | Path, input_shapes: dict[str, list[int]] | None = None
     return out
 
 
+def total_macs(path: str | Path, input_shapes: dict[str, list[int]] | None = None) -> int:
+    """All product MACs of the graph (see :func:`onnx_macs`)."""
+    return sum(v for k, v in onnx_macs(path, input_shapes).items() if k != "unknown")
+
+
 def gemm_rate(threads: int, n: int = 2048, repeat: int = 5) -> float:
     """The best fp32 matrix-product rate onnxruntime reaches here (MACs per second): one n x n x n
     MatMul with a constant right operand (prepacked, as model weights are), ``threads`` intra-op threads."""
@@ -120,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     rate = gemm_rate(args.threads)
     print(f"best fp32 GEMM rate here (onnxruntime, {args.threads} threads): {rate / 1e9:.1f} GMAC/s")
     print("MACs by op:", {k: (f"{v / 1e9:.3f} G" if k != "unknown" else v) for k, v in macs.items()})
-    print(floor_line(Path(args.model).name, sum(v for k, v in macs.items() if k != "unknown"), rate))
+    print(floor_line(Path(args.model).name, total_macs(args.model, shapes), rate))
     return 0
 
 

@@ -172,12 +172,11 @@ def main(argv: list[str] | None = None) -> int:
 def _print_roofline(folder: Path, threads: int, torch_enc_ms: float, enc_ms: float, dec_p95_ms: float) -> None:
     """Matrix-product MACs of the two graphs at this machine's best fp32 GEMM rate: the fastest each can
     run with upstream's maths, against the targets."""
-    from bench.roofline import gemm_rate, onnx_macs
+    from bench.roofline import gemm_rate, total_macs
 
     rate = gemm_rate(threads)
-    enc = sum(v for k, v in onnx_macs(folder / "encoder.onnx").items() if k != "unknown")
-    dec = sum(v for k, v in onnx_macs(folder / "decoder.onnx", {"point_coords": [1, 2, 2],
-                                                                 "point_labels": [1, 2]}).items() if k != "unknown")
+    enc = total_macs(folder / "encoder.onnx")
+    dec = total_macs(folder / "decoder.onnx", {"point_coords": [1, 2, 2], "point_labels": [1, 2]})
     enc_floor, dec_floor = enc / rate * 1e3, dec / rate * 1e3
     print(f"roofline: best fp32 GEMM rate here {rate / 1e9:.1f} GMAC/s (onnxruntime, {threads} threads)")
     print(f"  encoder {enc / 1e9:.1f} GMAC -> >= {enc_floor:.0f} ms (measured {enc_ms:.0f} ms = {enc_floor / enc_ms:.0%} "
