@@ -6,7 +6,7 @@
 * ``skimage_photos``: the real photos that ship inside scikit-image's wheel;
 * ``load_corpus`` / ``corpus_split``: the public-domain text corpus shipped in ``data/corpus.txt``
   (or a user's .txt file / folder), split into training and held-out text by paragraphs;
-* ``image_caption_folder``: a user's folder of images with same-named .txt captions.
+* ``ImageFolder``: a user's folder of images (optionally with same-named .txt captions), read lazily.
 """
 
 from __future__ import annotations
@@ -203,30 +203,36 @@ def unlabeled_images(n: int, seed: int = 0, photos: bool = True) -> list[tuple[s
     return out
 
 
-def image_folder(folder: str | Path) -> list[tuple[str, np.ndarray]]:
-    """Every .png/.jpg/.jpeg/.webp/.bmp in ``folder`` (sorted) as (name, RGB uint8)."""
-    from PIL import Image
-
-    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp", ".bmp"))
-    return [(p.name, np.asarray(Image.open(p).convert("RGB"))) for p in paths]
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-def image_caption_folder(folder: str | Path, size: int) -> list[tuple[np.ndarray, str]]:
-    """A folder of images with same-named .txt captions -> (image resized and centre-cropped to
-    ``size``, caption) pairs (the usual layout of text-to-image training folders)."""
-    from PIL import Image
+class ImageFolder:
+    """The images of a folder (sorted), loaded one at a time when indexed: ``folder[i]`` -> RGB uint8.
+    With ``captions=True`` only images with a same-named .txt caption are kept and ``caption(i)``
+    returns it; with ``size`` images are resized (shorter side) and centre-cropped to size x size."""
 
-    out = []
-    for name, rgb in image_folder(folder):
-        cap = (Path(folder) / name).with_suffix(".txt")
-        if not cap.exists():
-            continue
-        img = Image.fromarray(rgb)
-        s = size / min(img.size)
-        img = img.resize((max(size, round(img.width * s)), max(size, round(img.height * s))), Image.BICUBIC)
-        left, top = (img.width - size) // 2, (img.height - size) // 2
-        out.append((np.asarray(img.crop((left, top, left + size, top + size))), cap.read_text().strip()))
-    return out
+    def __init__(self, folder: str | Path, *, captions: bool = False, size: int | None = None):
+        paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.paths = [p for p in paths if not captions or p.with_suffix(".txt").exists()]
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        from PIL import Image
+
+        img = Image.open(self.paths[i]).convert("RGB")
+        if self.size:
+            s = self.size / min(img.size)
+            img = img.resize((max(self.size, round(img.width * s)), max(self.size, round(img.height * s))),
+                             Image.BICUBIC)
+            left, top = (img.width - self.size) // 2, (img.height - self.size) // 2
+            img = img.crop((left, top, left + self.size, top + self.size))
+        return np.asarray(img)
+
+    def caption(self, i: int) -> str:
+        return self.paths[i].with_suffix(".txt").read_text(encoding="utf-8").strip()
 
 
 # ---------------------------------------------------------------------------------------------- text

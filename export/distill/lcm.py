@@ -22,8 +22,11 @@ saved un-fused (``lora/``, peft format) so they can be applied to the teacher ag
 
 Before / after (held-out captions and noise): mean squared error, in latent space, between the
 student's 2- and 4-step LCM samples (diffusers' LatentConsistencyModelPipeline) and the teacher's
-50-step DDIM samples with the same guidance (diffusers' StableDiffusionPipeline). The output is a
-diffusers LCM pipeline folder that `edge-run export lcm <out>` takes.
+50-step DDIM samples with the same guidance (diffusers' StableDiffusionPipeline). Next to them, the
+error of a perfect student (``floor_*``: LCM sampling with the teacher's exact ODE as consistency
+function): LCM injects fresh noise between steps, so even a perfect student leaves the reference
+trajectory, by an amount set by the teacher. The output is a diffusers LCM pipeline folder that
+`edge-run export lcm <out>` takes.
 """
 
 from __future__ import annotations
@@ -241,16 +244,72 @@ def student_samples(pipe, unet, scheduler, prompts: list[str], latents, steps: i
                    generator=torch.Generator().manual_seed(seed)).images
 
 
+def teacher_ode(pipe, prompts: list[str], sample, t: int, guidance: float, teacher_steps: int = 50):
+    """The teacher's guided DDIM ODE solved from ``sample`` at time t down to 0 on the reference grid
+    (trailing spacing, step 1000 / teacher_steps; t must lie on it): the exact consistency function of
+    the teacher's ODE as the reference samples discretise it."""
+    import torch
+
+    acp = pipe.scheduler.alphas_cumprod.float()
+    stride = int(pipe.scheduler.config.num_train_timesteps) // teacher_steps
+    grid = list(range(int(t), -1, -stride))
+    c = encode_prompts(pipe, prompts)
+    u = encode_prompts(pipe, [""]).expand(len(prompts), -1, -1)
+    pred = pipe.scheduler.config.get("prediction_type", "epsilon")
+    x = sample
+    for i, ti in enumerate(grid):
+        tt = torch.full((len(prompts),), ti, dtype=torch.long)
+        with torch.no_grad():
+            o = pipe.unet(torch.cat([x, x]), torch.cat([tt, tt]), encoder_hidden_states=torch.cat([u, c])).sample
+        out = o[:len(prompts)] + guidance * (o[len(prompts):] - o[:len(prompts)])
+        x0, eps = predicted_x0_and_eps(out, tt, x, acp, pred)
+        a_prev = acp[grid[i + 1]] if i + 1 < len(grid) else torch.tensor(1.0)
+        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+    return x
+
+
+def oracle_samples(pipe, scheduler, prompts: list[str], latents, steps: int, guidance: float, seed: int,
+                   teacher_steps: int = 50):
+    """LCM multistep sampling (the LCMScheduler's timesteps and injected noise, the generator seeded as
+    ``student_samples`` seeds it) with a *perfect* consistency function, the teacher's own ODE
+    (``teacher_ode``): the closest any distilled student can get to the reference samples at ``steps``."""
+    import torch
+
+    sched = copy.deepcopy(scheduler)
+    sched.set_timesteps(steps)
+    ts = [int(t) for t in sched.timesteps]
+    g = torch.Generator().manual_seed(seed)
+    acp = sched.alphas_cumprod.float()
+    x = latents.clone()
+    for i, t in enumerate(ts):
+        x0 = teacher_ode(pipe, prompts, x, t, guidance, teacher_steps)
+        if i + 1 == len(ts):
+            return x0
+        noise = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+        x = acp[ts[i + 1]].sqrt() * x0 + (1 - acp[ts[i + 1]]).sqrt() * noise
+
+
 class Evaluator:
-    """Held-out captions and noise; the teacher's 50-step samples are computed once."""
+    """Held-out captions and noise; the teacher's 50-step samples are computed once, and so is the
+    floor: the error of LCM sampling with the teacher's exact ODE as its consistency function (the
+    noise LCM injects between steps moves even a perfect student off the reference trajectory)."""
 
     def __init__(self, pipe, prompts: list[str], latent_shape: tuple[int, ...], steps: list[int], guidance: float,
-                 teacher_steps: int, seed: int):
+                 teacher_steps: int, seed: int, scheduler=None):
         import torch
 
         self.pipe, self.prompts, self.steps, self.guidance, self.seed = pipe, prompts, steps, guidance, seed
         self.latents = torch.randn((len(prompts), *latent_shape), generator=torch.Generator().manual_seed(seed))
         self.reference = teacher_samples(pipe, prompts, self.latents, teacher_steps, guidance)
+        self.floor = {}
+        if scheduler is not None and int(pipe.scheduler.config.num_train_timesteps) % teacher_steps == 0:
+            for n in steps:
+                ts = copy.deepcopy(scheduler)
+                ts.set_timesteps(n)
+                stride = int(pipe.scheduler.config.num_train_timesteps) // teacher_steps
+                if all((int(t) + 1) % stride == 0 for t in ts.timesteps):   # every LCM timestep on the grid
+                    got = oracle_samples(pipe, scheduler, prompts, self.latents, n, guidance, seed, teacher_steps)
+                    self.floor[f"floor_latent_mse_{n}step"] = float(((got - self.reference) ** 2).mean())
 
     def __call__(self, unet, scheduler) -> dict:
         unet.eval()
@@ -259,26 +318,73 @@ class Evaluator:
             got = student_samples(self.pipe, unet, scheduler, self.prompts, self.latents, n, self.guidance, self.seed)
             out[f"latent_mse_{n}step"] = float(((got - self.reference) ** 2).mean())
         out["reference_latent_var"] = float(self.reference.var())
+        out.update(self.floor)
         return out
 
 
-def training_pairs(cfg: Config) -> list[tuple[Any, str]]:
-    from edge.errors import BadRequest
-    from export.distill import data as D
+class Pairs:
+    """(image, caption) training pairs: generated shapes (in memory) or a folder read lazily. The frozen
+    VAE and text encoder see each generated pair once (their outputs are kept, as the pairs are);
+    a folder's pairs are read and encoded at every step, so any folder size fits in memory."""
 
-    if cfg.data == "shapes":
-        return D.shapes_with_captions(cfg.num_images, size=cfg.resolution, seed=cfg.seed)
-    folder = require_path(cfg.data, "--data", "'shapes' or a folder of images with same-named .txt captions")
-    pairs = D.image_caption_folder(folder, cfg.resolution)
-    if not pairs:
-        raise BadRequest(f"--data {cfg.data!r} holds no image with a same-named .txt caption.", param="--data")
-    return pairs
+    def __init__(self, cfg: Config):
+        from edge.errors import BadRequest
+        from export.distill import data as D
+
+        self.posteriors: dict[int, Any] | None = None
+        self.embeddings: dict[str, Any] | None = None
+        if cfg.data == "shapes":
+            pairs = D.shapes_with_captions(cfg.num_images, size=cfg.resolution, seed=cfg.seed)
+            self.images, self.captions = [p for p, _ in pairs], [c for _, c in pairs]
+            self.posteriors, self.embeddings = {}, {}
+            return
+        folder = require_path(cfg.data, "--data", "'shapes' or a folder of images with same-named .txt captions")
+        self.images = D.ImageFolder(folder, captions=True, size=cfg.resolution)
+        if not len(self.images):
+            raise BadRequest(f"--data {cfg.data!r} holds no image with a same-named .txt caption.", param="--data")
+        self.captions = [self.images.caption(i) for i in range(len(self.images))]
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def pixels(self, idx: list[int]):
+        """A batch as a float tensor in [-1, 1], N x 3 x H x W."""
+        import numpy as np
+        import torch
+
+        return torch.from_numpy(np.stack([self.images[i] for i in idx])).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+    def posterior(self, vae, idx: list[int], device):
+        """The VAE posterior (mean, std) of the batch's images (unscaled latents)."""
+        import torch
+
+        todo = list(dict.fromkeys(idx)) if self.posteriors is None else \
+            [i for i in dict.fromkeys(idx) if i not in self.posteriors]
+        got = {}
+        if todo:
+            with torch.no_grad():
+                d = vae.encode(self.pixels(todo).to(device)).latent_dist
+            got = {i: (d.mean[j], d.std[j]) for j, i in enumerate(todo)}
+            if self.posteriors is not None:
+                self.posteriors.update(got)
+        src = got if self.posteriors is None else self.posteriors
+        return torch.stack([src[i][0] for i in idx]), torch.stack([src[i][1] for i in idx])
+
+    def text(self, pipe, caps: list[str]):
+        """The frozen text encoder's hidden states of the batch's captions."""
+        import torch
+
+        if self.embeddings is None:
+            return encode_prompts(pipe, caps)
+        todo = [c for c in dict.fromkeys(caps) if c not in self.embeddings]
+        if todo:
+            self.embeddings.update(zip(todo, encode_prompts(pipe, todo)))
+        return torch.stack([self.embeddings[c] for c in caps])
 
 
 # ---------------------------------------------------------------------------------------------- run
 def run(cfg: Config, *, stop_after: int | None = None) -> Path:
     """Teacher -> student (+ w-embedding, LoRA) -> consistency distillation -> LCM pipeline folder."""
-    import numpy as np
     import torch
 
     from edge.errors import BadRequest
@@ -318,9 +424,8 @@ def run(cfg: Config, *, stop_after: int | None = None) -> Path:
         target = copy.deepcopy(base).requires_grad_(False).eval()
         tr.register(target)
     scheduler = lcm_scheduler(pipe.scheduler, cfg.ddim_steps, cfg.timestep_scaling)
-    pairs = training_pairs(cfg)
-    pixels = torch.from_numpy(np.stack([p for p, _ in pairs])).permute(0, 3, 1, 2)
-    captions = [c for _, c in pairs]
+    pairs = Pairs(cfg)
+    captions = pairs.captions
     held = [c for _, c in D.shapes_with_captions(cfg.eval_prompts * 4, size=8, seed=cfg.seed + 7777)
             if c not in set(captions)][:cfg.eval_prompts]
     for m in (pipe.unet, pipe.vae, pipe.text_encoder):
@@ -330,7 +435,7 @@ def run(cfg: Config, *, stop_after: int | None = None) -> Path:
     sf = float(pipe.vae.config.scaling_factor)
     lat_side = cfg.resolution // (2 ** (len(pipe.vae.config.block_out_channels) - 1))
     evaluator = Evaluator(pipe, held, (pipe.unet.config.in_channels, lat_side, lat_side), eval_steps,
-                          cfg.eval_guidance, cfg.teacher_steps, cfg.seed + 1) if tr.is_main else None
+                          cfg.eval_guidance, cfg.teacher_steps, cfg.seed + 1, scheduler) if tr.is_main else None
     uncond = encode_prompts(pipe, [""])
     model, _ = tr.setup(student)
 
@@ -341,11 +446,10 @@ def run(cfg: Config, *, stop_after: int | None = None) -> Path:
         b = len(idx)
         dev = tr.device
         with torch.no_grad():
-            x = pixels[idx].float().div(127.5).sub(1).to(dev)
-            z = pipe.vae.encode(x).latent_dist
-            z = (z.mean + z.std * torch.randn(z.mean.shape, generator=g).to(dev)) * sf
+            mean, std = pairs.posterior(pipe.vae, idx, dev)
+            z = (mean + std * torch.randn(mean.shape, generator=g).to(dev)) * sf     # a sample of the posterior
             caps = [("" if torch.rand(1, generator=g).item() < cfg.empty_prompt_prob else captions[i]) for i in idx]
-            c = encode_prompts(pipe, caps)
+            c = pairs.text(pipe, caps)
             u = uncond.expand(b, -1, -1)
         index = torch.randint(0, cfg.ddim_steps, (b,), generator=g)
         t_start = solver.timesteps[index]

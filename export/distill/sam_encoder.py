@@ -214,41 +214,48 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
 
 
-def evaluate(student_sam, teacher_sam, held: list[np.ndarray], held_emb, grid: int) -> dict:
-    """Embedding MSE (and MSE relative to the embeddings' variance) and mask IoU vs the teacher's
-    masks (same decoder, same prompts) over the held-out images."""
-    import torch
+class Evaluator:
+    """Held-out images with the teacher's embeddings and masks (computed once); calling it measures a
+    student: embedding MSE (and MSE relative to the embeddings' variance) and mask IoU against the
+    teacher's masks (same decoder, same prompts: an N x N grid of clicks and two boxes per image)."""
 
-    student_sam.eval()
-    mse, var, ious = [], [], []
-    dev = next(student_sam.parameters()).device
-    with torch.no_grad():
-        for rgb, t_emb in zip(held, held_emb):
-            s_emb = student_sam.image_encoder(torch.from_numpy(encoder_input(rgb)).to(dev))[0].float().cpu().numpy()
-            t = np.asarray(t_emb, np.float32)
-            mse.append(float(np.mean((s_emb - t) ** 2)))
-            var.append(float(np.var(t)))
-            prompts = eval_prompts(rgb.shape[0], rgb.shape[1], grid)
-            tm = predictor_masks(teacher_sam, rgb, t, prompts)
-            sm = predictor_masks(student_sam.cpu() if dev.type != "cpu" else student_sam, rgb, s_emb, prompts)
-            if dev.type != "cpu":
-                student_sam.to(dev)
-            ious += [iou(a, b) for a, b in zip(sm, tm)]
-    return {"embedding_mse": float(np.mean(mse)), "embedding_rel_mse": float(np.mean(mse) / np.mean(var)),
-            "mask_iou": float(np.mean(ious)), "min_mask_iou": float(np.min(ious)), "prompts": len(ious)}
+    def __init__(self, teacher_sam, held: list[np.ndarray], held_emb, grid: int):
+        self.teacher, self.held, self.grid = teacher_sam, held, grid
+        self.emb = [np.asarray(e, np.float32) for e in held_emb]
+        self.prompts = [eval_prompts(im.shape[0], im.shape[1], grid) for im in held]
+        self.masks = [predictor_masks(teacher_sam, im, e, p) for im, e, p in zip(held, self.emb, self.prompts)]
+
+    def __call__(self, student_sam) -> dict:
+        import torch
+
+        student_sam.eval()
+        mse, var, ious = [], [], []
+        dev = next(student_sam.parameters()).device
+        with torch.no_grad():
+            for rgb, t, prompts, t_masks in zip(self.held, self.emb, self.prompts, self.masks):
+                s_emb = student_sam.image_encoder(torch.from_numpy(encoder_input(rgb)).to(dev))[0].float().cpu().numpy()
+                mse.append(float(np.mean((s_emb - t) ** 2)))
+                var.append(float(np.var(t)))
+                s_masks = predictor_masks(student_sam.cpu() if dev.type != "cpu" else student_sam, rgb, s_emb, prompts)
+                if dev.type != "cpu":
+                    student_sam.to(dev)
+                ious += [iou(a, b) for a, b in zip(s_masks, t_masks)]
+        return {"embedding_mse": float(np.mean(mse)), "embedding_rel_mse": float(np.mean(mse) / np.mean(var)),
+                "mask_iou": float(np.mean(ious)), "min_mask_iou": float(np.min(ious)), "prompts": len(ious)}
 
 
-def training_images(cfg: Config) -> list[tuple[str, np.ndarray]]:
+def training_images(cfg: Config):
+    """The unlabeled training images: a folder (read lazily) or photos + generated scenes (in memory)."""
     from edge.errors import BadRequest
     from export.distill import data as D
 
     if cfg.images:
         folder = require_path(cfg.images, "--images", "a folder of .png / .jpg images")
-        imgs = D.image_folder(folder)
-        if not imgs:
+        imgs = D.ImageFolder(folder)
+        if not len(imgs):
             raise BadRequest(f"--images {cfg.images!r} holds no .png/.jpg/.jpeg/.webp/.bmp images.", param="--images")
         return imgs
-    return D.unlabeled_images(cfg.num_images, seed=cfg.seed)
+    return [im for _, im in D.unlabeled_images(cfg.num_images, seed=cfg.seed)]
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -277,7 +284,7 @@ def run(cfg: Config, *, stop_after: int | None = None) -> Path:
                          f"{str(e).splitlines()[0][:200]}", param="--teacher") from None
     teacher.requires_grad_(False).to(tr.device)
     student_sam, info = build_student(teacher, layout, cfg.init)
-    train = [im for _, im in training_images(cfg)]
+    train = training_images(cfg)
     held = [D.scene(10_000 + cfg.seed * 100 + k, objects=3 + k % 3) for k in range(cfg.held_out_images)]
     cache = tr.ckpt_dir / "teacher_embeddings.npy"
     train_emb = teacher_embeddings(teacher, train, tr, cache)
@@ -298,9 +305,11 @@ def run(cfg: Config, *, stop_after: int | None = None) -> Path:
         pred = enc(x)
         return torch.nn.functional.mse_loss(pred.float(), target), {}
 
+    evaluator = Evaluator(teacher, held, held_emb, cfg.eval_points) if tr.is_main else None
+
     def ev() -> dict:
         student_sam.image_encoder = tr.unwrap()
-        return evaluate(student_sam, teacher, held, held_emb, cfg.eval_points)
+        return evaluator(student_sam)
 
     report = tr.fit(loss_fn, evaluate=ev, stop_after=stop_after)
     if "stopped_at_step" in report:

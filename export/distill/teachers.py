@@ -119,14 +119,21 @@ def sd_teacher(out: Path, *, seed: int = 0, prediction_type: str = "epsilon", tr
     sched_cfg = {k: SCHEDULER_CONFIG[k] for k in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
                                                   "set_alpha_to_one", "clip_sample")}
     scheduler = DDIMScheduler(**sched_cfg, prediction_type=prediction_type, steps_offset=1)
-    # 1. latents of the captioned shapes -> the scaling factor
+    # 1. a trained VAE's posterior is nearly a point next to the spread of its means; a random one's
+    #    log-variance is ~0: a std 4-5x that spread once scaled, so every latent sampled from it (as
+    #    distillation does, like diffusers' scripts) would be mostly noise. Pin the log-variance low.
+    c = src.vae.config.latent_channels
+    with torch.no_grad():
+        src.vae.quant_conv.weight[c:].zero_()
+        src.vae.quant_conv.bias[c:].fill_(-20.0)  # std e^-10
+    # 2. latents of the captioned shapes -> the scaling factor
     pairs = D.shapes_with_captions(images, size=size, seed=seed + 101)
     pix = torch.from_numpy(np.stack([p for p, _ in pairs])).permute(0, 3, 1, 2).float() / 127.5 - 1
     with torch.no_grad():
         lat = torch.cat([src.vae.encode(pix[i:i + 32]).latent_dist.mean for i in range(0, len(pix), 32)])
     src.vae.register_to_config(scaling_factor=float(1.0 / lat.std()))
     final = float("nan")
-    # 2. optional denoising training of the UNet on those latents
+    # 3. optional denoising training of the UNet on those latents
     if train_steps:
         lat = lat * src.vae.config.scaling_factor
         with torch.no_grad():

@@ -65,7 +65,7 @@ def test_the_saved_checkpoint_is_what_was_measured(sam_student, sam_teacher):
     held = [D.scene(10_000 + k, objects=3 + k % 3) for k in range(r["data"]["held_out_images"])]
     with torch.no_grad():
         emb = [teacher.image_encoder(torch.from_numpy(S.encoder_input(h)))[0].numpy() for h in held]
-    again = S.evaluate(student, teacher, held, emb, r["config"]["eval_points"])
+    again = S.Evaluator(teacher, held, emb, r["config"]["eval_points"])(student)
     assert again["embedding_mse"] == pytest.approx(r["after"]["embedding_mse"], rel=1e-2)
     assert again["mask_iou"] == pytest.approx(r["after"]["mask_iou"], abs=0.02)
 
