@@ -2,6 +2,7 @@
 diffusers LatentConsistencyModelPipeline (PyTorch CPU fp32), same run, same weights, same noise.
 
     python bench/image.py --random-init sd15 [--size 512] [--steps 4] [--threads 2] [--export-dir DIR]
+                          [--best winograd,int8-winograd]
 
 The SD1.5-size LCM is exported once (cached in --export-dir) by the real recipe with seeded random
 weights (speed does not depend on weight values). Every configuration runs in its own process so
@@ -160,27 +161,27 @@ def ensure_export(a) -> Path:
 
 
 def ensure_precision(folder: Path, precision: str) -> None:
-    """Add a reduced precision to a cached export that lacks it (quantized from its fp32 files with the
-    recipe's own helpers; this bench measures its output difference vs fp32 itself)."""
-    from export import quantize as q
+    """Add a reduced precision to a cached export that lacks it, made from its fp32 files by the recipe's own
+    make_precision (this bench measures its output difference vs fp32 itself)."""
     from export.artifacts import file_table, write_json
-    from export.recipes.lcm_onnx import QUANTIZED
+    from export.recipes.lcm_onnx import QUANTIZED, make_precision, shared_component
 
     manifest = json.loads((folder / "edge-model.json").read_text())
     if precision in manifest["precisions"]:
         return
+    if precision == "qdq":
+        raise SystemExit("cannot add qdq here (it needs calibration); re-export with --precisions")
     print(f"adding precision {precision} to {folder} ...", file=sys.stderr, flush=True)
     (folder / precision).mkdir(exist_ok=True)
     table = dict(manifest["precisions"]["fp32"])
+    side, scale = int(manifest["default_size"]), int(manifest["vae"]["scale_factor"])
     for name in QUANTIZED[precision]:
-        src, dst = folder / table[name], folder / precision / f"{name}.onnx"
-        if precision.startswith("int8"):
-            q.dynamic_int8(src, dst, op_types=("MatMul", "Gemm", "Conv") if precision == "int8-conv" else ("MatMul", "Gemm"))
-        elif precision == "fp16":
-            q.fp16(src, dst)
-        else:
-            raise SystemExit(f"cannot add {precision} here; re-export with --precisions")
-        table[name] = f"{precision}/{name}.onnx"
+        if shared := shared_component(precision, name, manifest["precisions"]):
+            table[name] = shared
+        elif name in table:
+            make_precision(precision, name, folder / table[name], folder / precision / f"{name}.onnx",
+                           winograd_side=side, vae_scale=scale)
+            table[name] = f"{precision}/{name}.onnx"
     manifest["precisions"][precision] = table
     manifest["files"] = file_table(folder)
     write_json(folder / "edge-model.json", manifest)
@@ -222,7 +223,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--weights-seed", type=int, default=0)
     p.add_argument("--precisions", default="fp32,int8", help="precisions to export (once)")
-    p.add_argument("--best", default="int8-conv", help="the reduced precision to compare with fp32 [int8-conv]")
+    p.add_argument("--best", default="winograd,int8-winograd",
+                   help="comma list of the other precisions to compare with fp32 [winograd,int8-winograd]; the "
+                        "RSS target applies to the last")
     p.add_argument("--export-dir", default=None)
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--skip-torch", action="store_true")
@@ -244,16 +247,14 @@ def main(argv=None) -> int:
     import tempfile
 
     ensure_export(a)
-    ensure_precision(Path(a.export_dir), a.best)
+    bests = [b.strip() for b in a.best.split(",") if b.strip()]
+    for b in bests:
+        ensure_precision(Path(a.export_dir), b)
     with tempfile.TemporaryDirectory(prefix="bench-image-") as t:
         tmp = Path(t)
         draw_noise(a, tmp / "noise.npz")
-        runs = {
-            "edge ORT fp32, VAE": run_worker("edge", a, tmp, precision="fp32", decoder="vae"),
-            f"edge ORT {a.best}, VAE": run_worker("edge", a, tmp, precision=a.best, decoder="vae"),
-            "edge ORT fp32, TAESD": run_worker("edge", a, tmp, precision="fp32", decoder="taesd"),
-            f"edge ORT {a.best}, TAESD": run_worker("edge", a, tmp, precision=a.best, decoder="taesd"),
-        }
+        runs = {f"edge ORT {p}, {d.upper() if d == 'vae' else 'TAESD'}": run_worker("edge", a, tmp, precision=p, decoder=d)
+                for d in ("vae", "taesd") for p in ["fp32", *bests]}
         if not a.skip_torch:
             runs["diffusers torch fp32, VAE"] = run_worker("torch", a, tmp)
     ref = runs["edge ORT fp32, VAE"]["image"]
@@ -272,21 +273,21 @@ def main(argv=None) -> int:
     print(table(["run", "text enc ms", "UNet s/step", "decode s", "total s", "peak RSS GB", "max diff /255 vs fp32",
                  "mean diff", "speed vs torch"], rows))
     if peer:
-        best = runs[f"edge ORT {a.best}, TAESD"]
+        best = runs[f"edge ORT {bests[-1]}, TAESD"] if bests else runs["edge ORT fp32, TAESD"]
         fastest = min(runs[k]["total_s"] for k in runs if k.startswith("edge"))
         print(f"\nfastest edge vs diffusers: {peer['total_s'] / fastest:.2f}x (target >= {TARGET_SPEEDUP}x); "
               f"edge fp32 VAE vs diffusers: {peer['total_s'] / runs['edge ORT fp32, VAE']['total_s']:.2f}x; "
               f"diffusers image vs edge fp32: max diff {int(np.abs(peer['image'].astype(int) - ref).max())}/255")
-        print(f"peak RSS {a.best} + TAESD: {best['peak_rss'] / 2**30:.2f} GB (target <= 2 GB; "
+        print(f"peak RSS {bests[-1] if bests else 'fp32'} + TAESD: {best['peak_rss'] / 2**30:.2f} GB (target <= 2 GB; "
               f"stable-diffusion.cpp q8_0 needs {SD_CPP_Q8_RSS_GB} GB)")
-        _print_roofline(a, runs["edge ORT fp32, TAESD"], peer)
+        _print_roofline(a, runs["edge ORT fp32, TAESD"], peer, runs)
     if a.json:
         Path(a.json).write_text(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "image"}
                                             for k, v in runs.items()}, indent=1))
     return 0
 
 
-def _print_roofline(a, edge: dict, peer: dict) -> None:
+def _print_roofline(a, edge: dict, peer: dict, runs: dict) -> None:
     """The UNet's matrix products at this machine's best GEMM rate: the fastest a step can be, and the
     best speed-up over diffusers that leaves (text encoder and TAESD as measured)."""
     from bench.roofline import gemm_rate, total_macs
@@ -301,6 +302,12 @@ def _print_roofline(a, edge: dict, peer: dict) -> None:
           f"({floor / edge['unet_s']:.0%} of that rate), torch {peer['unet_s']:.2f} s; a UNet at the GEMM rate "
           f"would give at most {peer['total_s'] / best_total:.2f}x over diffusers; "
           f"{TARGET_SPEEDUP}x needs <= {(peer['total_s'] / TARGET_SPEEDUP - edge['text_s'] - edge['decode_s']) / a.steps:.2f} s/step")
+    wino = Path(a.export_dir) / "winograd" / "unet.onnx"
+    if wino.exists() and "edge ORT winograd, TAESD" in runs:
+        wmacs = total_macs(wino, {"sample": [1, 4, lat, lat], "timestep_cond": [1, 256]})
+        w = runs["edge ORT winograd, TAESD"]
+        print(f"roofline, winograd UNet: {wmacs / 1e9:.0f} GMAC of products per step ({1 - wmacs / macs:.0%} fewer) "
+              f"-> >= {wmacs / rate:.2f} s/step; measured {w['unet_s']:.2f} s ({wmacs / rate / w['unet_s']:.0%})")
 
 
 def _torch_version() -> str:

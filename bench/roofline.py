@@ -9,20 +9,15 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 PRODUCT_OPS = ("MatMul", "Gemm", "Conv", "ConvTranspose", "FusedMatMul")
-
-
-def _dims(vi) -> list[int | None]:
-    """Static dims; a dim left symbolic (a batch axis derived at run time) counts as 1: the benches run
-    batches of one. A tensor without shape information gives None."""
-    if not vi.type.tensor_type.HasField("shape"):
-        return None
-    return [d.dim_value if d.HasField("dim_value") else 1 for d in vi.type.tensor_type.shape.dim]
 
 
 def onnx_macs(path: str | Path, input_shapes: dict[str, list[int]] | None = None) -> dict[str, int]:
@@ -31,22 +26,11 @@ def onnx_macs(path: str | Path, input_shapes: dict[str, list[int]] | None = None
     (external data is not loaded); nodes whose shapes cannot be inferred are counted under "unknown"."""
     import onnx
 
-    # 1. the graph with static inputs, shapes inferred
-    model = onnx.load(str(path), load_external_data=False)
-    for inp in model.graph.input:
-        if input_shapes and inp.name in input_shapes:
-            dims = inp.type.tensor_type.shape.dim
-            for d, v in zip(dims, input_shapes[inp.name]):
-                d.ClearField("dim_param")
-                d.dim_value = int(v)
-    try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference  # follows Shape->Reshape chains
+    from export.winograd import static_shapes
 
-        model = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-    except Exception:  # noqa: BLE001 - fall back to onnx's own inference (fewer shapes resolved)
-        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    shapes = {vi.name: _dims(vi) for vi in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
-    shapes.update({t.name: list(t.dims) for t in model.graph.initializer})
+    # 1. the graph with static inputs, shapes inferred (weights stay on disk)
+    model = onnx.load(str(path), load_external_data=False)
+    shapes = static_shapes(model, input_shapes)
     # 2. MACs of each product node
     out: dict[str, int] = {}
     for node in model.graph.node:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -52,8 +53,10 @@ def save_onnx(model, path: str | Path, *, external: bool | None = None) -> Path:
     if data.exists():
         data.unlink()
     if external:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                        location=data.name, size_threshold=1024)
+        # onnx checks that the data file does not exist relative to the working directory: work from its folder
+        with contextlib.chdir(path.parent):
+            onnx.save_model(model, path.name, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data.name, size_threshold=1024)
     else:
         onnx.save_model(model, str(path))
     return path
@@ -64,16 +67,18 @@ def is_large(path: str | Path) -> bool:
 
 
 def dynamic_int8(src: str | Path, dst: str | Path, *, op_types: Sequence[str] = ("MatMul", "Gemm"),
-                 per_channel: bool = False) -> Path:
-    """Dynamic int8: weights of ``op_types`` stored 8-bit, activations quantized per call. With Conv in
-    ``op_types`` weights are uint8 (onnxruntime's CPU ConvInteger kernel takes only uint8 weights)."""
+                 per_channel: bool = False, nodes_to_exclude: Sequence[str] = ()) -> Path:
+    """Dynamic int8: weights of ``op_types`` stored 8-bit, activations quantized per call (except the nodes
+    named in ``nodes_to_exclude``). With Conv in ``op_types`` weights are uint8 (onnxruntime's CPU
+    ConvInteger kernel takes only uint8 weights)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     large = is_large(src)
     weight_type = QuantType.QUInt8 if "Conv" in op_types else QuantType.QInt8
     quantize_dynamic(str(src), str(dst), weight_type=weight_type, op_types_to_quantize=list(op_types),
-                     per_channel=per_channel, use_external_data_format=large,
-                     extra_options={"MatMulConstBOnly": True})
+                     per_channel=per_channel, use_external_data_format=large, nodes_to_exclude=list(nodes_to_exclude),
+                     extra_options={"MatMulConstBOnly": True,  # float where inference stops at a contrib op
+                                    "DefaultTensorType": 1})
     if large:
         _consolidate(dst)
     return Path(dst)

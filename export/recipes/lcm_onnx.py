@@ -26,19 +26,29 @@ from typing import Any, Callable
 import numpy as np
 
 from export.artifacts import MANIFEST, REPORT, ArtifactDir, file_table, write_json
+from export.winograd import Rule
 
 HELP = "latent-consistency text-to-image (LCM, SD1.5 class): text encoder, UNet, VAE, TAESD -> ONNX"
 log = logging.getLogger("export.lcm")
 
 PRESETS = ("tiny", "sd15")
-PRECISIONS = ("fp32", "int8", "int8-conv", "fp16", "qdq")
+PRECISIONS = ("fp32", "int8", "int8-conv", "winograd", "int8-winograd", "fp16", "qdq")
 DEFAULT_PRECISIONS = "fp32,int8,fp16"
 COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder", "taesd_decoder")
 # which components each reduced precision rewrites; the others are shared with fp32 (no duplicate files)
 # int8: MatMul/Gemm only (attention and projections; convolutions stay fp32); int8-conv: convolutions too
 # (about 4x smaller UNet: what fits a 2 GB device)
+# winograd: fp32, the 3x3 convolutions that see >= 16 px a side at the reference size computed by Winograd
+# F(4x4 or 2x2, 3x3) (export/winograd.py: up to 4x fewer products, larger weights); int8-winograd: int8-conv
+# with the convolutions of >= 32 px a side as Winograd on int16 / int8 transformed weights (fast and within
+# 2 GB); both use the winograd VAE decoder and encoder (fp32). TAESD stays direct: at 64 channels its
+# products are too small for the transforms to pay off (measured slower).
 QUANTIZED = {"int8": ("text_encoder", "unet"), "int8-conv": ("text_encoder", "unet"), "fp16": COMPONENTS,
-             "qdq": ("unet",)}
+             "qdq": ("unet",), "winograd": ("unet", "vae_decoder", "vae_encoder"),
+             "int8-winograd": ("text_encoder", "unet", "vae_decoder", "vae_encoder")}
+WINOGRAD_INT8_RULES = (Rule(64, 4, "int16"), Rule(32, 2, "int8"))  # F(4x4) amplifies int8 rounding
+CONV_INT8 = ("MatMul", "Gemm", "Conv")
+EXACT = ("fp32", "winograd")  # fp32 maths: held to the fp32 tolerances against PyTorch
 SCHEDULER_CONFIG = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
                     "beta_schedule": "scaled_linear", "original_inference_steps": 50, "set_alpha_to_one": True,
                     "prediction_type": "epsilon", "timestep_scaling": 10.0, "clip_sample": False}
@@ -61,6 +71,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default with --random-init)")
     p.add_argument("--no-taesd", action="store_true", help="do not add a TAESD decoder")
     p.add_argument("--seed", type=int, default=0, help="seed for --random-init weights and verification noise")
+    p.add_argument("--winograd-size", type=int,
+                   help="image side at which the winograd precisions pick the convolutions to rewrite "
+                        "(default: the model's default size)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--verify-size", type=int, help="image side for verification (default 64 tiny, 256 otherwise)")
     p.add_argument("--verify-steps", type=int, default=2, help="LCM steps for the verification image")
@@ -484,10 +497,9 @@ def run(args: argparse.Namespace) -> Path:
             files["fp32"][name] = f"fp32/{name}.onnx"
         bar.update()
 
-        # 4. quantize
-        from export import quantize as q
-
-        for p in precisions:
+        # 4. quantize / rewrite
+        winograd_side = args.winograd_size or int(src.unet.config.sample_size) * vae_scale_factor(src)
+        for p in sorted(precisions, key=PRECISIONS.index):  # winograd before int8-winograd, which shares it
             if p == "fp32":
                 continue
             stage(f"quantize {p}")
@@ -496,16 +508,13 @@ def run(args: argparse.Namespace) -> Path:
             for name in QUANTIZED[p]:
                 if name not in wrappers:
                     continue
-                srcf, dst = tmp / files["fp32"][name], tmp / p / f"{name}.onnx"
-                if p == "int8":
-                    q.dynamic_int8(srcf, dst)
-                elif p == "int8-conv":
-                    q.dynamic_int8(srcf, dst, op_types=("MatMul", "Gemm", "Conv"))
-                elif p == "fp16":
-                    q.fp16(srcf, dst)
-                elif p == "qdq":
-                    q.static_qdq(srcf, dst, q.FeedsReader(calibration_feeds(src, tmp, files["fp32"], verify_side,
-                                                                            args.verify_steps, threads)))
+                if shared := shared_component(p, name, files):
+                    files[p][name] = shared
+                    continue
+                calibration = functools.partial(calibration_feeds, src, tmp, files["fp32"], verify_side,
+                                                args.verify_steps, threads)
+                make_precision(p, name, tmp / files["fp32"][name], tmp / p / f"{name}.onnx",
+                               winograd_side=winograd_side, vae_scale=vae_scale_factor(src), calibration=calibration)
                 files[p][name] = f"{p}/{name}.onnx"
             bar.update()
 
@@ -514,10 +523,11 @@ def run(args: argparse.Namespace) -> Path:
         report = verify(src, tmp, files, verify_side, args.verify_steps, args.seed, threads)
         report.update({"model_id": model_id, "source": src.info, "opset": args.opset,
                        "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        bad = [n for n, r in report["precisions"]["fp32"]["components"].items() if not r["ok"]]
-        if bad or not report["precisions"]["fp32"]["image"]["ok"]:
-            raise RuntimeError(f"fp32 verification failed for {bad or ['image']}: see the numbers below\n"
-                               + json.dumps(report["precisions"]["fp32"], indent=1))
+        for p in (p for p in EXACT if p in report["precisions"]):
+            bad = [n for n, r in report["precisions"][p]["components"].items() if not r["ok"]]
+            if bad or not report["precisions"][p]["image"]["ok"]:
+                raise RuntimeError(f"{p} verification failed for {bad or ['image']}: see the numbers below\n"
+                                   + json.dumps(report["precisions"][p], indent=1))
         bar.update()
 
         # 6. write manifest and report
@@ -537,6 +547,59 @@ def run(args: argparse.Namespace) -> Path:
                             k: v for k, v in src.info.items() if isinstance(v, (str, int, float)) and k != "kind"}},
                         description=HELP)
     return Path(out).absolute()
+
+
+# ---------------------------------------------------------------------------------------------- precisions
+def reference_shapes(path: Path, side: int, vae_scale: int) -> dict[str, list[int]]:
+    """A component's input shapes for one image of ``side`` px (its dynamic axes as named in DYNAMIC_AXES)."""
+    import onnx
+
+    size = {"batch": 1, "height": side // vae_scale, "width": side // vae_scale, "H": side, "W": side}
+    model = onnx.load(str(path), load_external_data=False)
+    return {i.name: [d.dim_value if d.HasField("dim_value") else size[d.dim_param] for d in i.type.tensor_type.shape.dim]
+            for i in model.graph.input}
+
+
+def shared_component(precision: str, name: str, tables: dict[str, dict[str, str]]) -> str | None:
+    """The file another precision already wrote that ``precision`` uses as is for ``name`` (int8-winograd's
+    decoders and VAE encoder are winograd's fp32 ones), or None."""
+    if precision == "int8-winograd" and name not in ("unet", "text_encoder"):
+        rel = tables.get("winograd", {}).get(name, "")
+        return rel if rel.startswith("winograd/") else None
+    return None
+
+
+def make_precision(precision: str, name: str, src: Path, dst: Path, *, winograd_side: int = 512, vae_scale: int = 8,
+                   calibration: Callable[[], list] | None = None) -> Path:
+    """Write component ``name`` in ``precision`` from its fp32 file ``src`` (see QUANTIZED and the Winograd rules)."""
+    from export import quantize as q
+    from export import winograd as wg
+
+    if precision == "int8":
+        return q.dynamic_int8(src, dst)
+    if precision == "int8-winograd" and name == "text_encoder":  # the 49408 x 768 token embedding too: -114 MB
+        return q.dynamic_int8(src, dst, op_types=("MatMul", "Gemm", "Gather"))
+    if precision == "int8-conv":
+        return q.dynamic_int8(src, dst, op_types=CONV_INT8)
+    if precision == "fp16":
+        return q.fp16(src, dst)
+    if precision == "qdq":
+        if calibration is None:
+            raise ValueError("qdq needs calibration feeds")
+        return q.static_qdq(src, dst, q.FeedsReader(calibration()))
+    if precision not in ("winograd", "int8-winograd"):
+        raise ValueError(f"unknown precision {precision!r}")
+    shapes = reference_shapes(src, winograd_side, vae_scale)
+    if name != "unet" or precision == "winograd":  # fp32 weights
+        wg.winograd_file(src, dst, shapes)
+        return dst
+    # int8-winograd UNet: Winograd on int16 / int8 transformed weights, then int8-conv on everything else
+    staged = dst.with_name(f"{dst.stem}.winograd.onnx")
+    done = wg.winograd_file(src, staged, shapes, WINOGRAD_INT8_RULES)
+    q.dynamic_int8(staged, dst, op_types=CONV_INT8, nodes_to_exclude=[n for r in done for n in r.new_nodes])
+    for f in (staged, staged.with_name(staged.name + ".data")):
+        f.unlink(missing_ok=True)
+    return dst
 
 
 # ---------------------------------------------------------------------------------------------- verify
@@ -581,7 +644,7 @@ def verify(src: Source, folder: Path, files: dict[str, dict[str, str]], side: in
             rel_diff = diff / max(scale, 1e-6)
             rows[name] = {"file": rel, "bytes": onnx_size(folder / rel), "max_abs_diff": diff,
                           "max_rel_diff": rel_diff, "latency_ms": _latency(run),
-                          "ok": bool(np.isfinite(diff) and (precision != "fp32" or rel_diff < 1e-3))}
+                          "ok": bool(np.isfinite(diff) and (precision not in EXACT or rel_diff < 1e-3))}
             del sess, run  # release the session before the next one
         m = {"precisions": files, "precision": precision, "tokenizer": "tokenizer/tokenizer.json",
              **manifest(src, "verify", files, precision, {"precisions": {}})}
@@ -601,7 +664,7 @@ def verify(src: Source, folder: Path, files: dict[str, dict[str, str]], side: in
             "components": rows,
             "bytes": sum(onnx_size(folder / r) for r in set(comp.values())),
             "image": {"max_diff_255": int(d.max()), "mean_diff_255": float(d.mean()), "psnr": psnr(img, ref_img),
-                      "pipeline_s": total, "ok": bool(precision != "fp32" or d.max() <= 2)},
+                      "pipeline_s": total, "ok": bool(precision not in EXACT or d.max() <= 2)},
         }
     return report
 

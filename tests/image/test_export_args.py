@@ -23,7 +23,7 @@ def parse(*argv):
     ((), "give exactly one of SOURCE"),
     (("some/folder", "--random-init", "tiny"), "give exactly one of SOURCE"),
     (("--random-init", "tiny", "--precisions", "int8"), "must list fp32"),
-    (("--random-init", "tiny", "--precisions", "fp32,int4"), "must list fp32 and any of fp32, int8, int8-conv, fp16, qdq"),
+    (("--random-init", "tiny", "--precisions", "fp32,int4"), "must list fp32 and any of fp32, int8, int8-conv, winograd, int8-winograd, fp16, qdq"),
     (("--random-init", "tiny", "--precisions", "fp32", "--default-precision", "int8"), "not among the exported"),
 ])
 def test_bad_recipe_arguments(tmp_path, argv, message):

@@ -114,7 +114,20 @@ def test_numpy_seeds_are_per_image(fp32_components):
     assert two[1].info["seed"] == "8" and two[0].info["steps"] == "2" and two[0].info["model"] == "m"
 
 
-@pytest.mark.parametrize("precision,min_psnr", [("fp16", 40.0), ("int8", 30.0), ("qdq", 25.0)])
+def test_winograd_matches_diffusers(tiny_src, tokenizer_dir, make_components):
+    """The winograd precision (fp32 maths, convolutions rewritten at a 256 px reference) is held to the fp32
+    parity at 64 px and at 72x88 with a batch of two (odd latent sizes: the subgraphs pad and crop)."""
+    wino = make_components("winograd")
+    ref = diffusers_images(tiny_src, tokenizer_dir, steps=2)[0]
+    assert_close(edge_images(wino, ImageRequest(PROMPT, 64, 64, steps=2, seed=SEED), [SEED])[0], ref)
+    refs = diffusers_images(tiny_src, tokenizer_dir, width=72, height=88, steps=2, seeds=(5, 6), guidance=3.0)
+    ours = edge_images(wino, ImageRequest(PROMPT, 72, 88, steps=2, n=2, guidance_scale=3.0), [5, 6])
+    for o, r in zip(ours, refs):
+        assert_close(o, r)
+
+
+@pytest.mark.parametrize("precision,min_psnr", [("fp16", 40.0), ("int8", 30.0), ("qdq", 25.0),
+                                                ("int8-winograd", 30.0)])
 def test_reduced_precisions_stay_close_to_fp32(make_components, fp32_components, precision, min_psnr):
     req = ImageRequest(PROMPT, 64, 64, steps=2, seed=SEED)
     ref = edge_images(fp32_components, req, [SEED])[0]
@@ -125,7 +138,10 @@ def test_reduced_precisions_stay_close_to_fp32(make_components, fp32_components,
 def test_report_and_manifest(tiny_export):
     report = json.loads((tiny_export / "report.json").read_text())
     manifest = json.loads((tiny_export / "edge-model.json").read_text())
-    assert set(report["precisions"]) == {"fp32", "int8", "fp16", "qdq"}
+    assert set(report["precisions"]) == {"fp32", "int8", "fp16", "qdq", "winograd", "int8-winograd"}
+    wino = report["precisions"]["winograd"]  # verified like fp32 by the recipe, on rewritten graphs
+    assert wino["image"]["max_diff_255"] <= 2 and all(c["max_rel_diff"] < 1e-3 for c in wino["components"].values())
+    assert wino["components"]["unet"]["file"] == "winograd/unet.onnx"
     fp32 = report["precisions"]["fp32"]
     assert fp32["image"]["max_diff_255"] <= 2 and all(c["max_rel_diff"] < 1e-3 for c in fp32["components"].values())
     assert set(fp32["components"]) == {"text_encoder", "unet", "vae_decoder", "vae_encoder", "taesd_decoder"}
@@ -133,4 +149,5 @@ def test_report_and_manifest(tiny_export):
     for row in manifest["files"]:  # the manifest's hashes are the files' own
         assert sha256_file(tiny_export / row["name"]) == row["sha256"]
     assert manifest["precisions"]["int8"]["vae_decoder"] == "fp32/vae_decoder.onnx"  # shared, not duplicated
+    assert manifest["precisions"]["int8-winograd"]["vae_decoder"] == "winograd/vae_decoder.onnx"
     assert len(json.loads((tiny_export / "tokenizer" / "vocab.json").read_text())) == 49408
