@@ -30,7 +30,7 @@ def onnx_macs(path: str | Path, input_shapes: dict[str, list[int]] | None = None
 
     # 1. the graph with static inputs, shapes inferred (weights stay on disk)
     model = onnx.load(str(path), load_external_data=False)
-    shapes = static_shapes(model, input_shapes)
+    shapes = static_shapes(model, input_shapes, base_dir=Path(path).parent)
     # 2. MACs of each product node
     out: dict[str, int] = {}
     for node in model.graph.node:

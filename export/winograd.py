@@ -79,13 +79,15 @@ class Rewritten:
     new_nodes: list[str]
 
 
-def static_shapes(model, input_shapes: dict[str, list[int]] | None = None) -> dict[str, list[int] | None]:
+def static_shapes(model, input_shapes: dict[str, list[int]] | None = None,
+                  base_dir: str | Path | None = None) -> dict[str, list[int] | None]:
     """Tensor name -> dims with the graph inputs fixed to ``input_shapes`` (onnxruntime's symbolic shape
     inference, which follows Shape -> Reshape chains; onnx's own as a fallback). A copy of ``model``
-    without its weights is inferred, so this is cheap for multi-GB graphs."""
+    without its weights is inferred, so this is cheap for multi-GB graphs (``base_dir``: where a model loaded
+    without its external data keeps it; its small tensors are read from there)."""
     import onnx
 
-    skeleton = _copy_without_weights(model)
+    skeleton = _copy_without_weights(model, base_dir)
     for inp in skeleton.graph.input:
         if input_shapes and inp.name in input_shapes:
             for d, v in zip(inp.type.tensor_type.shape.dim, input_shapes[inp.name]):
@@ -106,9 +108,9 @@ def static_shapes(model, input_shapes: dict[str, list[int]] | None = None) -> di
     return out
 
 
-def _copy_without_weights(model):
+def _copy_without_weights(model, base_dir: str | Path | None = None):
     """A copy of ``model``'s graph whose large initializers keep their dims but no data (small ones, such
-    as Reshape targets, keep their values for shape propagation)."""
+    as Reshape targets and biases, keep their values: shape propagation reads them)."""
     import onnx
 
     dest = onnx.ModelProto(ir_version=model.ir_version, producer_name=model.producer_name)
@@ -118,8 +120,16 @@ def _copy_without_weights(model):
     for field in ("node", "input", "output", "value_info"):
         getattr(g, field).extend(getattr(model.graph, field))
     for init in model.graph.initializer:
-        if math.prod(init.dims) <= 64 and not init.external_data:
+        if math.prod(init.dims) <= 2**16 and not init.external_data:
             g.initializer.append(init)
+        elif math.prod(init.dims) <= 2**16 and base_dir is not None:  # a small tensor saved beside the model
+            from onnx.external_data_helper import load_external_data_for_tensor
+
+            t = g.initializer.add()
+            t.CopyFrom(init)
+            load_external_data_for_tensor(t, str(base_dir))
+            del t.external_data[:]
+            t.data_location = onnx.TensorProto.DEFAULT
         else:
             g.initializer.add(name=init.name, data_type=init.data_type, dims=list(init.dims))
     return dest
