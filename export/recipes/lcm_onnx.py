@@ -480,6 +480,9 @@ def run(args: argparse.Namespace) -> Path:
     verify_side = args.verify_size or (64 if args.random_init == "tiny" else 256)
     if verify_side % 8:
         raise BadRequest(f"`--verify-size` must be a multiple of 8, got {verify_side}.", param="verify_size")
+    if args.winograd_size is not None and (args.winograd_size <= 0 or args.winograd_size % 8):
+        raise BadRequest(f"`--winograd-size` must be a positive multiple of 8 (an image side), got "
+                         f"{args.winograd_size}; e.g. --winograd-size 512.", param="winograd_size")
     bar.update()
 
     with ArtifactDir(out, overwrite=args.overwrite) as tmp:

@@ -25,6 +25,8 @@ def parse(*argv):
     (("--random-init", "tiny", "--precisions", "int8"), "must list fp32"),
     (("--random-init", "tiny", "--precisions", "fp32,int4"), "must list fp32 and any of fp32, int8, int8-conv, winograd, int8-winograd, fp16, qdq"),
     (("--random-init", "tiny", "--precisions", "fp32", "--default-precision", "int8"), "not among the exported"),
+    (("--random-init", "tiny", "--precisions", "fp32,winograd", "--winograd-size", "100"),
+     "`--winograd-size` must be a positive multiple of 8 .* got 100"),
 ])
 def test_bad_recipe_arguments(tmp_path, argv, message):
     recipe, args = parse(*argv, "--out", str(tmp_path / "out"))
