@@ -2,7 +2,7 @@
 minimal-filtering subgraphs (Lavin & Gray, 2016) that onnxruntime runs with its own kernels.
 
 A direct 3x3 convolution costs 9 multiply-accumulates per output per input channel; F(4x4, 3x3) costs
-36 per 16 outputs (2.25, i.e. 4x fewer), F(2x2, 3x3) 16 per 4 (2.25x fewer). onnxruntime's CPU
+36 per 16 outputs (2.25 each: 4x fewer), F(2x2, 3x3) 16 per 4 (4 each: 2.25x fewer). onnxruntime's CPU
 convolution already runs at its matrix-product rate, so cutting the products is what is left.
 
 The subgraph (dynamic batch and spatial size; odd sizes are padded up and cropped back):
