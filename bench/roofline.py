@@ -26,7 +26,7 @@ def onnx_macs(path: str | Path, input_shapes: dict[str, list[int]] | None = None
     (external data is not loaded); nodes whose shapes cannot be inferred are counted under "unknown"."""
     import onnx
 
-    from export.winograd import static_shapes
+    from export.onnx_shapes import static_shapes
 
     # 1. the graph with static inputs, shapes inferred (weights stay on disk)
     model = onnx.load(str(path), load_external_data=False)
