@@ -24,8 +24,9 @@ Before / after (held-out captions and noise): mean squared error, in latent spac
 student's 2- and 4-step LCM samples (diffusers' LatentConsistencyModelPipeline) and the teacher's
 50-step DDIM samples with the same guidance (diffusers' StableDiffusionPipeline). Next to them, the
 error of a perfect student (``floor_*``: LCM sampling with the teacher's exact ODE as consistency
-function): LCM injects fresh noise between steps, so even a perfect student leaves the reference
-trajectory, by an amount set by the teacher. The output is a diffusers LCM pipeline folder that
+function): LCM injects fresh noise between steps (drawn, as diffusers and edge's runtime draw it, from the
+seeded generator after the initial latents), so even a perfect student leaves the reference trajectory,
+by an amount set by how closely the teacher follows its prompts. The output is a diffusers LCM pipeline folder that
 `edge-run export lcm <out>` takes.
 """
 
@@ -60,9 +61,10 @@ class Config(TrainConfig):
     loss: str = opt("huber", "consistency distance", choices=("huber", "l2"))
     huber_c: float = opt(0.001, "pseudo-Huber constant c")
     timestep_scaling: float = opt(10.0, "boundary-condition time scaling (LCM's 10)")
-    data: str = opt("shapes", "training pairs: 'shapes' (generated captioned shapes) or a folder of images with "
-                              "same-named .txt captions")
-    num_images: int = opt(256, "generated (image, caption) pairs for --data shapes")
+    data: str = opt("shapes", "training pairs: generated captioned shapes ('shapes': shape, colour, size, place, "
+                              "patterned background; 'simple-shapes': shape, colour, background colour) or a "
+                              "folder of images with same-named .txt captions")
+    num_images: int = opt(256, "generated (image, caption) pairs for --data shapes / simple-shapes")
     resolution: int = opt(512, "training image side in pixels (multiple of 8)")
     empty_prompt_prob: float = opt(0.0, "share of captions replaced by the empty prompt")
     eval_prompts: int = opt(4, "held-out captions (generated, another seed) for the evaluation")
@@ -228,8 +230,19 @@ def teacher_samples(pipe, prompts: list[str], latents, steps: int, guidance: flo
                   latents=latents.clone(), output_type="latent").images
 
 
+def seeded_noise(seed: int, shape: tuple[int, ...]):
+    """(initial latents, generator) as diffusers' pipelines draw them from ``generator=manual_seed(seed)``:
+    the latents first, then the same generator goes on to give the noise LCM injects between steps
+    (independent of the latents; edge's runtime draws them the same way from one numpy stream)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g), g
+
+
 def student_samples(pipe, unet, scheduler, prompts: list[str], latents, steps: int, guidance: float, seed: int):
-    """The student's LCM samples (latents) through diffusers' LatentConsistencyModelPipeline."""
+    """The student's LCM samples (latents) through diffusers' LatentConsistencyModelPipeline; ``latents``
+    are ``seeded_noise(seed, ...)``'s and the injected noise comes from that generator after them."""
     import torch
     from diffusers import LatentConsistencyModelPipeline
 
@@ -238,10 +251,10 @@ def student_samples(pipe, unet, scheduler, prompts: list[str], latents, steps: i
                                          feature_extractor=None, requires_safety_checker=False)
     lcm.set_progress_bar_config(disable=True)
     side = latents.shape[-1] * lcm.vae_scale_factor
+    _, g = seeded_noise(seed, tuple(latents.shape))
     with torch.no_grad():
         return lcm(prompts, height=side, width=side, num_inference_steps=steps, guidance_scale=guidance,
-                   latents=latents.clone(), output_type="latent",
-                   generator=torch.Generator().manual_seed(seed)).images
+                   latents=latents.clone(), output_type="latent", generator=g).images
 
 
 def teacher_ode(pipe, prompts: list[str], sample, t: int, guidance: float, teacher_steps: int = 50):
@@ -270,15 +283,15 @@ def teacher_ode(pipe, prompts: list[str], sample, t: int, guidance: float, teach
 
 def oracle_samples(pipe, scheduler, prompts: list[str], latents, steps: int, guidance: float, seed: int,
                    teacher_steps: int = 50):
-    """LCM multistep sampling (the LCMScheduler's timesteps and injected noise, the generator seeded as
-    ``student_samples`` seeds it) with a *perfect* consistency function, the teacher's own ODE
+    """LCM multistep sampling (the LCMScheduler's timesteps and injected noise, drawn as
+    ``student_samples`` draws it) with a *perfect* consistency function, the teacher's own ODE
     (``teacher_ode``): the closest any distilled student can get to the reference samples at ``steps``."""
     import torch
 
     sched = copy.deepcopy(scheduler)
     sched.set_timesteps(steps)
     ts = [int(t) for t in sched.timesteps]
-    g = torch.Generator().manual_seed(seed)
+    _, g = seeded_noise(seed, tuple(latents.shape))
     acp = sched.alphas_cumprod.float()
     x = latents.clone()
     for i, t in enumerate(ts):
@@ -299,7 +312,7 @@ class Evaluator:
         import torch
 
         self.pipe, self.prompts, self.steps, self.guidance, self.seed = pipe, prompts, steps, guidance, seed
-        self.latents = torch.randn((len(prompts), *latent_shape), generator=torch.Generator().manual_seed(seed))
+        self.latents, _ = seeded_noise(seed, (len(prompts), *latent_shape))
         self.reference = teacher_samples(pipe, prompts, self.latents, teacher_steps, guidance)
         self.floor = {}
         if scheduler is not None and int(pipe.scheduler.config.num_train_timesteps) % teacher_steps == 0:
@@ -333,12 +346,13 @@ class Pairs:
 
         self.posteriors: dict[int, Any] | None = None
         self.embeddings: dict[str, Any] | None = None
-        if cfg.data == "shapes":
-            pairs = D.shapes_with_captions(cfg.num_images, size=cfg.resolution, seed=cfg.seed)
+        if cfg.data in D.CAPTION_SETS:
+            pairs = D.CAPTION_SETS[cfg.data](cfg.num_images, size=cfg.resolution, seed=cfg.seed)
             self.images, self.captions = [p for p, _ in pairs], [c for _, c in pairs]
             self.posteriors, self.embeddings = {}, {}
             return
-        folder = require_path(cfg.data, "--data", "'shapes' or a folder of images with same-named .txt captions")
+        folder = require_path(cfg.data, "--data", f"one of {', '.join(map(repr, D.CAPTION_SETS))} or a folder of "
+                              "images with same-named .txt captions")
         self.images = D.ImageFolder(folder, captions=True, size=cfg.resolution)
         if not len(self.images):
             raise BadRequest(f"--data {cfg.data!r} holds no image with a same-named .txt caption.", param="--data")
@@ -426,8 +440,13 @@ def run(cfg: Config, *, stop_after: int | None = None) -> Path:
     scheduler = lcm_scheduler(pipe.scheduler, cfg.ddim_steps, cfg.timestep_scaling)
     pairs = Pairs(cfg)
     captions = pairs.captions
-    held = [c for _, c in D.shapes_with_captions(cfg.eval_prompts * 4, size=8, seed=cfg.seed + 7777)
-            if c not in set(captions)][:cfg.eval_prompts]
+    held_set = D.CAPTION_SETS.get(cfg.data, D.shapes_with_captions)   # unseen captions of the same kind
+    seen = set(captions)
+    held = list(dict.fromkeys(c for _, c in held_set(cfg.eval_prompts * 16, size=8, seed=cfg.seed + 7777)
+                              if c not in seen))[:cfg.eval_prompts]
+    if len(held) < cfg.eval_prompts:
+        raise BadRequest(f"--eval-prompts {cfg.eval_prompts}: only {len(held)} generated captions are not among the "
+                         f"{len(seen)} training captions; lower --eval-prompts or --num-images.", param="--eval-prompts")
     for m in (pipe.unet, pipe.vae, pipe.text_encoder):
         m.to(tr.device)
     if target is not None:

@@ -89,13 +89,28 @@ def llm_teacher(out: Path, *, layers: int = 4, hidden: int = 64, heads: int = 4,
 
 
 # ---------------------------------------------------------------------------------------------- text-to-image
+# the lcm recipe's test and bench teacher: one that follows its prompts, so the noise LCM injects between
+# steps moves a perfect student little (a tiny UNet trained minutes on the richer 'shapes' captions, epsilon
+# prediction, frozen text encoder all but ignores the prompt: 4-step samples of one prompt scatter). The
+# text encoder is trained too (without it the samples of one prompt scatter ~2.5x more), v-prediction
+# learns x0 at high noise, where a sample's content is decided, and 2048 pairs cover most of the 924
+# captions, as a real teacher knows the prompts it is distilled and evaluated on.
+PROMPT_FOLLOWING = dict(train_steps=3000, images=2048, size=32, captions="simple-shapes",
+                        prediction_type="v_prediction", train_text_encoder=True, lr=2e-3, lr_schedule="cosine",
+                        warmup_steps=50)
+
+
 def sd_teacher(out: Path, *, seed: int = 0, prediction_type: str = "epsilon", train_steps: int = 0,
-               images: int = 256, size: int = 64, batch: int = 16, lr: float = 1e-3) -> dict:
+               images: int = 256, size: int = 64, batch: int = 16, lr: float = 1e-3, captions: str = "shapes",
+               train_text_encoder: bool = False, lr_schedule: str = "constant", warmup_steps: int = 0) -> dict:
     """A tiny Stable-Diffusion-class teacher (diffusers StableDiffusionPipeline folder): the LCM
     recipe's tiny architecture *without* the w-embedding, the real CLIP BPE vocabulary, a DDIM
     scheduler of SD's betas. The VAE's scaling factor is set so the shapes' latents have unit
     variance (as SD's 0.18215 does for photos). ``train_steps`` > 0 trains the UNet (``prediction_type``
-    objective) on the captioned shapes. Returns {"path", "final_loss", "seconds"}."""
+    objective; with ``train_text_encoder`` the text encoder too) on ``images`` pairs of the caption set
+    ``captions`` (data.CAPTION_SETS), AdamW at ``lr`` (``lr_schedule`` constant or cosine, after
+    ``warmup_steps``), 10% of captions dropped for classifier-free guidance.
+    Returns {"path", "final_loss", "seconds"}."""
     import time
 
     import numpy as np
@@ -127,7 +142,7 @@ def sd_teacher(out: Path, *, seed: int = 0, prediction_type: str = "epsilon", tr
         src.vae.quant_conv.weight[c:].zero_()
         src.vae.quant_conv.bias[c:].fill_(-20.0)  # std e^-10
     # 2. latents of the captioned shapes -> the scaling factor
-    pairs = D.shapes_with_captions(images, size=size, seed=seed + 101)
+    pairs = D.CAPTION_SETS[captions](images, size=size, seed=seed + 101)
     pix = torch.from_numpy(np.stack([p for p, _ in pairs])).permute(0, 3, 1, 2).float() / 127.5 - 1
     with torch.no_grad():
         lat = torch.cat([src.vae.encode(pix[i:i + 32]).latent_dist.mean for i in range(0, len(pix), 32)])
@@ -136,20 +151,30 @@ def sd_teacher(out: Path, *, seed: int = 0, prediction_type: str = "epsilon", tr
     # 3. optional denoising training of the UNet on those latents
     if train_steps:
         lat = lat * src.vae.config.scaling_factor
+        ids = tokenizer([c for _, c in pairs], padding="max_length", max_length=77, truncation=True,
+                        return_tensors="pt").input_ids
+        empty_ids = tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids
+        te = src.text_encoder
         with torch.no_grad():
-            ids = tokenizer([c for _, c in pairs], padding="max_length", max_length=77, truncation=True,
-                            return_tensors="pt").input_ids
-            emb = src.text_encoder(ids)[0]
-            empty = src.text_encoder(tokenizer([""], padding="max_length", max_length=77,
-                                               return_tensors="pt").input_ids)[0]
+            emb, empty = te(ids)[0], te(empty_ids)[0]
         g = torch.Generator().manual_seed(seed)
-        opt = torch.optim.AdamW(unet.parameters(), lr=lr)
+        params = list(unet.parameters()) + (list(te.parameters()) if train_text_encoder else [])
+        opt = torch.optim.AdamW(params, lr=lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup_steps)) * (
+            0.5 * (1 + math.cos(math.pi * s / train_steps)) if lr_schedule == "cosine" else 1.0))
         acp = scheduler.alphas_cumprod
         unet.train()
+        if train_text_encoder:
+            te.train().requires_grad_(True)
         for _ in range(train_steps):
             i = torch.randint(0, len(lat), (batch,), generator=g)
-            x0, c = lat[i], emb[i].clone()
-            c[torch.rand(batch, generator=g) < 0.1] = empty[0]   # caption dropout: unconditional model for CFG
+            drop = torch.rand(batch, generator=g) < 0.1   # caption dropout: an unconditional model for CFG
+            x0 = lat[i]
+            if train_text_encoder:
+                c = te(torch.where(drop[:, None], empty_ids, ids[i]))[0]
+            else:
+                c = emb[i].clone()
+                c[drop] = empty[0]
             t = torch.randint(0, 1000, (batch,), generator=g)
             noise = torch.randn(x0.shape, generator=g)
             a = acp[t].view(-1, 1, 1, 1)
@@ -158,9 +183,11 @@ def sd_teacher(out: Path, *, seed: int = 0, prediction_type: str = "epsilon", tr
             loss = F.mse_loss(unet(xt, t, c).sample, target)
             loss.backward()
             opt.step()
+            sched.step()
             opt.zero_grad(set_to_none=True)
-            final = float(loss)
+            final = float(loss.detach())
         unet.eval()
+        te.eval().requires_grad_(False)
     pipe = StableDiffusionPipeline(vae=src.vae, text_encoder=src.text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)

@@ -1,6 +1,6 @@
 """lcm: the consistency-distillation maths agree with diffusers' schedulers and pipelines; the distilled
-student's 1-, 2- and 4-step LCM samples move closer (latent MSE) to the teacher's 50-step DDIM samples
-than the undistilled student's, at 4 steps as close as a perfect student's; the output is a diffusers
+student's 1-, 2- and 4-step LCM samples move at least 50% closer (latent MSE) to the teacher's 50-step
+DDIM samples than the undistilled student's; the output is a diffusers
 LCM folder that `edge-run export lcm` exports and edge's Runtime runs; the LoRA variant fuses and
 reloads with peft."""
 
@@ -51,6 +51,26 @@ def test_maths_match_diffusers():
                                        rtol=1e-4, atol=1e-4)
 
 
+def test_simple_shapes_captions_fix_their_images():
+    """--data simple-shapes (the prompt-following teacher of bench/distill.py): each caption names the
+    shape, its colour and the background colour of its image, so one caption always draws one image."""
+    import numpy as np
+
+    from export.distill import data as D
+
+    seen: dict[str, np.ndarray] = {}
+    for img, cap in D.CAPTION_SETS["simple-shapes"](400, size=16, seed=0):
+        w = cap.split()
+        assert len(w) == 7 and w[0] == "a" and w[3:5] == ["on", "a"] and w[6] == "background", cap
+        fg, shape, bg = w[1], w[2], w[5]
+        assert fg != bg and shape in D.SHAPES and img.shape == (16, 16, 3), cap
+        assert tuple(img[0, 0]) == D.COLORS[bg], cap
+        if shape != "ring":   # a ring's centre is background
+            assert tuple(img[8, 8]) == D.COLORS[fg], cap
+        assert (seen.setdefault(cap, img) == img).all(), cap
+    assert len(seen) < 400   # repeated captions were drawn, and drew the same image
+
+
 def test_student_starts_as_the_teacher(sd_teacher):
     """The zero-initialised w-embedding: at step 0 the student's output equals the teacher's, for any w."""
     import torch
@@ -70,20 +90,19 @@ def test_student_starts_as_the_teacher(sd_teacher):
 
 
 def test_distilled_student_is_closer_to_the_teacher(lcm_student):
-    """Latent MSE to the teacher's 50-step DDIM samples (8 held-out prompts, same noise) vs the undistilled
-    student. Issue 9 asks for >= 50% at 2 and 4 steps; the tiny recipe reaches -70% / -44% / -52%
-    at 1 / 2 / 4 steps here. At 4 steps the student is already as close as a perfect one (``floor``: LCM
-    sampling with the teacher's exact ODE as consistency function; LCM's fresh noise between steps, set
-    by the teacher, not the distillation, bounds it), so this guards the drops the recipe clears with a
-    margin and that the 4-step error stays within 15% of a perfect student's (numbers in issue 9's note)."""
+    """Issue 9's proof: latent MSE to the teacher's 50-step DDIM samples (8 held-out prompts; the noise LCM
+    injects between steps drawn after the initial latents from one seeded generator, as diffusers and
+    edge's runtime draw it) drops by >= 50% vs the undistilled student at 2 and at 4 steps (measured:
+    -62% / -58% / -56% at 1 / 2 / 4 steps). ``floor``: LCM sampling with the teacher's exact ODE as its
+    consistency function, the best any student can do; at 1 step it is the reference itself."""
     r = report(lcm_student)
     before, after = r["before"], r["after"]
     assert after["floor_latent_mse_1step"] == pytest.approx(0.0, abs=1e-10)  # 1 step: the exact ODE is DDIM-50
-    for n, drop in ((1, 0.5), (2, 0.3), (4, 0.4)):
+    for n in (1, 2, 4):
         k = f"latent_mse_{n}step"
-        assert after[k] <= (1 - drop) * before[k], (n, before, after)
-    assert after["latent_mse_4step"] <= 1.15 * after["floor_latent_mse_4step"], after
-    assert r["student"]["time_cond_proj_dim"] == 32 and r["prediction_type"] == "epsilon"
+        assert after[k] <= 0.5 * before[k], (n, before, after)
+        assert after[f"floor_{k}"] < after[k], (n, after)
+    assert r["student"]["time_cond_proj_dim"] == 32 and r["prediction_type"] == "v_prediction"
 
 
 def test_output_is_a_diffusers_lcm_folder_measured_as_reported(lcm_student, sd_teacher):
@@ -99,7 +118,7 @@ def test_output_is_a_diffusers_lcm_folder_measured_as_reported(lcm_student, sd_t
     assert isinstance(pipe.scheduler, LCMScheduler)
     assert pipe.scheduler.config.original_inference_steps == cfg["ddim_steps"]  # the skipping interval trained
     teacher = L.load_teacher(sd_teacher)
-    ev = L.Evaluator(teacher, r["data"]["held_out_prompts"], (4, 8, 8), [2, 4], cfg["eval_guidance"],
+    ev = L.Evaluator(teacher, r["data"]["held_out_prompts"], (4, 4, 4), [2, 4], cfg["eval_guidance"],
                      cfg["teacher_steps"], cfg["seed"] + 1)
     again = ev(pipe.unet, pipe.scheduler)
     for n in (2, 4):
