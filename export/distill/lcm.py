@@ -24,10 +24,10 @@ Before / after (held-out captions and noise): mean squared error, in latent spac
 student's 2- and 4-step LCM samples (diffusers' LatentConsistencyModelPipeline) and the teacher's
 50-step DDIM samples with the same guidance (diffusers' StableDiffusionPipeline). Next to them, the
 error of a perfect student (``floor_*``: LCM sampling with the teacher's exact ODE as consistency
-function): LCM injects fresh noise between steps (drawn, as diffusers and edge's runtime draw it, from the
-seeded generator after the initial latents), so even a perfect student leaves the reference trajectory,
-by an amount set by how closely the teacher follows its prompts. The output is a diffusers LCM pipeline folder that
-`edge-run export lcm <out>` takes.
+function): LCM injects fresh noise between steps (drawn, as diffusers and edge's runtime draw it, from
+the seeded generator after the initial latents), so even a perfect student leaves the reference
+trajectory, by an amount set by how closely the teacher follows its prompts. The output is a diffusers
+LCM pipeline folder that `edge-run export lcm <out>` takes.
 """
 
 from __future__ import annotations
@@ -309,8 +309,6 @@ class Evaluator:
 
     def __init__(self, pipe, prompts: list[str], latent_shape: tuple[int, ...], steps: list[int], guidance: float,
                  teacher_steps: int, seed: int, scheduler=None):
-        import torch
-
         self.pipe, self.prompts, self.steps, self.guidance, self.seed = pipe, prompts, steps, guidance, seed
         self.latents, _ = seeded_noise(seed, (len(prompts), *latent_shape))
         self.reference = teacher_samples(pipe, prompts, self.latents, teacher_steps, guidance)
