@@ -99,7 +99,7 @@ def sam_student(work, sam_teacher) -> Path:
 @pytest.fixture(scope="session")
 def sd_teacher(work) -> Path:
     """A tiny SD-class pipeline that follows its prompts: v-prediction, UNet and text encoder trained
-    on 2048 simple-shapes pairs at 32 px (~5 min on 2 cores, once: cached)."""
+    on 2048 simple-shapes pairs at 32 px (~6 min on 2 cores, once: cached)."""
     from export.distill.teachers import PROMPT_FOLLOWING, sd_teacher
 
     return cached_teacher("sd-teacher", sd_teacher, **PROMPT_FOLLOWING)

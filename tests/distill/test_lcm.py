@@ -52,8 +52,9 @@ def test_maths_match_diffusers():
 
 
 def test_simple_shapes_captions_fix_their_images():
-    """--data simple-shapes (the prompt-following teacher of bench/distill.py): each caption names the
-    shape, its colour and the background colour of its image, so one caption always draws one image."""
+    """--data simple-shapes (what the tests' and the bench's prompt-following teacher learns): each
+    caption names the shape, its colour and the background colour of its image, so one caption always
+    draws one image."""
     import numpy as np
 
     from export.distill import data as D
@@ -118,7 +119,8 @@ def test_output_is_a_diffusers_lcm_folder_measured_as_reported(lcm_student, sd_t
     assert isinstance(pipe.scheduler, LCMScheduler)
     assert pipe.scheduler.config.original_inference_steps == cfg["ddim_steps"]  # the skipping interval trained
     teacher = L.load_teacher(sd_teacher)
-    ev = L.Evaluator(teacher, r["data"]["held_out_prompts"], (4, 4, 4), [2, 4], cfg["eval_guidance"],
+    side = cfg["resolution"] // 8
+    ev = L.Evaluator(teacher, r["data"]["held_out_prompts"], (4, side, side), [2, 4], cfg["eval_guidance"],
                      cfg["teacher_steps"], cfg["seed"] + 1)
     again = ev(pipe.unet, pipe.scheduler)
     for n in (2, 4):
