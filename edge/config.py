@@ -45,6 +45,14 @@ def _default_threads() -> int:
 
 
 DEVICES = ("auto", "cpu", "npu", "qnn", "openvino", "coreml", "nnapi")
+SCHEDULER_POLICIES = ("lanes", "priority", "fifo")  # edge/scheduler.py says what each does
+
+
+def _parse_policy(text: str) -> str:
+    t = text.strip().lower()
+    if t not in SCHEDULER_POLICIES:
+        raise ValueError(text)
+    return t
 
 
 def _parse_device(text: str) -> str:
@@ -80,6 +88,9 @@ class Settings:
                        "context window (tokens) chat models are loaded with", "8192")
     chat_slots: int = setting("EDGE_CHAT_SLOTS", int, lambda: 2,
                               "concurrent chat contexts per loaded chat model", "2")
+    scheduler: str = setting("EDGE_SCHEDULER", _parse_policy, lambda: "lanes",
+                             "scheduling policy: lanes (batch work in the OS idle class beside interactive work, "
+                             "threads follow the free cores) | priority (one step at a time) | fifo", "lanes")
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> "Settings":
@@ -114,6 +125,9 @@ class Settings:
                              param="ctx")
         if self.chat_slots < 1:
             raise BadRequest(f"`chat_slots` must be at least 1, got {self.chat_slots}.", param="chat_slots")
+        if self.scheduler not in SCHEDULER_POLICIES:
+            raise BadRequest(f"`scheduler` must be one of {', '.join(SCHEDULER_POLICIES)}, got {self.scheduler!r}.",
+                             param="scheduler")
         if self.device not in DEVICES:
             raise BadRequest(f"`device` must be one of {', '.join(DEVICES)}, got {self.device!r}.", param="device")
 

@@ -48,10 +48,17 @@ def session_options(threads: int):
     return so
 
 
-def make_session(path: str | Path, *, threads: int, device: str = "auto"):
+def make_session(path: str | Path, *, threads: int, device: str = "auto", batch: bool = False):
     """An onnxruntime session (or an adapter with the same ``run``/``get_inputs``/``get_outputs``) for
     ``path`` on ``device``. Raises DeviceError (naming what is present / what the NPU cannot run)
-    when ``device`` cannot be honoured."""
+    when ``device`` cannot be honoured.
+
+    ``batch``: the graph runs in the scheduler's batch lane, so its intra-op threads are created in the
+    OS idle class (edge/cpu.py; a no-op outside a lanes scheduler)."""
+    if batch:
+        from edge import cpu
+
+        return cpu.in_batch_class(lambda: make_session(path, threads=threads, device=device))
     from edge.npu import artifact, eps
 
     # 1. check the request against what is installed

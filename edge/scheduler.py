@@ -1,13 +1,21 @@
-"""THE shared scheduler: one worker runs one step at a time with every thread of the budget, picking
-the next step by priority with aging; models load on demand inside a RAM budget and idle ones are
-evicted least-recently-used; a bounded queue refuses work with Busy; every job has a cancellable
-handle.
+"""THE shared scheduler: models load on demand inside a RAM budget and idle ones are evicted
+least-recently-used; a bounded queue refuses work with Busy; every job has a cancellable handle; jobs
+are step generators (edge/jobs.py) and the scheduler knows nothing of what a step computes.
 
-Why one step at a time: engines are given all ``threads``; two heavy steps side by side would
-oversubscribe the cores and slow both. Interleaving at step granularity (a token, a UNet step, a
-decoder call) keeps interactive work interactive: it waits at most one step of a batch job.
+Policies:
 
-The scheduler knows nothing of what a step computes (see edge/jobs.py).
+* ``lanes`` (default): two workers run side by side, one per priority. The interactive lane (chat
+  tokens, clicks) runs at the normal OS class; the batch lane (UNet steps, VAE/TAESD decodes, the SAM
+  encoder, batch chats) runs its steps -- and the thread pools its models create -- in the OS's idle
+  class (edge/cpu.py). A batch step may last seconds, but the kernel hands its cores to an arriving
+  interactive step within a scheduler tick, so interactive work never waits for a batch step to end.
+  A batch job never starves: while it runs, an interactive lane that has been busy for over a second
+  gives back ``batch_share`` of its time. Each step's thread count follows the cores other programs
+  leave free (``CpuLoad``): llama.cpp's spinning threads collapse when one of them loses its core.
+* ``priority``: one worker runs one step at a time with every thread, picking the next step by
+  priority with aging (interactive work waits at most one batch step). Today's behaviour before
+  lanes; kept as the peer bench/mixed.py measures against.
+* ``fifo``: one worker runs jobs one after another in arrival order (the other baseline).
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
+from edge import cpu
 from edge.errors import Busy, Cancelled, EdgeError, OutOfMemory
 from edge.jobs import JobSpec, Priority, Step
 
@@ -30,6 +39,7 @@ _END = object()
 
 Loader = Callable[[str, int], Any]  # (model_id, threads) -> engine
 Estimator = Callable[[str], int]  # model_id -> bytes expected once loaded
+POLICIES = ("lanes", "priority", "fifo")
 
 
 class JobHandle(Generic[R]):
@@ -48,7 +58,8 @@ class JobHandle(Generic[R]):
         self.last_ran = self.submitted
         self.steps = 0
         self.last_step: Step | None = None
-        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._events: queue.SimpleQueue = _EventQueue(self)
+        self._listeners: list[Callable[[], None]] = []
         self._done = threading.Event()
         self._cancel = threading.Event()
         self._result: Any = None
@@ -87,6 +98,34 @@ class JobHandle(Generic[R]):
                 return
             yield ev
 
+    def add_listener(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` after each new step and once the job is done (at once if it already is), from
+        the scheduler's thread: an asyncio caller wakes its loop with it instead of holding a thread
+        blocked in events() / result(). Read what happened with take_events() and result()."""
+        self._listeners.append(fn)
+        if self.done:
+            fn()
+
+    def take_events(self) -> tuple[list[Step], bool]:
+        """The steps that arrived since the last call (never blocks) and whether the job has ended."""
+        out: list[Step] = []
+        while True:
+            try:
+                ev = self._events.get_nowait()
+            except queue.Empty:
+                return out, False
+            if ev is _END:
+                self._events.put(_END)
+                return out, True
+            out.append(ev)
+
+    def _notify(self) -> None:
+        for fn in list(self._listeners):
+            try:
+                fn()
+            except Exception:  # a listener must never break the scheduler
+                log.exception("job %s listener failed", self.id)
+
     def result(self, timeout: float | None = None) -> R:
         """The job's return value; raises its error (Cancelled, BadRequest ...)."""
         if not self._done.wait(timeout):
@@ -102,6 +141,19 @@ class JobHandle(Generic[R]):
         self.finished = time.monotonic()
         self._events.put(_END)
         self._done.set()
+        self._notify()
+
+
+class _EventQueue(queue.SimpleQueue):
+    """A job's step queue whose put() also wakes the handle's listeners (JobHandle.add_listener)."""
+
+    def __init__(self, handle: "JobHandle"):
+        self._handle = handle
+
+    def put(self, item, block: bool = True, timeout: float | None = None) -> None:
+        super().put(item, block, timeout)
+        if item is not _END:  # the end is notified by _finish once result() is ready
+            self._handle._notify()
 
 
 @dataclass
@@ -130,23 +182,30 @@ class Metrics:
     loads: int = 0
     jobs: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     busy_refusals: int = 0
+    threads_now: int = 0  # threads the last step was given
+    thread_changes: int = 0  # how often the adaptive thread count changed
+    share_waits: float = 0.0  # seconds the interactive lane gave back to a waiting batch job
 
 
 class Scheduler:
-    """Runs step-generator jobs against on-demand loaded engines.
-
-    policy "priority" (default) interleaves steps by priority with aging; "fifo" runs jobs one
-    after another in arrival order (the baseline bench/mixed.py compares against).
-    """
+    """Runs step-generator jobs against on-demand loaded engines (see the module docstring for the
+    policies). ``adaptive_threads`` (default: on for lanes) re-decides each step's thread count from
+    the cores other programs keep busy; engines with a ``set_threads(n)`` method follow it."""
 
     def __init__(self, *, loader: Loader, estimate: Estimator, threads: int, ram_budget: int,
-                 max_queue: int = 64, keep_alive: float = 300.0, aging: float = 2.0, policy: str = "priority",
-                 used_outside: Callable[[], int] | None = None):
-        if policy not in ("priority", "fifo"):
-            raise ValueError(policy)
+                 max_queue: int = 64, keep_alive: float = 300.0, aging: float = 2.0, policy: str = "lanes",
+                 adaptive_threads: bool | None = None, batch_share: float = 0.1,
+                 cpu_load: cpu.CpuLoad | None = None):
+        if policy not in POLICIES:
+            raise ValueError(f"policy {policy!r}: use one of {', '.join(POLICIES)}")
+        if not 0.0 <= batch_share < 1.0:
+            raise ValueError(f"batch_share must be in [0, 1), got {batch_share}")
         self.loader, self.estimate = loader, estimate
         self.threads, self.ram_budget, self.max_queue = threads, ram_budget, max_queue
         self.keep_alive, self.aging, self.policy = keep_alive, aging, policy
+        self.batch_share = batch_share
+        adaptive = policy == "lanes" if adaptive_threads is None else adaptive_threads
+        self.cpu_load = (cpu_load or cpu.monitor()) if adaptive else None
         self.metrics = Metrics()
         self._cv = threading.Condition()
         self._queued: list[JobHandle] = []
@@ -156,8 +215,12 @@ class Scheduler:
         self._load_errors: dict[str, BaseException] = {}
         self._pins: set[str] = set()
         self._closed = False
-        self._worker = threading.Thread(target=self._run, name="edge-scheduler", daemon=True)
-        self._worker.start()
+        lanes: list[Priority | None] = [Priority.INTERACTIVE, Priority.BATCH] if policy == "lanes" else [None]
+        self._workers = [threading.Thread(target=self._run, args=(lane,), daemon=True,
+                                          name="edge-scheduler" + (f"-{lane.name.lower()}" if lane is not None else ""))
+                         for lane in lanes]
+        for w in self._workers:
+            w.start()
 
     # -- public API -------------------------------------------------------------------------
     def submit(self, spec: JobSpec) -> JobHandle:
@@ -227,7 +290,8 @@ class Scheduler:
             for h in self._queued + self._running:
                 h._cancel.set()
             self._cv.notify_all()
-        self._worker.join(timeout=30)
+        for w in self._workers:
+            w.join(timeout=30)
         with self._cv:
             models, self._models = list(self._models.values()), {}
         for m in models:
@@ -252,13 +316,16 @@ class Scheduler:
         waited = now - h.last_ran
         return (int(h.spec.priority) * self.aging - waited, h.last_ran)
 
-    def _pick(self, now: float) -> JobHandle | None:
-        """Under the lock: the next job to step (a running one, or a queued one that can start)."""
-        cands = list(self._running)
+    def _pick(self, now: float, lane: Priority | None = None) -> JobHandle | None:
+        """Under the lock: the next job of ``lane`` (None = any) to step: a running one, or a queued one
+        that can start."""
+        cands = [h for h in self._running if lane is None or h.spec.priority == lane]
         if self.policy == "fifo" and self._running:
             return self._running[0]
         queued = self._queued[:1] if self.policy == "fifo" else self._queued  # FIFO: only the head may start
         for h in queued:
+            if lane is not None and h.spec.priority != lane:
+                continue
             m = self._models.get(h.spec.model_id)
             if m is not None and m.running < m.slots:
                 cands.append(h)
@@ -334,6 +401,7 @@ class Scheduler:
     def _load(self, mid: str, need: int) -> None:
         import psutil
 
+        cpu.set_lanes(self.policy == "lanes")  # batch-lane sessions get their threads in the batch class
         proc = psutil.Process()
         before = proc.memory_info().rss
         t0 = time.monotonic()
@@ -360,30 +428,69 @@ class Scheduler:
         ka = self.keep_alive if keep_alive is None else keep_alive
         return None if ka < 0 else now + ka
 
-    def _run(self) -> None:
+    def _run(self, lane: Priority | None) -> None:
+        """A worker: steps the jobs of ``lane`` (None = every job) one at a time."""
+        if lane is Priority.BATCH:
+            cpu.lower_this_thread()  # this thread, and the native threads it starts, yield to normal ones
+            cpu.set_lanes(True)
+        busy_since: float | None = None
+        owed = 0.0  # seconds this (interactive) lane owes a waiting batch job
         while True:
             with self._cv:
                 while True:
                     if self._closed:
                         for h in self._queued + self._running:
-                            self._close_job(h, "cancelled", error=Cancelled("the runtime is shutting down"))
-                        self._queued.clear()
-                        self._running.clear()
+                            if lane is None or h.spec.priority == lane:
+                                self._close_job(h, "cancelled", error=Cancelled("the runtime is shutting down"))
+                        self._queued[:] = [h for h in self._queued if not h.done]
+                        self._running[:] = [h for h in self._running if not h.done]
                         return
                     now = time.monotonic()
                     wait = self._maintain(now)
-                    job = self._pick(now)
+                    job = self._pick(now, lane)
                     if job is not None:
                         break
+                    busy_since, owed = None, 0.0
                     self._cv.wait(timeout=min(wait, 1.0))
-            self._step(job)
+            busy_since = busy_since or time.monotonic()
+            dt = self._step(job)
+            if lane is Priority.INTERACTIVE and self.batch_share:
+                owed = self._give_back(busy_since, dt, owed)
 
-    def _step(self, h: JobHandle) -> None:
-        """Run one step of ``h`` in this worker thread (engines release the GIL)."""
+    def _give_back(self, busy_since: float, dt: float, owed: float) -> float:
+        """The batch lane's share guarantee: once the interactive lane has been busy for a second while a
+        batch job runs, it pauses ``batch_share`` of its step time (in pauses of >= 20 ms)."""
+        with self._cv:
+            batch_running = any(h.spec.priority == Priority.BATCH for h in self._running)
+        if time.monotonic() - busy_since < 1.0 or not batch_running:
+            return 0.0
+        owed += dt * self.batch_share / (1.0 - self.batch_share)
+        if owed < 0.02:
+            return owed
+        time.sleep(owed)
+        self.metrics.share_waits += owed
+        return 0.0
+
+    def _set_threads(self, h: JobHandle) -> None:
+        """Tell the job's engine how many threads its next step may use (what the CPU can give now)."""
+        n = self.cpu_load.threads(self.threads) if self.cpu_load is not None else self.threads
+        if n != self.metrics.threads_now:
+            if self.metrics.threads_now:
+                self.metrics.thread_changes += 1
+                log.info("threads per step: %d -> %d (other programs keep %.1f cores busy)", self.metrics.threads_now,
+                         n, self.cpu_load.outside if self.cpu_load else 0.0)
+            self.metrics.threads_now = n
+        setter = getattr(h._engine, "set_threads", None)
+        if setter is not None:
+            setter(n)
+
+    def _step(self, h: JobHandle) -> float:
+        """Run one step of ``h`` in this worker thread (engines release the GIL); returns its seconds."""
         if h.cancelled:
             with self._cv:
                 self._close_job(h, "cancelled", error=Cancelled("cancelled"))
-            return
+            return 0.0
+        self._set_threads(h)
         t0 = time.monotonic()
         try:
             if h._gen is None:
@@ -392,13 +499,13 @@ class Scheduler:
         except StopIteration as stop:
             with self._cv:
                 self._close_job(h, "done", result=stop.value)
-            return
+            return time.monotonic() - t0
         except BaseException as e:
             if not isinstance(e, EdgeError):
                 log.exception("job %s (%s) failed", h.id, h.spec.label)
             with self._cv:
                 self._close_job(h, "failed", error=e)
-            return
+            return time.monotonic() - t0
         t1 = time.monotonic()
         dt = t1 - t0
         kind = getattr(step, "kind", "step")
@@ -414,6 +521,7 @@ class Scheduler:
         if h.first_step is None:
             h.first_step = t1
         h._events.put(step)
+        return dt
 
     def _close_job(self, h: JobHandle, state: str, result: Any = None, error: BaseException | None = None) -> None:
         """Under the lock: finish ``h``, free its slot, set its model's keep-alive."""

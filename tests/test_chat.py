@@ -31,9 +31,9 @@ def test_greedy_factual_answers_contain_the_right_word(runtime, question, word):
 
 
 def test_greedy_text_equals_raw_llama_cpp_python(runtime, chat_model_path):
-    import llama_cpp
+    from edge.chat.engine import open_llama  # llama_cpp.Llama, minus the AMX path that crashes on AMX CPUs
 
-    raw = llama_cpp.Llama(model_path=str(chat_model_path), n_ctx=4096, n_threads=THREADS, n_threads_batch=THREADS,
+    raw = open_llama(model_path=str(chat_model_path), n_ctx=4096, n_threads=THREADS, n_threads_batch=THREADS,
                           verbose=False)
     try:
         for q in ["Name three fruits.", "Write one sentence about the sea.", "What is 2 + 2?"]:
@@ -156,9 +156,9 @@ def test_llama_cpp_logits_do_not_depend_on_how_the_prompt_is_batched(chat_model_
     are bit-identical in one batch or split into batches of two or more tokens (a token evaluated alone,
     as decoding does, takes another kernel; the engine never reuses those)."""
     import numpy as np
-    from llama_cpp import Llama
+    from edge.chat.engine import open_llama
 
-    llm = Llama(str(chat_model_path), n_ctx=2048, n_threads=THREADS, n_batch=1024, n_ubatch=1024, verbose=False)
+    llm = open_llama(model_path=str(chat_model_path), n_ctx=2048, n_threads=THREADS, n_batch=1024, n_ubatch=1024, verbose=False)
     text = " ".join(f"Line {i}: the quick brown fox jumps over the lazy dog." for i in range(60))
     tokens = llm.tokenize(text.encode(), add_bos=True)[:600]
 

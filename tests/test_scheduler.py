@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -51,9 +52,9 @@ def names(log, prefix):
     return [e for e in log if e[0].startswith(prefix)]
 
 
-def test_interactive_steps_run_before_waiting_batch_steps():
+def test_priority_policy_runs_interactive_steps_before_waiting_batch_steps():
     log: list = []
-    s = make(log)
+    s = make(log, policy="priority")
     try:
         batch = s.submit(JobSpec("m", steps("batch", 20, 0.01, log), priority=Priority.BATCH))
         while not names(log, "batch"):
@@ -69,9 +70,9 @@ def test_interactive_steps_run_before_waiting_batch_steps():
         s.close()
 
 
-def test_aging_keeps_batch_work_moving_under_constant_interactive_load():
+def test_priority_policy_aging_keeps_batch_work_moving_under_constant_interactive_load():
     log: list = []
-    s = make(log, aging=0.05)
+    s = make(log, aging=0.05, policy="priority")
     try:
         batch = s.submit(JobSpec("img", steps("batch", 100, 0.002, log), priority=Priority.BATCH))
         chats = [s.submit(JobSpec("chat", steps(f"chat{i}", 60, 0.005, log))) for i in range(1)]
@@ -240,5 +241,107 @@ def test_engine_errors_fail_only_their_job():
         with pytest.raises(ValueError, match="boom"):
             h.result(5)
         assert s.submit(JobSpec("m", steps("ok", 1, 0, log))).result(5) == "ok"
+    finally:
+        s.close()
+
+
+# ---------------------------------------------------------------------------------------------- lanes
+def test_lanes_run_interactive_steps_during_a_long_batch_step():
+    log: list = []
+    s = make(log)  # lanes is the default policy
+    try:
+        long_step = {}
+
+        def one_long_step(engine):
+            long_step["start"] = time.monotonic()
+            time.sleep(1.5)  # one atomic batch step (a UNet step, a VAE decode)
+            long_step["end"] = time.monotonic()
+            yield Step("unet", index=1, total=1)
+            return "image"
+
+        batch = s.submit(JobSpec("img", one_long_step, priority=Priority.BATCH))
+        while "start" not in long_step:
+            time.sleep(0.001)
+        chat = s.submit(JobSpec("chat", steps("chat", 5, 0.01, log), priority=Priority.INTERACTIVE))
+        assert chat.result(5) == "chat"
+        chat_done = time.monotonic()
+        assert "end" not in long_step, "the interactive job waited for the batch step"
+        assert batch.result(5) == "image"
+        assert chat_done < long_step["end"]
+    finally:
+        s.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")
+def test_lanes_run_batch_steps_in_the_os_idle_class_and_interactive_ones_normally():
+    from edge.cpu import thread_class
+
+    seen: dict = {}
+
+    def record(name):
+        def work(engine):
+            seen[name] = thread_class()
+            yield Step("fake")
+            return name
+        return work
+
+    for policy, batch_class in (("lanes", "idle"), ("priority", "normal")):
+        s = make([], policy=policy)
+        try:
+            s.submit(JobSpec("a", record("batch"), priority=Priority.BATCH)).result(5)
+            s.submit(JobSpec("b", record("chat"), priority=Priority.INTERACTIVE)).result(5)
+        finally:
+            s.close()
+        assert seen == {"batch": batch_class, "chat": "normal"}, policy
+
+
+def test_lanes_give_a_waiting_batch_job_its_share_under_constant_interactive_load():
+    log: list = []
+    s = make(log, batch_share=0.1)
+    try:
+        batch = s.submit(JobSpec("img", steps("batch", 400, 0.01, log), priority=Priority.BATCH))
+        while not names(log, "batch"):
+            time.sleep(0.001)
+        t0 = time.monotonic()
+        chat = s.submit(JobSpec("chat", steps("chat", 100, 0.025, log)))  # 2.5 s of back-to-back steps
+        chat.result(20)
+        busy = time.monotonic() - t0
+        waits = s.metrics.share_waits
+        # the first second is free; after it ~10/90 of the step time is given back
+        assert 0.5 * 0.1 / 0.9 * (busy - 1.2) <= waits <= 0.1 / 0.9 * busy + 0.05, (waits, busy)
+        batch.cancel()
+    finally:
+        s.close()
+
+
+def test_adaptive_thread_count_reaches_engines_each_step():
+    from edge.cpu import CpuLoad
+
+    class Engine(FakeEngine):
+        def set_threads(self, n: int) -> None:
+            self.log.append(("threads", n))
+
+    load = CpuLoad(cores=2)  # not started: the test sets the outside load it would have measured
+    log: list = []
+    s = Scheduler(loader=lambda mid, threads: Engine(mid, log), estimate=lambda mid: MB, threads=2,
+                  ram_budget=100 * MB, cpu_load=load)
+    try:
+        gate = threading.Event()
+
+        def work(engine):
+            yield Step("token")
+            gate.wait(5)
+            yield Step("token")
+            return "ok"
+
+        h = s.submit(JobSpec("chat", work))
+        while not h.steps:
+            time.sleep(0.001)
+        load.outside = 1.0  # another program now keeps one of the two cores busy
+        gate.set()
+        h.result(5)
+        # step 2 began (with 2 threads) before the load changed; the step after it gets 1
+        assert [n for kind, n in log if kind == "threads"] == [2, 2, 1]
+        assert s.metrics.thread_changes == 1
     finally:
         s.close()

@@ -38,6 +38,7 @@ class LlamaChatEngine:
         self.model_path = model_path
         self.model_id = model_id
         self.threads = threads
+        self.threads_now = threads  # what the scheduler allows for the next steps (set_threads)
         self.n_ctx = n_ctx
         self.slots = slots
         self._contexts: list[Any | None] = [None] * slots
@@ -59,8 +60,8 @@ class LlamaChatEngine:
 
     # -- setup ---------------------------------------------------------------------------------
     def _new_context(self):
-        return self._llama_cpp.Llama(model_path=self.model_path, n_ctx=self.n_ctx, n_threads=self.threads,
-                                     n_threads_batch=self.threads, n_batch=512, verbose=False)
+        return open_llama(model_path=self.model_path, n_ctx=self.n_ctx, n_threads=self.threads,
+                          n_threads_batch=self.threads, n_batch=512, verbose=False)
 
     @staticmethod
     def _make_formatter(llm):
@@ -84,6 +85,18 @@ class LlamaChatEngine:
                 if llm is not None:
                     llm.close()
                     self._contexts[i] = None
+
+    def set_threads(self, n: int) -> None:
+        """Threads for the next steps (the scheduler's count for what the CPU can give now); a slot takes
+        it before its next decode. llama.cpp's threads spin at barriers, so a thread whose core another
+        program holds stalls every other one: fewer threads are then faster."""
+        self.threads_now = max(1, min(int(n), self.threads))
+
+    def _apply_threads(self, llm) -> None:
+        n = self.threads_now
+        if llm.n_threads != n:
+            self._llama_cpp.llama_set_n_threads(llm.ctx, n, n)
+            llm.n_threads = llm.n_threads_batch = n
 
     # -- prompt ---------------------------------------------------------------------------------
     def tokenize_prompt(self, messages: list[dict]) -> tuple[list[int], Any]:
@@ -148,6 +161,7 @@ class LlamaChatEngine:
             n_chunks = max(0, len(tokens) - reuse - 2) // PREFILL_CHUNK
             for c in range(n_chunks):
                 start = reuse + c * PREFILL_CHUNK
+                self._apply_threads(llm)
                 llm.eval(tokens[start:start + PREFILL_CHUNK])
                 self._prompt[slot] = tokens[:start + PREFILL_CHUNK]
                 yield Step("prefill", index=c + 1, total=n_chunks + 1)
@@ -160,7 +174,11 @@ class LlamaChatEngine:
                 stopping_criteria=self._llama_cpp.StoppingCriteriaList([counter]), grammar=grammar)
             parts: list[str] = []
             finish = "stop"
-            for chunk in completion:
+            while True:
+                self._apply_threads(llm)  # the count may change between two tokens
+                chunk = next(completion, None)
+                if chunk is None:
+                    break
                 self._prompt[slot] = tokens  # the whole prompt is in the cache once the first piece is out
                 choice = chunk["choices"][0]
                 text = choice.get("text") or ""
@@ -189,6 +207,43 @@ class LlamaChatEngine:
             raise BadRequest(f"`json_schema` cannot be turned into a grammar: {e}. Use a plain JSON Schema "
                              "(object/array/string/number/boolean, properties, required, enum).",
                              param="json_schema") from None
+
+
+_open_lock = threading.Lock()
+
+
+def cpu_has_amx() -> bool:
+    """True on CPUs with AMX tiles (Intel Sapphire Rapids and later), Linux only."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " amx_int8" in f.read()
+    except OSError:
+        return False
+
+
+def open_llama(**kwargs):
+    """``llama_cpp.Llama(**kwargs)``, without llama.cpp's extra weight buffer types (AMX, repack) on AMX
+    CPUs: there its AMX matmul segfaults on the first batch of two or more tokens (measured with
+    llama-cpp-python 0.3.36, SmolLM2 Q4_1, Xeon with AMX; upstream ggml-org/llama.cpp#20824).
+    ``Llama`` takes no model-params argument, so its default-params call is wrapped for this load."""
+    import llama_cpp
+    import llama_cpp.llama_cpp as C
+
+    if not cpu_has_amx():
+        return llama_cpp.Llama(**kwargs)
+    with _open_lock:
+        default = C.llama_model_default_params
+
+        def without_extra_buffers():
+            params = default()
+            params.use_extra_bufts = False
+            return params
+
+        C.llama_model_default_params = without_extra_buffers
+        try:
+            return llama_cpp.Llama(**kwargs)
+        finally:
+            C.llama_model_default_params = default
 
 
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -33,7 +33,8 @@ class LazyModel:
                 if self._model is None:
                     from edge.devices import make_session
 
-                    self._model = OnnxModel(make_session(self.path, threads=self.threads, device=self.device))
+                    self._model = OnnxModel(make_session(self.path, threads=self.threads, device=self.device,
+                                                         batch=True))
         return self._model(**feeds)
 
     def close(self) -> None:
@@ -65,7 +66,7 @@ def components_from_manifest(manifest: dict, folder: Path, *, precision: str | N
         raise ModelNotInstalled(f"model files missing: {', '.join(missing)}. Re-install the model (edge-run pull).")
 
     def eager(name: str) -> OnnxModel:
-        return OnnxModel(make_session(files[name], threads=threads, device=device))
+        return OnnxModel(make_session(files[name], threads=threads, device=device, batch=True))  # image jobs are batch
 
     decoders = {"vae": Decoder(LazyModel(files["vae_decoder"], threads, device),
                                manifest["decoders"]["vae"]["scaling_factor"])}

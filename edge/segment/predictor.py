@@ -42,7 +42,7 @@ class OnnxSamPredictor:
                    device: str = "auto") -> "OnnxSamPredictor":
         from edge.devices import make_session
 
-        return cls(make_session(encoder, threads=threads, device=device),
+        return cls(make_session(encoder, threads=threads, device=device, batch=True),  # the batch lane's encoder
                    make_session(decoder, threads=threads, device=device))
 
     def close(self) -> None:

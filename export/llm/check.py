@@ -80,9 +80,9 @@ def _chunks(tokens: list[int]) -> list[list[int]]:
 # llama.cpp ----------------------------------------------------------------------------------------
 
 def open_llama(path: Path, threads: int, n_ctx: int = PPL_CTX):
-    import llama_cpp
+    from edge.chat.engine import open_llama as load
 
-    return llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads,
+    return load(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_threads=threads,
                            n_threads_batch=threads, logits_all=True, type_k=0, type_v=0,  # f32 KV cache
                            verbose=False)
 
