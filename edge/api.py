@@ -18,7 +18,7 @@ from typing import Any
 from edge.chat.api import ChatAPI
 from edge.config import Settings, _parse_bytes
 from edge.engines import engine_class
-from edge.errors import BadRequest, EdgeError, IntegrityError, ModelLoadError, ModelNotInstalled
+from edge.errors import BadRequest, EdgeError, IntegrityError, ModelLoadError, ModelNotInstalled, check_range
 from edge.jobs import JobSpec
 from edge.registry import Catalog, InstalledModel, Store
 from edge.scheduler import JobHandle, Scheduler
@@ -164,6 +164,11 @@ class RuntimeCore:
 
     # -- scheduler ------------------------------------------------------------------------
     def submit(self, spec: JobSpec) -> JobHandle:
+        """Every door's jobs pass here: keep_alive is checked (NaN would mean never unloaded) and a loaded
+        model's files are confirmed unchanged before the job may touch them."""
+        if spec.keep_alive is not None:
+            check_range("keep_alive", spec.keep_alive, -1, 10_000_000,
+                        "Give seconds (e.g. 300), 0 to unload at once, or -1 to keep the model loaded.")
         self.check_loaded(spec.model_id)
         return self.scheduler.submit(spec)
 

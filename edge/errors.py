@@ -13,12 +13,15 @@ class EdgeError(Exception):
     http_status: int = 500
     error_type: str = "server_error"
     exit_code: int = 1
+    code: str | None = "internal_error"
+    """OpenAI's machine-readable ``code``; each class declares its own, an instance may narrow it."""
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
         super().__init__(message)
         self.message = message
         self.param = param
-        self.code = code
+        if code is not None:  # None keeps the class's code (an instance attribute would shadow it)
+            self.code = code
 
     def to_openai(self) -> dict:
         """OpenAI's error body: {"error": {"message", "type", "param", "code"}}."""
@@ -32,6 +35,7 @@ class BadRequest(EdgeError):
     http_status = 400
     error_type = "invalid_request_error"
     exit_code = 2
+    code = "invalid_value"
 
 
 class ContextTooLong(BadRequest):
@@ -42,13 +46,35 @@ class ContextTooLong(BadRequest):
 
 
 class PayloadTooLarge(BadRequest):
+    """The body, an image or a list is larger than edge-run accepts (checked before parsing/decoding)."""
+
     http_status = 413
+    code = "payload_too_large"
 
 
 class Unauthorized(EdgeError):
     http_status = 401
     error_type = "authentication_error"
     exit_code = 2
+    code = "invalid_api_key"
+
+
+class Forbidden(EdgeError):
+    """The request's Host is not one this server answers (DNS-rebinding guard)."""
+
+    http_status = 403
+    error_type = "permission_error"
+    exit_code = 2
+    code = "host_not_allowed"
+
+
+class NotFound(EdgeError):
+    """No such route or resource."""
+
+    http_status = 404
+    error_type = "invalid_request_error"
+    exit_code = 3
+    code = "not_found"
 
 
 class ModelNotFound(EdgeError):
@@ -57,6 +83,7 @@ class ModelNotFound(EdgeError):
     http_status = 404
     error_type = "invalid_request_error"
     exit_code = 3
+    code = "model_not_found"
 
 
 class ModelNotInstalled(EdgeError):
@@ -65,6 +92,7 @@ class ModelNotInstalled(EdgeError):
     http_status = 404
     error_type = "invalid_request_error"
     exit_code = 3
+    code = "model_not_installed"
 
 
 class IntegrityError(EdgeError):
@@ -73,16 +101,29 @@ class IntegrityError(EdgeError):
     http_status = 500
     error_type = "server_error"
     exit_code = 4
+    code = "integrity_error"
+
+
+class ModelLoadError(EdgeError):
+    """A verified model's files could not be loaded by its engine (the library's words go to the log)."""
+
+    http_status = 500
+    error_type = "server_error"
+    exit_code = 4
+    code = "model_load_failed"
 
 
 class DownloadError(EdgeError):
     http_status = 502
     error_type = "server_error"
     exit_code = 5
+    code = "download_failed"
 
 
 class OfflineError(DownloadError):
     """Network use was forbidden (EDGE_OFFLINE=1 / --offline)."""
+
+    code = "offline"
 
 
 class Busy(EdgeError):
@@ -91,6 +132,7 @@ class Busy(EdgeError):
     http_status = 503
     error_type = "server_error"
     exit_code = 6
+    code = "busy"
 
     def __init__(self, message: str, *, retry_after: float = 1.0, **kw):
         super().__init__(message, **kw)
@@ -103,6 +145,7 @@ class Cancelled(EdgeError):
     http_status = 499
     error_type = "cancelled"
     exit_code = 130
+    code = "cancelled"
 
 
 class OutOfMemory(EdgeError):
@@ -111,6 +154,7 @@ class OutOfMemory(EdgeError):
     http_status = 507
     error_type = "server_error"
     exit_code = 7
+    code = "out_of_memory"
 
 
 class DeviceError(EdgeError):
@@ -119,10 +163,26 @@ class DeviceError(EdgeError):
     http_status = 400
     error_type = "invalid_request_error"
     exit_code = 8
+    code = "device_unavailable"
+
+
+class DiskFull(EdgeError):
+    """The disk ran out of space while writing (a pull, an export); nothing half-written is kept."""
+
+    http_status = 507
+    error_type = "server_error"
+    exit_code = 9
+    code = "disk_full"
 
 
 def check_range(name: str, value: float, lo: float, hi: float, fix: str = "") -> None:
-    """Raise BadRequest unless lo <= value <= hi, naming the argument and the value."""
-    if not (lo <= value <= hi):
+    """Raise BadRequest unless ``value`` is a finite number with lo <= value <= hi, naming the argument
+    and the value (NaN and infinities fail every comparison, so they are refused here too)."""
+    import math
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not (isinstance(value, numbers.Integral) or math.isfinite(value)) \
+            or not (lo <= value <= hi):
         raise BadRequest(f"`{name}` must be between {lo} and {hi}, got {value}." + (f" {fix}" if fix else ""),
                          param=name)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tempfile
 import tomllib
 from dataclasses import dataclass, field
@@ -20,6 +21,19 @@ from edge.errors import BadRequest, ModelNotFound
 TASKS = ("chat", "image", "segment")
 FORMATS = ("gguf", "onnx")
 SOURCE_KINDS = ("pypi", "hf", "https", "file", "local")
+MODEL_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
+"""What a model id may be: it names a folder under $EDGE_HOME/models, so no '/', no '..', no upper case."""
+
+
+def check_model_id(model_id: object, param: str = "model") -> str:
+    """Return ``model_id`` if it is a valid id (``[a-z0-9][a-z0-9._-]*``, at most 128 characters and not
+    only dots), else raise BadRequest naming the value and the rule. Every path built from an id
+    (the store, `rm`, `export --add --id`) goes through this."""
+    if not isinstance(model_id, str) or not MODEL_ID.fullmatch(model_id) or ".." in model_id:
+        shown = model_id if not isinstance(model_id, str) else model_id[:80]
+        raise BadRequest(f"model id {shown!r} is not valid: ids are 1-128 characters of a-z, 0-9, '.', '_' and "
+                         "'-', start with a letter or digit and contain no '..' (e.g. 'my-model-q4').", param=param)
+    return model_id
 
 
 @dataclass(frozen=True)
@@ -65,10 +79,20 @@ def _bad(origin: str, msg: str) -> BadRequest:
     return BadRequest(f"{origin}: {msg}", param="models.lock")
 
 
-def _parse_file(origin: str, mid: str, raw: dict) -> FileEntry:
+def _parse_file(origin: str, mid: str, raw: Any) -> FileEntry:
+    if not isinstance(raw, dict):
+        raise _bad(origin, f"model {mid!r}: every [[model.files]] entry must be a table.")
     for key in ("name", "sha256", "size", "source"):
         if key not in raw:
             raise _bad(origin, f"model {mid!r}: a [[model.files]] entry lacks {key!r}.")
+    if not isinstance(raw["source"], dict):
+        raise _bad(origin, f"model {mid!r} file {raw['name']!r}: `source` must be a table, e.g. "
+                           "{ kind = \"file\", path = \"model.gguf\" }.")
+    if isinstance(raw["size"], bool) or not isinstance(raw["size"], int) or raw["size"] < 0:
+        raise _bad(origin, f"model {mid!r} file {raw['name']!r}: size {raw['size']!r} must be a byte count (an "
+                           "integer >= 0).")
+    if not isinstance(raw["name"], str) or not raw["name"]:
+        raise _bad(origin, f"model {mid!r}: file name {raw['name']!r} must be a non-empty string.")
     sha = str(raw["sha256"]).lower()
     if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
         raise _bad(origin, f"model {mid!r} file {raw['name']!r}: sha256 {raw['sha256']!r} is not 64 hex digits.")
@@ -77,7 +101,7 @@ def _parse_file(origin: str, mid: str, raw: dict) -> FileEntry:
         raise _bad(origin, f"model {mid!r} file {raw['name']!r}: source kind {src.get('kind')!r} is not one of "
                            f"{', '.join(SOURCE_KINDS)}.")
     name = str(raw["name"])
-    if name.startswith("/") or ".." in Path(name).parts:
+    if name.startswith("/") or "\\" in name or "\0" in name or ".." in Path(name).parts:
         raise _bad(origin, f"model {mid!r}: file name {name!r} must be a relative path inside the model folder.")
     return FileEntry(name=name, sha256=sha, size=int(raw["size"]), source=src)
 
@@ -91,10 +115,19 @@ def _load(text: str, origin: str) -> dict:
 
 def parse_recipes(text: str, origin: str = "models.lock") -> list[RecipeEntry]:
     out = []
-    for raw in _load(text, origin).get("recipe", []):
+    recipes = _load(text, origin).get("recipe", [])
+    if not isinstance(recipes, list) or not all(isinstance(r, dict) for r in recipes):
+        raise _bad(origin, "`recipe` must be an array of tables ([[recipe]]).")
+    for raw in recipes:
         missing = [k for k in ("id", "task", "format", "source", "export") if k not in raw]
         if missing:
             raise _bad(origin, f"recipe {raw.get('id')!r} lacks {', '.join(missing)}.")
+        try:
+            check_model_id(raw["id"])
+        except BadRequest as e:
+            raise _bad(origin, e.message) from None
+        if not isinstance(raw["source"], dict) or not isinstance(raw["export"], str):
+            raise _bad(origin, f"recipe {raw['id']!r}: `source` must be a table and `export` a command string.")
         out.append(RecipeEntry(id=raw["id"], task=raw["task"], format=raw["format"],
                                license=raw.get("license", "unknown"), source=dict(raw["source"]), export=raw["export"]))
     return out
@@ -104,20 +137,32 @@ def parse_lock(text: str, origin: str = "models.lock") -> list[ModelEntry]:
     """Parse a models.lock document into entries; malformed entries raise BadRequest naming them."""
     doc = _load(text, origin)
     out = []
-    for raw in doc.get("model", []):
+    models = doc.get("model", [])
+    if not isinstance(models, list):
+        raise _bad(origin, "`model` must be an array of tables ([[model]]).")
+    for raw in models:
+        if not isinstance(raw, dict):
+            raise _bad(origin, "every [[model]] entry must be a table.")
         mid = raw.get("id")
         if not mid:
             raise _bad(origin, "a [[model]] entry has no id.")
+        try:
+            check_model_id(mid)
+        except BadRequest as e:
+            raise _bad(origin, e.message) from None
         if raw.get("task") not in TASKS:
             raise _bad(origin, f"model {mid!r}: task {raw.get('task')!r} is not one of {', '.join(TASKS)}.")
         if raw.get("format") not in FORMATS:
             raise _bad(origin, f"model {mid!r}: format {raw.get('format')!r} is not one of {', '.join(FORMATS)}.")
-        files = tuple(_parse_file(origin, mid, f) for f in raw.get("files", []))
+        raw_files = raw.get("files", [])
+        if not isinstance(raw_files, list):
+            raise _bad(origin, f"model {mid!r}: `files` must be an array of tables ([[model.files]]).")
+        files = tuple(_parse_file(origin, mid, f) for f in raw_files)
         if not files:
             raise _bad(origin, f"model {mid!r} lists no files.")
         known = {"id", "task", "format", "license", "files", "description", "default"}
-        out.append(ModelEntry(id=mid, task=raw["task"], format=raw["format"], license=raw.get("license", "unknown"),
-                              files=files, description=raw.get("description", ""), default=bool(raw.get("default")),
+        out.append(ModelEntry(id=mid, task=raw["task"], format=raw["format"], license=str(raw.get("license", "unknown")),
+                              files=files, description=str(raw.get("description", "")), default=bool(raw.get("default")),
                               origin=origin, extra={k: v for k, v in raw.items() if k not in known}))
     return out
 

@@ -6,10 +6,12 @@ HTTP downloads resume from an existing partial with a Range request.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import json
 import os
+import re
 import shutil
 import urllib.error
 import urllib.parse
@@ -23,6 +25,7 @@ from edge.errors import DownloadError, IntegrityError
 CHUNK = 1 << 20
 DEFAULT_PYPI_INDEX = "https://pypi.org/simple"
 USER_AGENT = "edge-run/0.1 (+model pull)"
+_WHEEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*\.whl")
 
 
 def _bar(total: int | None, desc: str, initial: int = 0):
@@ -70,6 +73,8 @@ def http_download(url: str, dest: Path, *, desc: str, headers: dict[str, str] | 
                     got += len(b)
                     bar.update(len(b))
             except (OSError, urllib.error.URLError, http.client.HTTPException) as e:
+                if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise  # the disk is full: not a network problem (the store reports DiskFull)
                 raise DownloadError(f"download of {url} was interrupted ({e.__class__.__name__}). Run "
                                     "`edge-run pull` again: it resumes where it stopped.") from None
         if total is not None and got < total:
@@ -97,22 +102,72 @@ def _pypi_wheel_url(src: dict[str, Any]) -> tuple[str, str | None, str]:
         raise DownloadError(f"cannot read the PyPI index {url} ({getattr(e, 'reason', e)}). Check your network "
                             "or set EDGE_PYPI_INDEX to a mirror.") from None
     want = src.get("wheel")
-    for f in doc.get("files", []):
-        name = f["filename"]
-        if name.endswith(".whl") and (name == want or (not want and f"-{src['version']}-" in name)):
-            return urllib.parse.urljoin(url, f["url"]), f.get("hashes", {}).get("sha256"), name
+    files = doc.get("files", []) if isinstance(doc, dict) else []
+    for f in files if isinstance(files, list) else []:
+        if not isinstance(f, dict) or not isinstance(f.get("filename"), str) or not isinstance(f.get("url"), str):
+            continue
+        # the index names the file; only its last component is ever used as a file name here
+        name = f["filename"].replace("\\", "/").rsplit("/", 1)[-1]
+        if not _WHEEL_NAME.fullmatch(name):
+            continue
+        if name == want or (not want and f"-{src['version']}-" in name):
+            hashes = f.get("hashes") if isinstance(f.get("hashes"), dict) else {}
+            return urllib.parse.urljoin(url, f["url"]), hashes.get("sha256"), name
     raise DownloadError(f"PyPI has no wheel {want or src['package'] + '==' + src['version']} at {url}.")
 
 
+def _cached_wheel(src: dict[str, Any], cache: Path) -> Path | None:
+    """A wheel already in ``cache`` that matches ``src`` (by name, and by sha256 when the lock pins it)."""
+    if not cache.is_dir():
+        return None
+    want = src.get("wheel")
+    if want:
+        cands = [cache / want] if _WHEEL_NAME.fullmatch(want) else []
+    else:
+        norm = re.sub(r"[-_.]+", "_", str(src.get("package", ""))).lower()
+        cands = [p for p in cache.glob("*.whl") if p.name.lower().startswith(f"{norm}-{src.get('version')}-")]
+    for p in cands:
+        if p.is_file() and (not src.get("wheel_sha256") or sha256_file(p) == src["wheel_sha256"]):
+            return p
+    return None
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
 def fetch_pypi(src: dict[str, Any], dest: Path, cache: Path, desc: str) -> None:
-    """Download the wheel (resumable, into ``cache``), check its sha256, extract one member to ``dest``."""
+    """Download the wheel (resumable, into ``cache``), check its sha256, extract one member to ``dest``.
+
+    A wheel already cached is used without asking the index. The index's file name is reduced to its
+    basename and must stay inside ``cache``; the lock's ``wheel_sha256`` (when given) is checked
+    whatever the index says, so a hostile index can neither write outside the cache nor slip in
+    another wheel."""
+    cached = _cached_wheel(src, cache)
+    if cached is not None:
+        extract_from_wheel(cached, src["path"], dest)
+        return
     url, index_sha, wheel_name = _pypi_wheel_url(src)
     cache.mkdir(parents=True, exist_ok=True)
     wheel = cache / wheel_name
     partial = cache / (wheel_name + ".partial")
+    if not (_inside(wheel, cache) and _inside(partial, cache)):
+        raise DownloadError(f"the PyPI index named the wheel {wheel_name!r}, which is not a plain file name; "
+                            "refusing it. Check EDGE_PYPI_INDEX.")
     expected = src.get("wheel_sha256") or index_sha
+    if wheel.exists() and expected and sha256_file(wheel) != expected:
+        wheel.unlink()
     if not wheel.exists():
-        http_download(url, partial, desc=f"{desc} (wheel)")
+        try:
+            http_download(url, partial, desc=f"{desc} (wheel)")
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                partial.unlink(missing_ok=True)  # give the space back; nothing half-written stays
+            raise
         got = sha256_file(partial)
         if expected and got != expected:
             partial.unlink(missing_ok=True)

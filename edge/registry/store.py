@@ -1,11 +1,17 @@
 """The local model store: $EDGE_HOME/models/<id>/<file>. Pull, verify, remove.
 
-Verification hashes each file once and records (size, mtime, inode, sha256) in a marker; later
-loads re-hash only when the file changed on disk. A file that fails verification is never used.
+Verification hashes each file once and records (size, mtime, ctime, inode, sha256) in a marker; later
+loads re-hash only when the file changed on disk. ctime is in the stamp because a file rewritten in
+place can get its old mtime back (``touch -d``, ``cp -p``) but never its old ctime. A file that fails
+verification is never used.
+
+Ids name folders, so every path built from an id goes through :func:`check_model_id` and must stay
+inside ``models_dir``. A disk that fills up during a pull leaves no partial file behind (DiskFull).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -14,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from edge.config import Settings
-from edge.errors import IntegrityError, ModelNotInstalled, OfflineError
+from edge.errors import BadRequest, DiskFull, IntegrityError, ModelNotInstalled, OfflineError
 from edge.registry import sources
-from edge.registry.lock import Catalog, FileEntry, ModelEntry, append_entry
+from edge.registry.lock import Catalog, FileEntry, ModelEntry, append_entry, check_model_id
 
 MARKERS = ".verified"
 
@@ -45,10 +51,25 @@ class Store:
 
     # -- paths and status -------------------------------------------------------------------
     def model_dir(self, model_id: str) -> Path:
-        return self.root / model_id
+        """$EDGE_HOME/models/<id>; refuses ids that are not ids (BadRequest) before building a path."""
+        d = self.root / check_model_id(model_id)
+        if not _inside(d, self.root):
+            raise BadRequest(f"model id {model_id!r} would leave the model store; use a plain id.", param="model")
+        return d
 
     def file_path(self, entry: ModelEntry, fe: FileEntry) -> Path:
-        return self.model_dir(entry.id) / fe.name
+        d = self.model_dir(entry.id)
+        p = d / fe.name
+        if not _inside(p, d):
+            raise BadRequest(f"model {entry.id!r}: file name {fe.name!r} leaves the model folder.", param="models.lock")
+        return p
+
+    @staticmethod
+    def stamp(path: Path, sha256: str) -> dict[str, Any]:
+        """What the verified marker records: a file whose stamp changed is hashed again."""
+        st = path.stat()
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns, "ino": st.st_ino,
+                "sha256": sha256}
 
     def _marker(self, entry: ModelEntry, fe: FileEntry) -> Path:
         return self.model_dir(entry.id) / MARKERS / (fe.name.replace("/", "__") + ".json")
@@ -65,13 +86,17 @@ class Store:
     def verify_file(self, entry: ModelEntry, fe: FileEntry, path: Path | None = None) -> None:
         """Raise IntegrityError unless ``path`` (default: the stored file) matches the lock."""
         path = path or self.file_path(entry, fe)
-        st = path.stat()
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise ModelNotInstalled(f"model {entry.id!r}: file {fe.name!r} is missing from the store. Run "
+                                    f"`edge-run pull {entry.id}` to fetch it again.", param="model") from None
         fix = f"Run `edge-run pull {entry.id} --force` to fetch it again."
         if st.st_size != fe.size:
-            raise IntegrityError(f"{path}: size is {st.st_size} bytes, models.lock expects {fe.size} "
-                                 f"(truncated or wrong file). {fix}")
+            raise IntegrityError(f"model {entry.id!r}: file {fe.name!r} is {st.st_size} bytes, models.lock expects "
+                                 f"{fe.size} (truncated or wrong file). {fix}", param="model")
         marker = self._marker(entry, fe)
-        stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "sha256": fe.sha256}
+        stamp = self.stamp(path, fe.sha256)
         if path == self.file_path(entry, fe) and marker.exists():
             try:
                 if json.loads(marker.read_text()) == stamp:
@@ -80,11 +105,14 @@ class Store:
                 pass
         actual = sources.sha256_file(path)
         if actual != fe.sha256:
-            raise IntegrityError(f"{path}: sha256 is {actual}, models.lock expects {fe.sha256}. The file is "
-                                 f"corrupted or not the pinned one and will not be loaded. {fix}")
+            raise IntegrityError(f"model {entry.id!r}: file {fe.name!r}: sha256 is {actual}, models.lock expects "
+                                 f"{fe.sha256}. The file is corrupted or not the pinned one and will not be "
+                                 f"loaded. {fix}", param="model")
         if path == self.file_path(entry, fe):
             marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(json.dumps(stamp))
+            tmp = marker.with_name(marker.name + f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(stamp))
+            os.replace(tmp, marker)  # a kill mid-write leaves the old marker or none, never half of one
 
     def installed(self, entry: ModelEntry) -> InstalledModel:
         """The verified model, or ModelNotInstalled saying how to get it."""
@@ -96,8 +124,9 @@ class Store:
         for fe in entry.files:
             self.verify_file(entry, fe)
         d = self.model_dir(entry.id)
-        manifest_path = d / "edge-model.json"
-        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+        from edge.registry.manifest import read_manifest
+
+        manifest = read_manifest(d / "edge-model.json", model_id=entry.id)
         return InstalledModel(id=entry.id, task=entry.task, format=entry.format, dir=d,
                               files={fe.name: self.file_path(entry, fe) for fe in entry.files},
                               manifest=manifest, entry=entry)
@@ -124,8 +153,16 @@ class Store:
             if force:
                 partial.unlink(missing_ok=True)
             base = Path(entry.origin).parent if entry.origin.endswith(".lock") and os.sep in entry.origin else None
-            sources.fetch(fe.source, partial, cache=Path(self.settings.home) / "cache" / "downloads",
-                          desc=f"{entry.id}/{fe.name}", base=base)
+            try:
+                sources.fetch(fe.source, partial, cache=Path(self.settings.home) / "cache" / "downloads",
+                              desc=f"{entry.id}/{fe.name}", base=base)
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+                partial.unlink(missing_ok=True)
+                raise DiskFull(f"the disk holding {self.settings.home} is full: pulling {entry.id}/{fe.name} "
+                               f"needs {fe.size / 2**20:.1f} MiB. Free some space (or set EDGE_HOME to a larger "
+                               f"disk) and run `edge-run pull {entry.id}` again.", param="model") from None
             try:
                 self.verify_file(entry, fe, partial)
             except IntegrityError:
@@ -137,11 +174,20 @@ class Store:
         return self.installed(entry)
 
     def rm(self, entry: ModelEntry) -> bool:
-        d = self.model_dir(entry.id)
+        d = self.model_dir(entry.id)  # checks the id: never a folder outside the store
         if not d.exists():
             return False
         shutil.rmtree(d)
         return True
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """True when ``path`` (resolved, following links) lies strictly inside ``root``."""
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        return False
+    return path.resolve() != root.resolve()
 
 
 def add_local_model(settings: Settings, folder: str | Path, *, model_id: str, task: str, fmt: str,
@@ -153,10 +199,17 @@ def add_local_model(settings: Settings, folder: str | Path, *, model_id: str, ta
     """
     folder = Path(folder)
     store = Store(settings)
-    dest = store.model_dir(model_id)
+    dest = store.model_dir(model_id)  # checks the id before anything is copied
     tmp = dest.with_name(f".{model_id}.adding")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(folder, tmp, ignore=shutil.ignore_patterns(MARKERS, "*.partial"))
+    try:
+        shutil.copytree(folder, tmp, ignore=shutil.ignore_patterns(MARKERS, "*.partial"))
+    except (OSError, shutil.Error) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if "No space left" in str(e) or getattr(e, "errno", None) == errno.ENOSPC:
+            raise DiskFull(f"the disk holding {settings.home} is full: adding {model_id!r} to the store needs "
+                           "more space. Free some and run the export with --add again.", param="model") from None
+        raise
     files = []
     for p in sorted(tmp.rglob("*")):
         if p.is_file():
