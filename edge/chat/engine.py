@@ -197,16 +197,12 @@ class LlamaChatEngine:
             self._release(slot)
 
     def _grammar(self, schema: dict):
-        import json
-
         from llama_cpp import LlamaGrammar
 
-        try:
-            return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
-        except Exception as e:
-            raise BadRequest(f"`json_schema` cannot be turned into a grammar: {e}. Use a plain JSON Schema "
-                             "(object/array/string/number/boolean, properties, required, enum).",
-                             param="json_schema") from None
+        from edge.chat.grammar import build_grammar
+
+        # built and checked in Python (BadRequest if llama.cpp could not parse it safely), never raw
+        return LlamaGrammar.from_string(build_grammar(schema), verbose=False)
 
 
 _open_lock = threading.Lock()

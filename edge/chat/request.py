@@ -6,9 +6,23 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge.errors import BadRequest, check_range
+from edge.errors import BadRequest, ContextTooLong, check_range
 
 ROLES = ("system", "user", "assistant", "tool")
+# Ranges shared by ChatRequest.check() and the server's pydantic bodies (so OpenAPI shows them).
+TEMPERATURE = (0.0, 2.0)
+TOP_P = (0.0, 1.0)
+MIN_P = (0.0, 1.0)
+TOP_K = (0, 1_000_000)                # 0 = off; llama.cpp takes an int32
+REPEAT_PENALTY = (0.1, 10.0)          # 1.0 = off
+SEED = (0, 2**32 - 1)                 # llama.cpp seeds are uint32
+MAX_TOKENS = (1, 131072)              # the largest context edge-run loads (EDGE_CTX)
+MAX_STOP = 8
+MAX_STOP_CHARS = 256
+MAX_MESSAGES = 4096
+MAX_PROMPT_CHARS = 1_000_000
+"""Characters of message text accepted before tokenizing: more than any context edge-run loads holds,
+so longer prompts are refused at the door instead of being tokenized in the scheduler's worker."""
 
 
 @dataclass
@@ -25,35 +39,68 @@ class ChatRequest:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     json_schema: dict | None = None
+    grammar: str | None = field(default=None, repr=False)  # GBNF built from json_schema by check()
 
     def check(self) -> "ChatRequest":
+        """Every field checked before the job is submitted: native code (llama.cpp's sampler and grammar
+        parser) only ever sees values and grammars that passed here."""
         # 1. messages
         if not isinstance(self.messages, list) or not self.messages:
             raise BadRequest("`messages` must be a non-empty list of {role, content} objects, got "
-                             f"{self.messages!r}.", param="messages")
+                             f"{str(self.messages)[:80]!r}.", param="messages")
+        if len(self.messages) > MAX_MESSAGES:
+            raise BadRequest(f"`messages` has {len(self.messages)} entries; at most {MAX_MESSAGES} are accepted. "
+                             "Drop the oldest turns.", param="messages")
+        chars = 0
         for i, m in enumerate(self.messages):
             if not isinstance(m, dict) or m.get("role") not in ROLES:
+                role = m.get("role") if isinstance(m, dict) else m
                 raise BadRequest(f"`messages[{i}].role` must be one of {', '.join(ROLES)}, got "
-                                 f"{(m.get('role') if isinstance(m, dict) else m)!r}.", param=f"messages[{i}].role")
+                                 f"{str(role)[:40]!r}.", param=f"messages[{i}].role")
             if not isinstance(m.get("content", ""), str):
                 raise BadRequest(f"`messages[{i}].content` must be a string.", param=f"messages[{i}].content")
-        # 2. sampling
-        check_range("temperature", self.temperature, 0.0, 2.0, "Use 0 for greedy, 0.7 for varied answers.")
-        check_range("top_p", self.top_p, 0.0, 1.0, "Use e.g. 0.95.")
-        check_range("min_p", self.min_p, 0.0, 1.0, "Use e.g. 0.05.")
-        if self.top_k < 0:
-            raise BadRequest(f"`top_k` must be 0 (off) or positive, got {self.top_k}.", param="top_k")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise BadRequest(f"`max_tokens` must be at least 1, got {self.max_tokens}. Omit it to answer until "
-                             "the model stops.", param="max_tokens")
+            chars += len(m.get("content") or "")
+        if chars > MAX_PROMPT_CHARS:
+            raise ContextTooLong(f"the messages hold {chars:,} characters; at most {MAX_PROMPT_CHARS:,} are accepted "
+                                 "(no model edge-run loads has a context that long). Shorten the conversation.",
+                                 param="messages")
+        # 2. sampling: finite numbers in range (NaN, inf and out-of-range integers never reach llama.cpp)
+        check_range("temperature", self.temperature, *TEMPERATURE, "Use 0 for greedy, 0.7 for varied answers.")
+        check_range("top_p", self.top_p, *TOP_P, "Use e.g. 0.95.")
+        check_range("min_p", self.min_p, *MIN_P, "Use e.g. 0.05.")
+        _check_int("top_k", self.top_k, TOP_K, "Use 0 (off) or e.g. 40.")
+        check_range("repeat_penalty", self.repeat_penalty, *REPEAT_PENALTY, "1.0 is off; use e.g. 1.1.")
+        if self.seed is not None:
+            _check_int("seed", self.seed, SEED, "Use e.g. 42, or omit it for a random seed.")
+        if self.max_tokens is not None:
+            _check_int("max_tokens", self.max_tokens, MAX_TOKENS, "Omit it to answer until the model stops.")
         if isinstance(self.stop, str):
             self.stop = [self.stop]
-        if len(self.stop) > 8:
-            raise BadRequest(f"`stop` takes at most 8 strings, got {len(self.stop)}.", param="stop")
-        # 3. schema
-        if self.json_schema is not None and not isinstance(self.json_schema, dict):
-            raise BadRequest("`json_schema` must be a JSON object (a JSON Schema).", param="json_schema")
+        if not isinstance(self.stop, list) or len(self.stop) > MAX_STOP:
+            raise BadRequest(f"`stop` takes at most {MAX_STOP} strings, got "
+                             f"{len(self.stop) if isinstance(self.stop, list) else self.stop!r}.", param="stop")
+        for s in self.stop:
+            if not isinstance(s, str) or not s or len(s) > MAX_STOP_CHARS:
+                raise BadRequest(f"every `stop` string must have 1 to {MAX_STOP_CHARS} characters, got "
+                                 f"{str(s)[:40]!r}.", param="stop")
+        # 3. schema -> a grammar llama.cpp can parse (built and checked here, before the job runs)
+        if self.json_schema is not None:
+            if not isinstance(self.json_schema, dict):
+                raise BadRequest("`json_schema` must be a JSON object (a JSON Schema).", param="json_schema")
+            from edge.chat.grammar import build_grammar
+
+            self.grammar = build_grammar(self.json_schema)
         return self
+
+
+def _check_int(name: str, value: Any, bounds: tuple[int, int], fix: str) -> None:
+    import numbers
+
+    lo, hi = bounds
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise BadRequest(f"`{name}` must be an integer, got {str(value)[:40]!r}. {fix}", param=name)
+    if not lo <= value <= hi:
+        raise BadRequest(f"`{name}` must be between {lo} and {hi}, got {value}. {fix}", param=name)
 
 
 @dataclass
