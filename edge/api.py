@@ -121,12 +121,13 @@ class RuntimeCore:
             except OSError:
                 now = None
             if want is not None and now != want:
-                self._stamps.pop(model_id, None)
-                self.scheduler.unload(model_id)
+                # unloaded now if idle; otherwise new jobs keep being refused here until it is
+                if self.scheduler.unload(model_id):
+                    self._stamps.pop(model_id, None)
                 what = "was deleted" if now is None else "changed on disk"
                 raise IntegrityError(f"model {model_id!r}: file {fe.name!r} {what} while the model was loaded; "
-                                     f"it has been unloaded. Run `edge-run pull {model_id} --force` to restore "
-                                     "it, then retry.", param="model")
+                                     f"it is unloaded (or will be once its running jobs end). Run `edge-run pull "
+                                     f"{model_id} --force` to restore it, then retry.", param="model")
 
     def _estimate(self, model_id: str) -> int:
         from edge.registry.manifest import load_bytes, read_manifest

@@ -204,7 +204,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="the local OpenAI-compatible HTTP server")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8080)
-    s.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY`")
+    s.add_argument("--api-key", default=None,
+                   help="require `Authorization: Bearer KEY` (prefer the EDGE_API_KEY variable: argv shows in `ps`)")
+    s.add_argument("--allow-host", action="append", metavar="NAME",
+                   help="also answer requests whose Host is NAME (without an API key only loopback names are "
+                        "served, against DNS rebinding); '*' allows any")
+    s.add_argument("--allow-pull", action="store_true",
+                   help="let requests for a model that is not installed download it (default: 404 naming "
+                        "`edge-run pull ID`)")
     s.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     add_settings_flags(s)
     s.set_defaults(func=cmd_serve)

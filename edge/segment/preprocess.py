@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+from struct import error as struct_error
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -26,8 +27,11 @@ PIXEL_STD = np.array([58.395, 57.12, 57.375], dtype=np.float32)
 MAX_SIDE = 4096
 """Images whose longest side exceeds this are downscaled to it before segmentation (masks are then
 returned at the downscaled size; ``LoadedImage.scale`` says by how much). SAM sees 1024 px anyway."""
-MAX_PIXELS = 250_000_000
-"""Images with more pixels than this are refused outright (decompression-bomb guard)."""
+MAX_PIXELS = 8192 * 8192
+"""Images with more pixels than this are refused by their header, before decoding (decompression-bomb
+guard): twice MAX_SIDE on each side is plenty for an image that is downscaled to MAX_SIDE anyway."""
+MAX_POINTS = 64
+"""Point prompts accepted in one request (a click session rarely has ten)."""
 LABELS = {0: "background", 1: "foreground"}
 MASK_INPUT_LOGIT = 10.0
 """A binary previous mask becomes low-res logits of +/- this value."""
@@ -102,18 +106,7 @@ def _open_pil(src: Any, name: str) -> Image.Image:
                              f"got {type(src).__name__}.", param=name)
         if not data:
             raise BadRequest(f"`{name}` is empty (0 bytes); send PNG, JPEG, WebP or BMP bytes.", param=name)
-        try:
-            with _bomb_limit():
-                img = Image.open(io.BytesIO(data))
-                img.load()
-        except Image.DecompressionBombError:
-            raise PayloadTooLarge(f"`{name}` has more than {MAX_PIXELS:,} pixels; edge-run refuses images "
-                                  f"that large. Downscale it below {MAX_SIDE} px on the longest side.",
-                                  param=name) from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise BadRequest(f"`{name}` is not a readable image ({len(data)} bytes starting "
-                             f"{data[:8]!r}: {e.__class__.__name__}); send PNG, JPEG, WebP or BMP.",
-                             param=name) from None
+        img = open_checked(data, name)
     if img.width * img.height > MAX_PIXELS:
         raise PayloadTooLarge(f"`{name}` is {img.width}x{img.height} = {img.width * img.height:,} pixels, "
                               f"over the {MAX_PIXELS:,} limit. Downscale it below {MAX_SIDE} px.", param=name)
@@ -123,15 +116,30 @@ def _open_pil(src: Any, name: str) -> Image.Image:
         return img
 
 
-class _bomb_limit:
-    """Temporarily raise PIL's decompression-bomb limit to ours (errors above 2x the limit)."""
-
-    def __enter__(self):
-        self.old = Image.MAX_IMAGE_PIXELS
-        Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2
-
-    def __exit__(self, *exc):
-        Image.MAX_IMAGE_PIXELS = self.old
+def open_checked(data: bytes, name: str = "image", max_pixels: int | None = None) -> Image.Image:
+    """Decode image bytes, refusing by the header's size *before* decoding: a 65 KB PNG can claim
+    16000x12500 pixels and take gigabytes once decoded. PIL's global bomb limit is never changed
+    (other threads decode too): ours is below it, and its DecompressionBombError becomes PayloadTooLarge."""
+    limit = MAX_PIXELS if max_pixels is None else max_pixels
+    try:
+        img = Image.open(io.BytesIO(data))  # reads the header only
+        w, h = img.size
+        if w * h > limit:
+            raise PayloadTooLarge(f"`{name}` is {w}x{h} = {w * h:,} pixels by its header, over the {limit:,} "
+                                  f"edge-run decodes. Downscale it below {MAX_SIDE} px on the longest side "
+                                  "(it would be downscaled to that anyway).", param=name)
+        img.load()
+    except Image.DecompressionBombError:  # PIL's own limit (above ours), raised inside open()
+        raise PayloadTooLarge(f"`{name}` has more than {limit:,} pixels; edge-run refuses images that large. "
+                              f"Downscale it below {MAX_SIDE} px on the longest side.", param=name) from None
+    except PayloadTooLarge:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
+            KeyError, struct_error, ZeroDivisionError, MemoryError) as e:
+        raise BadRequest(f"`{name}` is not a readable image ({len(data)} bytes starting "
+                         f"{data[:8]!r}: {e.__class__.__name__}); send PNG, JPEG, WebP or BMP.",
+                         param=name) from None
+    return img
 
 
 def _pil_to_rgb(img: Image.Image, name: str) -> np.ndarray:
@@ -260,6 +268,12 @@ def parse_prompt(points: Iterable[Sequence[Any]] | None, box: Sequence[Any] | No
     """Check points [(x, y[, label])] and box (x0, y0, x1, y1), given in ORIGINAL image pixels, and
     return them in working-image pixels (``scale`` = working / original)."""
     h, w = original_size
+    if points is not None and (isinstance(points, (str, bytes, dict)) or not hasattr(points, "__len__")):
+        raise BadRequest(f"`points` must be a list of (x, y, label) points, got {str(points)[:40]!r}.",
+                         param="points")
+    if points is not None and len(points) > MAX_POINTS:
+        raise PayloadTooLarge(f"`points` has {len(points):,} points; at most {MAX_POINTS} are accepted. Send the "
+                              "clicks of one object (refine with `prev_mask`).", param="points")
     pts = list(points) if points is not None else []
     if not pts and box is None:
         raise BadRequest("no prompt given: pass at least one point (x, y, label) with label 1 = object, "

@@ -1,104 +1,151 @@
-"""The FastAPI app: OpenAI-compatible endpoints + /health, /metrics, and the workload routers."""
+"""The FastAPI app: OpenAI-compatible endpoints + /health, /metrics, and the workload routers.
+
+The trust boundary (Host allow-list, API key, body-size cap) is edge/server/guard.py, applied once to
+every route; errors are typed (edge/errors.py) and answered in OpenAI's shape, 5xx without internals.
+"""
 
 from __future__ import annotations
 
 import hmac
 import importlib
 import logging
+import math
 import time
+import uuid
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edge import __version__
-from edge.errors import BadRequest, Busy, EdgeError, Unauthorized
+from edge.errors import BadRequest, Busy, EdgeError, NotFound
+from edge.server.bodies import validation_error
+from edge.server.guard import Auth, BodyLimit, HostGuard
+from edge.server.schemas import ERROR_RESPONSES
 
 log = logging.getLogger("edge.server")
 WORKLOAD_ROUTES = ("edge.server.chat_routes", "edge.server.image_routes", "edge.server.segment_routes",
                    "edge.server.progress_routes")
-OPEN_PATHS = ("/health",)
+DRAIN_SECONDS = 5.0
+"""On SIGTERM: running jobs are cancelled at once, open responses get this long to finish, then exit 0."""
 
 
-def _error_response(err: EdgeError) -> JSONResponse:
+def retry_after(rt) -> float:
+    """Seconds until a refused job would likely start: the work queued and running ahead of it times the
+    measured compute of one job (the scheduler runs one step at a time per lane, so work adds up)."""
+    s = rt.scheduler
+    m = s.metrics
+    jobs_done = max(1, sum(m.jobs.values()) - s.queue_depth() - s.running_count())
+    per_job = sum(m.step_seconds.values()) / jobs_done if m.step_seconds else 1.0
+    return max(1.0, (s.queue_depth() + s.running_count()) * per_job)
+
+
+def _error_response(err: EdgeError, rt=None) -> JSONResponse:
     headers = {}
     if isinstance(err, Busy):
-        headers["Retry-After"] = str(max(1, int(round(err.retry_after))))
+        wait = max(err.retry_after, retry_after(rt) if rt is not None else 0.0)
+        headers["Retry-After"] = str(max(1, math.ceil(wait)))
     return JSONResponse(err.to_openai(), status_code=err.http_status, headers=headers)
 
 
-class AuthAndLog:
-    """Pure ASGI middleware (BaseHTTPMiddleware would hide client disconnects from streaming
-    responses): checks the API key on /v1/ paths and records (method, path, status)."""
+class RequestLog:
+    """Records (method, path, status) of recent requests (the playground tests read it) and counts
+    answers by route and status for /metrics (unknown paths count as "other")."""
 
-    def __init__(self, app, *, api_key: str | None, logbook: list):
-        self.app, self.api_key, self.logbook = app, api_key, logbook
+    def __init__(self, app, *, logbook: list, counts: dict, routes: set):
+        self.app, self.logbook, self.counts, self.routes = app, logbook, counts, routes
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path = scope.get("path", "")
-        if self.api_key and path.startswith("/v1/"):
-            headers = dict(scope.get("headers") or [])
-            given = headers.get(b"authorization", b"").decode("latin-1")
-            token = given[7:] if given.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), self.api_key.encode()):
-                err = Unauthorized("missing or wrong API key: send `Authorization: Bearer <key>` with the key "
-                                   "given to `edge-run serve --api-key`.", code="invalid_api_key")
-                self._log(scope, err.http_status)
-                return await _error_response(err)(scope, receive, send)
-        status = [0]
 
         async def send_and_record(message):
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
-                self._log(scope, status[0])
+                path = scope.get("path", "")
+                self.logbook.append((scope.get("method", ""), path, message["status"]))
+                del self.logbook[:-1000]
+                route = getattr(scope.get("route"), "path", None)  # set by the router once matched
+                key = (route or (path if path in self.routes else "other"), message["status"])
+                self.counts[key] = self.counts.get(key, 0) + 1
             await send(message)
 
         await self.app(scope, receive, send_and_record)
 
-    def _log(self, scope, status: int) -> None:
-        self.logbook.append((scope.get("method", ""), scope.get("path", ""), status))
-        del self.logbook[:-1000]
+
+def _authorized(request: Request, api_key: str | None) -> bool:
+    if not api_key:
+        return True
+    given = request.headers.get("authorization", "")
+    token = given[7:].strip() if given[:7].lower() == "bearer " else ""
+    return hmac.compare_digest(token.encode("utf-8", "replace"), api_key.encode())
 
 
-def create_app(runtime, *, api_key: str | None = None) -> FastAPI:
-    """The ASGI app serving ``runtime`` (an edge.api.Runtime)."""
+def create_app(runtime, *, api_key: str | None = None, allowed_hosts: tuple[str, ...] = ()) -> FastAPI:
+    """The ASGI app serving ``runtime`` (an edge.api.Runtime).
+
+    ``api_key``: required as a bearer token everywhere but /health (then minimal) and the playground's
+    static files. Without one, only loopback Host names and ``allowed_hosts`` are served."""
     app = FastAPI(title="edge-run", version=__version__,
-                  description="Local, offline, OpenAI-compatible inference: chat, images, segmentation.")
+                  description="Local, offline, OpenAI-compatible inference: chat, images, segmentation. Every "
+                              "error is OpenAI's `{\"error\": {message, type, param, code}}`; validation errors "
+                              "are 400s (never 422).")
     app.state.runtime = runtime
     app.state.started = time.time()
     app.state.request_log = []  # (method, path, status) of recent requests, for the playground tests
 
     @app.exception_handler(EdgeError)
     async def _edge_error(request: Request, err: EdgeError):
-        return _error_response(err)
+        if err.http_status >= 500:
+            log.warning("%s on %s: %s", err.__class__.__name__, request.url.path, err.message)
+        return _error_response(err, request.app.state.runtime)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, err: RequestValidationError):
-        first = err.errors()[0] if err.errors() else {}
-        loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        msg = f"`{loc}`: {first.get('msg', 'invalid value')}" if loc else first.get("msg", "invalid request body")
-        if "input" in first and loc:
-            msg += f", got {str(first['input'])[:80]!r}"
-        return _error_response(BadRequest(msg + ".", param=loc or None))
+        return _error_response(validation_error(list(err.errors())))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException):
+        if err.status_code == 404:
+            e: EdgeError = NotFound(f"no route {request.method} {request.url.path}; see /docs for the API.",
+                                    param="path")
+        else:
+            e = BadRequest(f"{request.method} {request.url.path}: {err.detail}. See /docs for the API.", param="path",
+                           code="method_not_allowed" if err.status_code == 405 else None)
+            e.http_status = err.status_code if 400 <= err.status_code < 500 else 400
+        return _error_response(e)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, err: Exception):
-        log.exception("unexpected error on %s", request.url.path)
-        return JSONResponse({"error": {"message": f"internal error: {err.__class__.__name__}: {err}",
-                                       "type": "server_error", "param": None, "code": None}}, status_code=500)
+        incident = uuid.uuid4().hex[:12]
+        log.exception("unexpected error on %s (incident %s)", request.url.path, incident)
+        return JSONResponse({"error": {"message": f"internal error (incident {incident}); the details are in the "
+                                                  "server log. Please report it.",
+                                       "type": "server_error", "param": None, "code": "internal_error"}},
+                            status_code=500)
 
-    app.add_middleware(AuthAndLog, api_key=api_key, logbook=app.state.request_log)
+    # outermost first: log, Host allow-list, API key, then the body cap (before anything parses)
+    app.add_middleware(BodyLimit)
+    app.add_middleware(Auth, api_key=api_key)
+    app.add_middleware(HostGuard, api_key=api_key, allowed=allowed_hosts)
+    app.state.http_counts = {}  # (route, status) -> answers, for /metrics
+    app.state.routes = set()  # filled once the routers are included
+    app.add_middleware(RequestLog, logbook=app.state.request_log, counts=app.state.http_counts,
+                       routes=app.state.routes)
 
     @app.get("/health")
-    def health():
+    async def health(request: Request):
+        """Liveness. Answers in milliseconds under any load (no worker thread, no model). With an API key
+        and no (right) key given, it says only that the server is up."""
+        if not _authorized(request, api_key):
+            return {"status": "ok"}
         rt = app.state.runtime
         return {"status": "ok", "version": __version__, "uptime_seconds": round(time.time() - app.state.started, 1),
                 "loaded": [m["id"] for m in rt.ps()], "queue_depth": rt.scheduler.queue_depth()}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", responses=ERROR_RESPONSES)
     def models():
         rt = app.state.runtime
         loaded = {m["id"]: m for m in rt.ps()}
@@ -115,9 +162,13 @@ def create_app(runtime, *, api_key: str | None = None) -> FastAPI:
         return {"object": "list", "data": data,
                 "ram_budget_bytes": rt.settings.ram_budget, "ram_used_bytes": rt.scheduler.ram_used()}
 
-    @app.get("/metrics", response_class=PlainTextResponse)
+    @app.get("/metrics", response_class=PlainTextResponse, responses=ERROR_RESPONSES)
     def metrics():
-        return render_metrics(app.state.runtime)
+        lines = ["# HELP edge_http_responses_total HTTP answers by route and status.",
+                 "# TYPE edge_http_responses_total counter"]
+        for (route, status), n in sorted(dict(app.state.http_counts).items()):
+            lines.append(f'edge_http_responses_total{{route="{route}",status="{status}"}} {n}')
+        return render_metrics(app.state.runtime) + "\n".join(lines) + "\n"
 
     for module in WORKLOAD_ROUTES:
         try:
@@ -138,6 +189,29 @@ def create_app(runtime, *, api_key: str | None = None) -> FastAPI:
         def root():  # the playground itself (its assets live under /ui/)
             return FileResponse(web / "index.html", headers={"Cache-Control": "no-cache"})
 
+    app.state.routes.update(getattr(r, "path", "") for r in app.routes)
+
+    def openapi() -> dict:
+        """The schema with the bearer scheme declared (required when the server has a key)."""
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearerAuth"] = {
+                "type": "http", "scheme": "bearer",
+                "description": "`Authorization: Bearer <key>` when the server runs with --api-key / EDGE_API_KEY; "
+                               "/health and the playground's files stay open."}
+            for path, ops in schema.get("paths", {}).items():
+                for op in ops.values():
+                    op.get("responses", {}).pop("422", None)  # validation errors are 400s here
+                    if path != "/health":
+                        op["security"] = [{"bearerAuth": []}] if api_key else [{"bearerAuth": []}, {}]
+            for unused in ("HTTPValidationError", "ValidationError"):
+                schema.get("components", {}).get("schemas", {}).pop(unused, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi
+    app.state.routes.update(openapi()["paths"])  # so answers given before routing count by route too
     return app
 
 
@@ -180,20 +254,45 @@ def render_metrics(rt) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cancel_all(rt) -> None:
+    for h in rt.scheduler.jobs():
+        h.cancel()
+
+
 def serve(args) -> int:
-    """`edge-run serve`: build the Runtime and run uvicorn until Ctrl-C."""
+    """`edge-run serve`: build the Runtime and run uvicorn until Ctrl-C / SIGTERM.
+
+    SIGTERM / Ctrl-C drain: running and queued jobs are cancelled at once (streams end with a
+    `cancelled` error event), open responses get DRAIN_SECONDS to finish, models are unloaded, exit 0.
+    `serve` never downloads a model unless started with --allow-pull."""
+    import os
     import sys
+    import threading
 
     import uvicorn
 
     from edge.cli import make_runtime
 
-    rt = make_runtime(args)
-    app = create_app(rt, api_key=args.api_key)
+    api_key = args.api_key or os.environ.get("EDGE_API_KEY") or None
+    rt = make_runtime(args, auto_pull=bool(getattr(args, "allow_pull", False)))
+    allowed = tuple(getattr(args, "allow_host", None) or ())
+    if args.host not in ("0.0.0.0", "::", ""):
+        allowed += (args.host,)
+    app = create_app(rt, api_key=api_key, allowed_hosts=allowed)
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            # not here in the signal handler (the main thread may hold the scheduler's lock): a thread
+            threading.Thread(target=_cancel_all, args=(rt,), name="edge-drain", daemon=True).start()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                            timeout_graceful_shutdown=DRAIN_SECONDS)
     print(f"edge-run {__version__} serving on http://{args.host}:{args.port} (threads={rt.settings.threads}, "
-          f"ram budget {rt.settings.ram_budget / 2**30:.1f} GiB)", file=sys.stderr, flush=True)
+          f"ram budget {rt.settings.ram_budget / 2**30:.1f} GiB{', API key required' if api_key else ''})",
+          file=sys.stderr, flush=True)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)
+        DrainingServer(config).run()
     finally:
         rt.close()
     return 0

@@ -13,10 +13,10 @@ from starlette.concurrency import run_in_threadpool
 from edge.chat.request import ChatRequest
 from edge.errors import BadRequest, EdgeError
 from edge.jobs import JobSpec, Priority
-from edge.server.jobs import JobStreamingResponse, next_event, wait_result
-from edge.server.schemas import ChatCompletionBody, CompletionBody, SamplingFields
+from edge.server.jobs import JobStreamingResponse, job_events, wait_result
+from edge.server.schemas import ERROR_RESPONSES, ChatCompletionBody, CompletionBody, SamplingFields
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
 
 def _messages(body: ChatCompletionBody) -> list[dict[str, Any]]:
@@ -39,8 +39,7 @@ def _schema(body: ChatCompletionBody) -> dict | None:
         return None
     if rf.type == "json_object":
         return rf.schema_ or {"type": "object"}
-    js = rf.json_schema or {}
-    schema = js.get("schema")
+    schema = rf.json_schema.schema_ if rf.json_schema is not None else None
     if not isinstance(schema, dict):
         raise BadRequest("`response_format.json_schema.schema` must be a JSON Schema object.",
                          param="response_format")
@@ -48,18 +47,26 @@ def _schema(body: ChatCompletionBody) -> dict | None:
 
 
 def _request(body: SamplingFields, messages: list[dict], schema: dict | None) -> ChatRequest:
+    """Every check before the job is submitted (one door: ChatRequest.check builds the grammar too)."""
     if body.n != 1:
         raise BadRequest(f"`n` must be 1, got {body.n}. Send several requests for several answers.", param="n")
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    return ChatRequest(messages=messages, max_tokens=body.max_completion_tokens or body.max_tokens,
-                       temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, min_p=body.min_p,
-                       seed=body.seed, stop=stop, json_schema=schema, repeat_penalty=body.repeat_penalty).check()
+    req = ChatRequest(messages=messages, max_tokens=body.max_completion_tokens or body.max_tokens,
+                      temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, min_p=body.min_p,
+                      seed=body.seed, stop=stop, json_schema=schema, repeat_penalty=body.repeat_penalty)
+    try:
+        return req.check()
+    except BadRequest as e:
+        if e.param == "json_schema":  # the HTTP field is response_format
+            e.param = "response_format"
+        raise
 
 
 @router.post("/v1/chat/completions")
 async def chat_completions(body: ChatCompletionBody, request: Request):
     rt = request.app.state.runtime
-    req = _request(body, _messages(body), _schema(body))
+    # grammar building can take a few ms for a large schema: off the event loop
+    req = await run_in_threadpool(_request, body, _messages(body), _schema(body))
     model_id = rt.resolve_model(body.model, task="chat")
     await run_in_threadpool(rt.ensure, model_id)
     handle = rt.submit(JobSpec(model_id=model_id, work=lambda engine: engine.chat_steps(req),
@@ -117,14 +124,10 @@ async def _sse_chat(handle, cid: str, created: int, model_id: str, include_usage
             choice = {"index": 0, "text": delta_text or "", "finish_reason": finish, "logprobs": None}
         return {"id": cid, "object": obj, "created": created, "model": model_id, "choices": [choice]}
 
-    events = handle.events()
     try:
         if chat:
             yield _sse(chunk("", None, first=True))
-        while True:
-            step = await run_in_threadpool(next_event, events)
-            if step is None:
-                break
+        async for step in job_events(handle):  # awaited: no thread is held while the job waits
             if step.kind == "token" and step.data:
                 yield _sse(chunk(step.data, None))
         try:

@@ -16,8 +16,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from edge.jobs import Priority
+from edge.server.schemas import ERROR_RESPONSES
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 
 
 def _steps_total(spec) -> int | None:

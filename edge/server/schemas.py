@@ -1,22 +1,77 @@
-"""Request bodies of the OpenAI-compatible endpoints (pydantic; unknown fields are ignored)."""
+"""Request bodies of the HTTP API (pydantic) and the error body, so /openapi.json is the contract.
+
+Ranges come from the workloads' own request checks (edge/chat/request.py, edge/image/pipeline.py,
+edge/segment/preprocess.py), which still run at the door: the schema documents them, the checks
+word the errors. Unknown fields are ignored (OpenAI clients send fields edge-run does not use).
+Numbers must be finite: NaN and infinities are refused with a 400 naming the field.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from edge.chat import request as chat_limits
+from edge.image import pipeline as IMG
+
+MODEL_ID = r"^[a-z0-9][a-z0-9._-]*$"
+KEEP_ALIVE = (-1.0, 10_000_000.0)
+"""Seconds (-1 = keep loaded forever); ~115 days is the largest finite value accepted."""
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, populate_by_name=True)
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """OpenAI's error shape, used for every 4xx/5xx answer."""
+
+    error: ErrorDetail
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {"model": ErrorBody, "description": description}
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _err("Invalid request: a field out of range, malformed JSON, an unusable schema (`param` names it)."),
+    401: _err("Missing or wrong API key (only when the server runs with an API key)."),
+    403: _err("Host header not served (DNS-rebinding guard; see `--allow-host`)."),
+    404: _err("Unknown model, or the model is not installed (`edge-run pull ID`)."),
+    413: _err("Body, image or list larger than accepted (checked before parsing or decoding)."),
+    499: _err("The job was cancelled (client gone, or the server shutting down)."),
+    500: _err("Internal error or a model that could not be loaded; details only in the server log."),
+    503: _err("The scheduler's queue is full; retry after the `Retry-After` header's seconds."),
+    507: _err("The model does not fit the RAM budget."),
+}
+"""Documented on every API route (the app never answers 422: validation errors are 400s)."""
 
 
 class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: str
+    role: Literal["system", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = ""
 
 
-class ResponseFormat(BaseModel):
+class JsonSchemaFormat(BaseModel):
     model_config = ConfigDict(extra="allow")
+    name: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
     type: Literal["text", "json_object", "json_schema"] = "text"
-    json_schema: dict[str, Any] | None = None
+    json_schema: JsonSchemaFormat | None = None
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
 
 
@@ -24,28 +79,54 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class SamplingFields(BaseModel):
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
-    model: str | None = None
+L = chat_limits
+
+
+def Range(default: Any, lo: float, hi: float, description: str | None = None) -> Any:
+    """A field whose range is documented in OpenAPI (minimum/maximum) and enforced by the workload's own
+    check at the door, so every range error has the same words: "`x` must be between lo and hi, got v."."""
+    return Field(default, description=description, json_schema_extra={"minimum": lo, "maximum": hi})
+
+
+class SamplingFields(_Body):
+    model: Annotated[str, Field(pattern=MODEL_ID, max_length=128)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 40
-    min_p: float = 0.05
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    n: int = 1
-    keep_alive: float | None = None  # seconds; Ollama-style extension
-    repeat_penalty: float = 1.0
+    max_tokens: int | None = Range(None, *L.MAX_TOKENS)
+    max_completion_tokens: int | None = Range(None, *L.MAX_TOKENS)
+    temperature: float = Range(0.8, *L.TEMPERATURE)
+    top_p: float = Range(0.95, *L.TOP_P)
+    top_k: int = Range(40, *L.TOP_K, "0 = off")
+    min_p: float = Range(0.05, *L.MIN_P)
+    seed: int | None = Range(None, *L.SEED)
+    stop: Union[Annotated[str, Field(max_length=L.MAX_STOP_CHARS)],
+                Annotated[list[Annotated[str, Field(max_length=L.MAX_STOP_CHARS)]], Field(max_length=L.MAX_STOP)],
+                None] = None
+    n: int = Range(1, 1, 1, "Only 1: send several requests for several answers.")
+    keep_alive: float | None = Range(None, *KEEP_ALIVE, "Seconds the model stays loaded after this job (-1 = "
+                                     "forever); Ollama-style extension.")
+    repeat_penalty: float = Range(1.0, *L.REPEAT_PENALTY, "1.0 = off")
 
 
 class ChatCompletionBody(SamplingFields):
-    messages: list[Message]
+    messages: list[Message] = Field(json_schema_extra={"minItems": 1, "maxItems": L.MAX_MESSAGES})
     response_format: ResponseFormat | None = None
 
 
 class CompletionBody(SamplingFields):
-    prompt: str
+    prompt: str = Field(json_schema_extra={"minLength": 1, "maxLength": L.MAX_PROMPT_CHARS})
+
+
+class ImageGenerationBody(_Body):
+    """OpenAI's images API body plus edge-run's LCM fields (steps, seed, guidance_scale, decoder)."""
+
+    prompt: str = Field(json_schema_extra={"minLength": 1, "maxLength": 4000})
+    n: int = Range(1, 1, IMG.MAX_N)
+    size: Annotated[str, Field(pattern=r"^[0-9]{1,5}(x[0-9]{1,5})?$")] | None = Field(
+        None, description=f"WIDTHxHEIGHT, multiples of 8 from {IMG.MIN_SIDE} to {IMG.MAX_SIDE}; default: the model's")
+    response_format: Literal["b64_json"] | None = "b64_json"
+    model: Annotated[str, Field(pattern=MODEL_ID, max_length=128)] | None = None
+    steps: int = Range(4, 1, IMG.MAX_STEPS, "LCM models need few steps")
+    seed: int | None = Range(None, 0, IMG.SEED_LIMIT - 1)
+    guidance_scale: float = Range(8.0, 0.0, 30.0)
+    decoder: Literal["vae", "taesd"] | None = None

@@ -14,33 +14,41 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from edge.errors import BadRequest, PayloadTooLarge
 from edge.segment import preprocess as pre
 from edge.segment.engine import DecodeRequest, EmbeddingMissing
+from edge.server.bodies import openapi_body, parse_off_loop
 from edge.server.jobs import wait_result
+from edge.server.schemas import ERROR_RESPONSES, MODEL_ID
 
-router = APIRouter()
+router = APIRouter(responses=ERROR_RESPONSES)
 MAX_IMAGE_B64 = 64 << 20  # characters of base64 accepted for one image
+MAX_JSON_VALUES = 1024
+"""JSON values a segment body may hold (points, box, flags): base64 strings contain no separators."""
+Coord = Annotated[float, Field(ge=-1e9, le=1e9, allow_inf_nan=False)]
 
 
 class SegmentBody(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    image: str | None = None
-    image_id: str | None = None
-    points: list[Any] | None = None
-    box: list[Any] | None = None
+    """One click (or box) on an image; the image is sent once, later clicks send its `image_id`."""
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+    image: str | None = Field(None, max_length=MAX_IMAGE_B64, description="base64 image bytes or a data: URL")
+    image_id: str | None = Field(None, pattern=r"^[0-9a-f]{32}$", description="from a previous answer")
+    points: list[Annotated[list[Coord], Field(min_length=2, max_length=3)]] | None = Field(
+        None, max_length=pre.MAX_POINTS, description="[[x, y, label]]: image pixels; label 1 object, 0 background")
+    box: Annotated[list[Coord], Field(min_length=4, max_length=4)] | None = Field(
+        None, description="[x0, y0, x1, y1] in image pixels")
     multimask: bool | None = None
-    prev_mask: str | None = None
+    prev_mask: str | None = Field(None, max_length=MAX_IMAGE_B64, description="base64 PNG mask of a previous answer")
     polygons: bool = False
-    model: str | None = None
+    model: Annotated[str, Field(pattern=MODEL_ID, max_length=128)] | None = None
 
 
 def _b64(data: str, param: str) -> bytes:
@@ -57,36 +65,35 @@ def _b64(data: str, param: str) -> bytes:
 
 
 def _prev_mask(data: str | None) -> np.ndarray | None:
+    """The previous mask, refused by its header's size before decoding (like the image)."""
     if data is None:
         return None
-    from PIL import Image, UnidentifiedImageError
-
     raw = _b64(data, "prev_mask")
-    try:
-        img = Image.open(io.BytesIO(raw))
-        return np.asarray(img.convert("L")) > 127
-    except (UnidentifiedImageError, OSError) as e:
-        raise BadRequest(f"`prev_mask` is not a readable PNG ({e.__class__.__name__}); send a `png_b64` mask "
-                         "from a previous answer.", param="prev_mask") from None
+    if not raw:
+        raise BadRequest("`prev_mask` is empty; send a `png_b64` mask from a previous answer.", param="prev_mask")
+    img = pre.open_checked(raw, "prev_mask")
+    return np.asarray(img.convert("L")) > 127
 
 
-@router.post("/v1/segment")
-async def segment(body: SegmentBody, request: Request) -> dict[str, Any]:
+@router.post("/v1/segment", openapi_extra=openapi_body(SegmentBody))
+async def segment(request: Request) -> dict[str, Any]:
     rt = request.app.state.runtime
-    # 1. check inputs
+    # 1. check inputs (the body may be tens of MB: parsed and validated off the event loop)
+    body = await parse_off_loop(request, SegmentBody, max_values=MAX_JSON_VALUES)
     if body.image is None and body.image_id is None:
         raise BadRequest("send `image` (base64) or an `image_id` returned by a previous /v1/segment call.",
                          param="image")
-    model_id = rt.resolve_model(body.model, task="segment")
     img = None
     if body.image is not None:
-        raw = _b64(body.image, "image")
-        img = await run_in_threadpool(pre.load_image, raw)
+        img = await run_in_threadpool(lambda: pre.load_image(_b64(body.image, "image")))
         if body.image_id is not None and body.image_id != img.image_id:
             raise BadRequest(f"`image_id` {body.image_id!r} does not match the image sent ({img.image_id}); "
                              "send one of them.", param="image_id")
         pre.parse_prompt(body.points, body.box, img.original_size, img.scale)
+    elif not body.points and body.box is None:
+        pre.parse_prompt(body.points, body.box, (1, 1))  # names the missing prompt before any work
     prev = await run_in_threadpool(_prev_mask, body.prev_mask)
+    model_id = rt.resolve_model(body.model, task="segment")
     req = DecodeRequest(image_id=img.image_id if img is not None else body.image_id, points=body.points,
                         box=body.box, multimask=body.multimask, prev_mask=prev)
     # 2. decode (interactive); encode first (batch) when the embedding is not cached
