@@ -82,3 +82,35 @@ def test_one_step_at_a_time_policy_makes_the_click_wait_and_renders_the_same_ima
     lanes_rt, lanes_id = warm["lanes"]
     lanes_image = _render_during(lanes_rt, lanes_id)["image"]
     assert np.array_equal(r["image"], lanes_image)
+
+
+def test_segment_engine_runs_clicks_on_one_thread_when_told_and_gives_the_same_masks(tiny_exports):
+    from edge.segment import preprocess as pre
+    from edge.segment.engine import DecodeRequest, SegmentEngine
+
+    engine = SegmentEngine.from_folder(tiny_exports["sam"], threads=2)
+    try:
+        img = pre.load_image(_photo())
+        for _ in engine.embed_steps(img):
+            pass
+        req = DecodeRequest(image_id=img.image_id, points=[(300.0, 200.0, 1), (100.0, 50.0, 0)])
+
+        def click():
+            gen = engine.decode_steps(req)
+            try:
+                while True:
+                    next(gen)
+            except StopIteration as stop:
+                return stop.value
+
+        two = click()
+        engine.set_threads(1)
+        assert engine.predictor._decoder_now is not engine.predictor.decoder  # the one-thread session
+        one = click()
+        engine.set_threads(2)
+        assert engine.predictor._decoder_now is engine.predictor.decoder
+    finally:
+        engine.close()
+    for a, b in zip(one.masks, two.masks):
+        assert (a.mask != b.mask).mean() < 1e-4
+        assert abs(a.score - b.score) < 1e-4

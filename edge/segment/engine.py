@@ -102,6 +102,10 @@ class SegmentEngine:
         self.cache.clear()
         self.predictor.close()
 
+    def set_threads(self, n: int) -> None:
+        """The scheduler's thread count for the next step (what the CPU can give now)."""
+        self.predictor.set_threads(n)
+
     @property
     def encoder_calls(self) -> int:
         return self.predictor.encoder_calls

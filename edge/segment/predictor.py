@@ -25,9 +25,11 @@ DECODER_OUTPUTS = ("masks", "iou_predictions", "low_res_masks")
 class OnnxSamPredictor:
     """Runs the two graphs; counts encoder and decoder calls (``encoder_calls``, ``decoder_calls``)."""
 
-    def __init__(self, encoder: Any, decoder: Any):
+    def __init__(self, encoder: Any, decoder: Any, decoder_one_thread: Any = None):
         self.encoder = encoder
         self.decoder = decoder
+        self._decoders = {1: decoder_one_thread} if decoder_one_thread is not None else {}
+        self._decoder_now = decoder
         self.encoder_calls = 0
         self.decoder_calls = 0
         self._count_lock = threading.Lock()
@@ -40,14 +42,27 @@ class OnnxSamPredictor:
     @classmethod
     def from_files(cls, encoder: str | Path, decoder: str | Path, *, threads: int = 1,
                    device: str = "auto") -> "OnnxSamPredictor":
+        import onnxruntime as ort
+
         from edge.devices import make_session
 
+        dec = make_session(decoder, threads=threads, device=device)
+        one = None
+        if threads > 1 and isinstance(dec, ort.InferenceSession) and \
+                getattr(dec, "edge_placement", {}).get("device", "cpu") == "cpu":
+            one = make_session(decoder, threads=1, device=device)  # for when another program takes a core
         return cls(make_session(encoder, threads=threads, device=device, batch=True),  # the batch lane's encoder
-                   make_session(decoder, threads=threads, device=device))
+                   dec, one)
+
+    def set_threads(self, n: int) -> None:
+        """Clicks run the one-thread decoder while other programs leave one core (onnxruntime's pool
+        waits at every operator for a thread that shares its core with them: seconds per click)."""
+        self._decoder_now = self._decoders.get(n, self.decoder)
 
     def close(self) -> None:
         self.encoder = None
-        self.decoder = None
+        self.decoder = self._decoder_now = None
+        self._decoders = {}
 
     # 1. image -> embedding
     def encode(self, image: pre.LoadedImage) -> Embedding:
@@ -72,7 +87,7 @@ class OnnxSamPredictor:
             "has_mask_input": np.array([1.0 if has_mask else 0.0], dtype=np.float32),
             "orig_im_size": np.array(emb.size, dtype=np.float32),
         }
-        masks, scores, low_res = self.decoder.run(list(DECODER_OUTPUTS), feeds)
+        masks, scores, low_res = self._decoder_now.run(list(DECODER_OUTPUTS), feeds)
         with self._count_lock:
             self.decoder_calls += 1
         out = [post.Mask(mask=post.threshold(m), score=s, low_res=lr)
