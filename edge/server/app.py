@@ -266,6 +266,7 @@ def serve(args) -> int:
     `cancelled` error event), open responses get DRAIN_SECONDS to finish, models are unloaded, exit 0.
     `serve` never downloads a model unless started with --allow-pull."""
     import os
+    import signal
     import sys
     import threading
 
@@ -284,6 +285,9 @@ def serve(args) -> int:
         def handle_exit(self, sig, frame) -> None:
             # not here in the signal handler (the main thread may hold the scheduler's lock): a thread
             threading.Thread(target=_cancel_all, args=(rt,), name="edge-drain", daemon=True).start()
+            if sig == signal.SIGTERM:  # a drained SIGTERM is a clean exit (uvicorn would re-raise it after)
+                self.should_exit = True
+                return
             super().handle_exit(sig, frame)
 
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,

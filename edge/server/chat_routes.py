@@ -131,7 +131,7 @@ async def _sse_chat(handle, cid: str, created: int, model_id: str, include_usage
             if step.kind == "token" and step.data:
                 yield _sse(chunk(step.data, None))
         try:
-            res = handle.result()
+            res = await wait_result(handle)
         except EdgeError as e:
             yield _sse(e.to_openai())
             return

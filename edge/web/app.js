@@ -87,7 +87,7 @@ const Status = {
 
   async poll() {
     try {
-      const [models, metricsRes] = await Promise.all([api("/v1/models"), fetch("/metrics")]);
+      const [models, metricsRes] = await Promise.all([api("/v1/models"), fetch("/metrics", { headers: apiHeaders(false) })]);  // behind the key when the server has one
       const metrics = metricsRes.ok ? this.parseMetrics(await metricsRes.text()) : {};
       this.models = models.data || [];
       const loaded = this.models.filter((m) => m.loaded);
