@@ -92,6 +92,7 @@ class RuntimeCore:
         `edge-run serve` allows it only with --allow-pull). An installed model never waits for another
         model's download: the lock taken is this model's own."""
         entry = self.catalog.get(model_id)
+        self.check_loaded(model_id)  # a loaded model whose file changed is unloaded first (IntegrityError)
         if self.store.is_installed(entry) or not self.auto_pull:
             return self.store.installed(entry)  # ModelNotInstalled names `edge-run pull ID` when absent
         with self._model_lock(model_id):

@@ -1,5 +1,9 @@
 """Atomic artifact folders: everything is written into a temp folder beside the destination and
-renamed into place only after verification passed, so no half-written artifact is ever left."""
+renamed into place only after verification passed, so no half-written artifact is ever left.
+
+A run killed outright (kill -9, power loss) leaves only its temp folder, never ``out``; the next run
+for the same ``out`` deletes such leftovers first. A disk that fills up is a DiskFull error naming the
+folder, with the temp folder removed."""
 
 from __future__ import annotations
 
@@ -49,6 +53,8 @@ class ArtifactDir:
         if self.out.exists() and not self.overwrite:
             raise BadRequest(f"output {str(self.out)!r} already exists. Remove it or pass --overwrite.",
                              param="out")
+        for stale in parent.glob(f".{self.out.name}.*.partial"):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.", suffix=".partial", dir=parent))
         return self.tmp
 
@@ -56,6 +62,12 @@ class ArtifactDir:
         assert self.tmp is not None
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
+            if _disk_full(exc):
+                from edge.errors import DiskFull
+
+                raise DiskFull(f"the disk holding {str(self.out.parent)!r} is full; nothing was written to "
+                               f"{str(self.out)!r}. Free some space or choose another --out, then export again.",
+                               param="out") from None
             return
         if self.out.exists():
             old = self.out.with_name(f".{self.out.name}.old")
@@ -65,6 +77,20 @@ class ArtifactDir:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(self.tmp, self.out)
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """True when ``exc`` (or what it was raised from) is ENOSPC; libraries often wrap the OSError."""
+    import errno
+
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def write_json(path: Path, data: Any) -> None:

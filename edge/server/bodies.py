@@ -36,8 +36,6 @@ def validation_error(errors: list[dict[str, Any]]) -> BadRequest:
         return malformed_json(pos, str((first.get("ctx") or {}).get("error", "")))
     loc = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
     msg = first.get("msg", "invalid value")
-    if first.get("type") == "too_long" and loc:  # a list or string over its documented maximum
-        return PayloadTooLarge(f"`{loc}`: {msg}. Send fewer.", param=loc)
     if not loc:
         return BadRequest(f"the request body is not usable: {msg}. Send one JSON object with the documented fields "
                           "(see /docs).", param="body")

@@ -62,7 +62,17 @@ def _request(body: SamplingFields, messages: list[dict], schema: dict | None) ->
         raise
 
 
-@router.post("/v1/chat/completions")
+STREAM_DOC = {200: {"description": "The answer; with `stream: true`, server-sent events of chunks ending "
+                                   "with `data: [DONE]`.",
+                    "content": {"text/event-stream": {"schema": {
+                        "type": "object", "description": "one server-sent event",
+                        "properties": {"event": {"type": "string"},
+                                       "data": {"type": "string", "description": "a JSON chunk (or an OpenAI error "
+                                                "object), then `[DONE]`"}},
+                        "required": ["data"]}}}}}
+
+
+@router.post("/v1/chat/completions", responses=STREAM_DOC)
 async def chat_completions(body: ChatCompletionBody, request: Request):
     rt = request.app.state.runtime
     # grammar building can take a few ms for a large schema: off the event loop
@@ -84,7 +94,7 @@ async def chat_completions(body: ChatCompletionBody, request: Request):
             "usage": res.usage()}
 
 
-@router.post("/v1/completions")
+@router.post("/v1/completions", responses=STREAM_DOC)
 async def completions(body: CompletionBody, request: Request):
     rt = request.app.state.runtime
     req = _request(body, [{"role": "user", "content": body.prompt}], None)

@@ -1,0 +1,28 @@
+"""Fuzz the chat door: a JSON body through the typed body and every request check, including the
+JSON-Schema -> grammar build and its checker (edge/chat/grammar.py). Only BadRequest may come out.
+
+    python fuzz/fuzz_chat.py -runs=1000000      # seeds: fuzz/corpus/chat
+"""
+
+import atheris
+
+from _common import main
+
+with atheris.instrument_imports(include=["edge"]):
+    from edge.errors import BadRequest
+    from edge.server.bodies import parse_model
+    from edge.server.chat_routes import _messages, _request, _schema
+    from edge.server.schemas import ChatCompletionBody
+
+
+def test_one_input(data: bytes) -> None:
+    try:
+        body = parse_model(data, ChatCompletionBody)
+        req = _request(body, _messages(body), _schema(body))
+    except BadRequest:
+        return
+    assert req.json_schema is None or isinstance(req.grammar, str)
+
+
+if __name__ == "__main__":
+    main(test_one_input, "chat")
