@@ -48,7 +48,7 @@ def run(url: str, examples: int, workers: int, seed: int, max_time: int | None, 
     if max_time:
         cmd += ["--max-time", str(max_time)]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "fuzz.schemathesis_hooks", "PYTHONPATH": str(ROOT)}
-    return subprocess.run(cmd, env=env, cwd=ROOT).returncode
+    return subprocess.run(cmd, env=env, cwd=report.parent).returncode  # it keeps .schemathesis/ in its cwd
 
 
 def main(argv: list[str] | None = None) -> int:

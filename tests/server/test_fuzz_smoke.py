@@ -32,7 +32,8 @@ def run_schemathesis(url: str, examples: int, report: str, max_time: int | None 
     if max_time:
         cmd += ["--max-time", str(max_time)]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "fuzz.schemathesis_hooks", "PYTHONPATH": str(ROOT)}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    # run from the report's folder: schemathesis keeps a .schemathesis/ folder in its working directory
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=os.path.dirname(report), timeout=900)
 
 
 def answers(url: str) -> dict[tuple[str, int], int]:
