@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from edge.chat import request as chat_limits
 from edge.image import pipeline as IMG
@@ -65,7 +65,7 @@ class JsonSchemaFormat(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str | None = None
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
-    strict: bool | None = None
+    strict: StrictBool | None = None
 
 
 class ResponseFormat(BaseModel):
@@ -76,7 +76,7 @@ class ResponseFormat(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 L = chat_limits
@@ -90,7 +90,7 @@ def Range(default: Any, lo: float, hi: float, description: str | None = None) ->
 
 class SamplingFields(_Body):
     model: Annotated[str, Field(pattern=MODEL_ID, max_length=128)] | None = None
-    stream: bool = False
+    stream: StrictBool = False  # strict: 0 / "yes" are refused, not read as booleans
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Range(None, *L.MAX_TOKENS)
     max_completion_tokens: int | None = Range(None, *L.MAX_TOKENS)

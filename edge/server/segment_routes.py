@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from starlette.concurrency import run_in_threadpool
 
 from edge.errors import BadRequest, PayloadTooLarge
@@ -45,9 +45,9 @@ class SegmentBody(BaseModel):
         None, max_length=pre.MAX_POINTS, description="[[x, y, label]]: image pixels; label 1 object, 0 background")
     box: Annotated[list[Coord], Field(min_length=4, max_length=4)] | None = Field(
         None, description="[x0, y0, x1, y1] in image pixels")
-    multimask: bool | None = None
+    multimask: StrictBool | None = None
     prev_mask: str | None = Field(None, max_length=MAX_IMAGE_B64, description="base64 PNG mask of a previous answer")
-    polygons: bool = False
+    polygons: StrictBool = False
     model: Annotated[str, Field(pattern=MODEL_ID, max_length=128)] | None = None
 
 
