@@ -121,7 +121,9 @@ class RuntimeCore:
                 now = self.store.stamp(path, fe.sha256)
             except OSError:
                 now = None
-            if want is not None and now != want:
+            # size, mtime and inode: a hard link or chmod elsewhere changes ctime without touching the bytes
+            same = now is not None and want is not None and all(now[k] == want[k] for k in ("size", "mtime_ns", "ino"))
+            if want is not None and not same:
                 # unloaded now if idle; otherwise new jobs keep being refused here until it is
                 if self.scheduler.unload(model_id):
                     self._stamps.pop(model_id, None)

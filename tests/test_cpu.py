@@ -83,18 +83,25 @@ def test_llama_cpp_threads_started_by_the_batch_worker_are_idle(chat_model_path)
         llm.close()
 
 
+def _quiet_baseline(load) -> float:
+    """The outside load once the sampler has settled; skips when other programs already keep a core
+    busy (the figures below need an otherwise idle machine, as CI's is)."""
+    time.sleep(1.0)
+    if load.outside > 0.3:
+        pytest.skip(f"other programs already keep {load.outside:.1f} cores busy: no idle baseline here")
+    return load.outside
+
+
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores")
 def test_cpu_load_sees_a_spinning_process_and_gives_the_core_back():
     load = cpu.CpuLoad(interval=0.1).start()
     try:
-        try:
-            _wait(lambda: load.threads(2) == 2, 10, "idle machine: the full budget")
-        except AssertionError:
-            pytest.skip(f"another program already keeps {load.outside:.1f} cores busy: no idle baseline here")
+        base = _quiet_baseline(load)
+        assert load.threads(2) == 2, "idle machine: the full budget"
         hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         try:
             _wait(lambda: load.threads(2) == 1, 5, "one core taken by another process: one thread")
-            assert 0.6 <= load.outside <= 1.4, load.outside
+            assert load.outside - base >= 0.6, (base, load.outside)
             assert load.threads(1) == 1 and load.threads(8) == 1  # never more than the budget, never 0
         finally:
             hog.kill()
@@ -107,10 +114,11 @@ def test_cpu_load_sees_a_spinning_process_and_gives_the_core_back():
 def test_cpu_load_does_not_count_this_process_as_outside_load():
     load = cpu.CpuLoad(interval=0.1).start()
     try:
+        base = _quiet_baseline(load)
         end = time.monotonic() + 1.5
         while time.monotonic() < end:  # this process spins one core itself
             pass
-        assert load.outside < 0.4, load.outside
+        assert load.outside - base < 0.4, (base, load.outside)
         assert load.threads(2) == 2
     finally:
         load.stop()

@@ -103,9 +103,11 @@ def test_health_and_metrics(server, client):
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
     text = httpx.get(server.url + "/metrics").text
     for name in ("edge_queue_depth", "edge_tokens_total", "edge_evictions_total", 'edge_step_seconds_count{kind="token"}',
-                 "edge_ram_used_bytes", "edge_tokens_per_second"):
+                 "edge_ram_used_bytes", "edge_tokens_per_second", "edge_step_threads", "edge_outside_cores",
+                 "edge_thread_changes_total", "edge_batch_share_seconds_total"):
         assert name in text
     assert metric(server.url, "edge_tokens_total") > 0
+    assert 1 <= metric(server.url, "edge_step_threads") <= 2  # the tests' EDGE_THREADS
     models = httpx.get(server.url + "/v1/models").json()
     loaded = [m for m in models["data"] if m["loaded"]]
     assert loaded and loaded[0]["ram_bytes"] > 50 << 20 and "idle_seconds" in loaded[0]

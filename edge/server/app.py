@@ -247,6 +247,15 @@ def render_metrics(rt) -> str:
         f"edge_model_loads_total {m.loads}",
         "# HELP edge_busy_refusals_total Jobs refused because the queue was full.",
         "# TYPE edge_busy_refusals_total counter", f"edge_busy_refusals_total {m.busy_refusals}",
+        "# HELP edge_step_threads Threads the last step was given (follows the cores other programs leave free).",
+        "# TYPE edge_step_threads gauge", f"edge_step_threads {m.threads_now or s.threads}",
+        "# HELP edge_outside_cores Cores other programs keep busy (the scheduler's CPU sampler).",
+        "# TYPE edge_outside_cores gauge",
+        f"edge_outside_cores {s.cpu_load.outside if s.cpu_load is not None else 0.0:.2f}",
+        "# HELP edge_thread_changes_total Changes of the per-step thread count.",
+        "# TYPE edge_thread_changes_total counter", f"edge_thread_changes_total {m.thread_changes}",
+        "# HELP edge_batch_share_seconds_total Seconds the interactive lane paused for a waiting batch job.",
+        "# TYPE edge_batch_share_seconds_total counter", f"edge_batch_share_seconds_total {m.share_waits:.3f}",
         "# HELP edge_jobs_total Jobs submitted, by kind.", "# TYPE edge_jobs_total counter",
     ]
     for label in sorted(m.jobs):

@@ -32,9 +32,12 @@ private val QUESTION = listOf(
 
 private fun ms(t0: Long) = (System.nanoTime() - t0) / 1_000_000
 
-/** One value of the runtime's Prometheus `/metrics` (test-only: the bridge itself does not read metrics). */
-private fun metric(url: String, name: String): Double {
-    val text = java.net.URL("$url/metrics").openStream().use { it.readBytes().toString(Charsets.UTF_8) }
+/** One value of the runtime's Prometheus `/metrics` (test-only: the bridge itself does not read metrics);
+ *  behind `--api-key` /metrics wants the key like every other route but a minimal /health. */
+private fun metric(url: String, name: String, apiKey: String?): Double {
+    val conn = java.net.URL("$url/metrics").openConnection()
+    if (apiKey != null) conn.setRequestProperty("Authorization", "Bearer $apiKey")
+    val text = conn.getInputStream().use { it.readBytes().toString(Charsets.UTF_8) }
     val line = text.lineSequence().firstOrNull { it.startsWith("$name ") } ?: throw AssertionError("/metrics has no $name")
     return line.substringAfter(' ').trim().toDouble()
 }
@@ -88,7 +91,7 @@ fun liveSuite(url: String, apiKey: String?) = Suite("live").apply {
         val count = AtomicInteger()
         val done = CountDownLatch(1)
         val doneError = AtomicReference<Throwable?>()
-        val tokensBefore = metric(url, "edge_tokens_total")
+        val tokensBefore = metric(url, "edge_tokens_total", apiKey)
         val t0 = System.nanoTime()
         val stream = client.chatStream(ask, long, onDone = { _, e -> doneError.set(e); done.countDown() }) {
             count.incrementAndGet()
@@ -113,9 +116,9 @@ fun liveSuite(url: String, apiKey: String?) = Suite("live").apply {
         stream.cancel() // idempotent
         // the runtime stopped the job too (the client went away): nothing runs and few tokens were made after cancel
         val deadline = System.nanoTime() + 15_000_000_000L
-        while (metric(url, "edge_running_jobs") > 0 && System.nanoTime() < deadline) Thread.sleep(50)
-        assertEquals(0.0, metric(url, "edge_running_jobs"), "the cancelled job still runs on the server")
-        val made = metric(url, "edge_tokens_total") - tokensBefore
+        while (metric(url, "edge_running_jobs", apiKey) > 0 && System.nanoTime() < deadline) Thread.sleep(50)
+        assertEquals(0.0, metric(url, "edge_running_jobs", apiKey), "the cancelled job still runs on the server")
+        val made = metric(url, "edge_tokens_total", apiKey) - tokensBefore
         assertTrue(made < atCancel + 40, "the server made $made tokens for a stream cancelled after $atCancel")
         // the runtime is free again: a short request completes (a job left running would hold the model)
         val t1 = System.nanoTime()
