@@ -171,3 +171,20 @@ def test_llama_cpp_logits_do_not_depend_on_how_the_prompt_is_batched(chat_model_
     whole = last_logits([])
     for cuts in ([100, 356], [256, 512], [37], list(range(2, 598, 2))):
         assert np.array_equal(whole, last_logits(cuts)), cuts[:4]
+
+
+def test_a_completion_longer_than_the_context_stops_at_the_window(edge_home):
+    """max_tokens past the context window ends with finish_reason "length" at the window, not with
+    llama.cpp's "failed to find a memory slot" (a 500 schemathesis found on /v1/completions)."""
+    from edge.api import Runtime
+    from edge.chat.request import ChatRequest
+    from edge.jobs import JobSpec
+
+    with Runtime(home=str(edge_home), threads=THREADS, offline=True, ctx=256, chat_slots=1) as rt:
+        req = ChatRequest(messages=[{"role": "user", "content": "count"}], max_tokens=100_000, temperature=0,
+                          min_p=0).check()
+        prompt = "1, 2, 3, 4, 5, 6, 7, 8,"
+        res = rt.submit(JobSpec(model_id=CHAT_MODEL, work=lambda engine: engine.complete_steps(prompt, req))).result(300)
+    assert res.finish_reason == "length", res.finish_reason
+    assert res.prompt_tokens + res.completion_tokens <= 256
+    assert res.completion_tokens > 200

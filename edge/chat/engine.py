@@ -168,7 +168,9 @@ class LlamaChatEngine:
             # 3. decode, one streamed piece per step
             counter = _TokenCounter(stopping)
             completion = llm.create_completion(
-                prompt=tokens, stream=True, max_tokens=req.max_tokens, temperature=req.temperature,
+                # never past the context window: llama.cpp's decode fails once the KV cache is full
+                prompt=tokens, stream=True, max_tokens=min(req.max_tokens or self.n_ctx, self.n_ctx - len(tokens)),
+                temperature=req.temperature,
                 top_p=req.top_p, top_k=req.top_k, min_p=req.min_p, repeat_penalty=req.repeat_penalty,
                 seed=req.seed, stop=list(req.stop) + ([self.eos_text] if self.eos_text else []),
                 stopping_criteria=self._llama_cpp.StoppingCriteriaList([counter]), grammar=grammar)
