@@ -41,7 +41,8 @@ def http_counts(url: str) -> dict[tuple[str, int], int]:
 
 
 def run(url: str, examples: int, workers: int, seed: int, max_time: int | None, report: Path) -> int:
-    cmd = [sys.executable, "-m", "schemathesis.cli", "run", url + "/openapi.json", "--checks", CHECKS,
+    cmd = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(ROOT / "fuzz" / "schemathesis.toml"),
+           "run", url + "/openapi.json", "--checks", CHECKS,
            "-n", str(examples), "--seed", str(seed), "--workers", str(workers), "--no-shrink",
            "--generation-database", "none", "--request-timeout", "120", "--suppress-health-check", "all",
            "--continue-on-failure", "--report", "ndjson", "--report-ndjson-path", str(report), "--no-color"]

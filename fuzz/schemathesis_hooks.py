@@ -23,6 +23,6 @@ def before_call(context, case, kwargs):
         v = body.get(key)
         if isinstance(v, int) and not isinstance(v, bool) and MAX_TOKENS < v <= LIMIT:
             body[key] = MAX_TOKENS
-        given = given or isinstance(body.get(key), int)
+        given = given or key in body  # any value given, valid or not, is left as the generator made it
     if not given:
         body["max_tokens"] = MAX_TOKENS

@@ -51,7 +51,8 @@ def _request(body: SamplingFields, messages: list[dict], schema: dict | None) ->
     if body.n != 1:
         raise BadRequest(f"`n` must be 1, got {body.n}. Send several requests for several answers.", param="n")
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    req = ChatRequest(messages=messages, max_tokens=body.max_completion_tokens or body.max_tokens,
+    newer = body.max_completion_tokens is not None  # OpenAI's newer name wins, and is checked under its name
+    req = ChatRequest(messages=messages, max_tokens=body.max_completion_tokens if newer else body.max_tokens,
                       temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, min_p=body.min_p,
                       seed=body.seed, stop=stop, json_schema=schema, repeat_penalty=body.repeat_penalty)
     try:
@@ -59,6 +60,9 @@ def _request(body: SamplingFields, messages: list[dict], schema: dict | None) ->
     except BadRequest as e:
         if e.param == "json_schema":  # the HTTP field is response_format
             e.param = "response_format"
+        elif e.param == "max_tokens" and newer:
+            e.param = "max_completion_tokens"
+            e.message = e.message.replace("`max_tokens`", "`max_completion_tokens`")
         raise
 
 

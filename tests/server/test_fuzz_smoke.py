@@ -24,7 +24,8 @@ def run_schemathesis(url: str, examples: int, report: str, max_time: int | None 
     """The suite's pass skips schemathesis' coverage phase: under Python 3.11 it sometimes dies in the
     tool itself (a SystemError compiling a generated pattern, then a FlakyFailure); bench/fuzz_api.py
     runs every phase and reports such tool errors apart from failed checks."""
-    cmd = [sys.executable, "-m", "schemathesis.cli", "run", url + "/openapi.json", "--checks", CHECKS,
+    cmd = [sys.executable, "-m", "schemathesis.cli", "--config-file", str(ROOT / "fuzz" / "schemathesis.toml"),
+           "run", url + "/openapi.json", "--checks", CHECKS,
            "--phases", phases,
            "-n", str(examples), "--seed", "17", "--workers", str(workers), "--no-shrink",
            "--generation-database", "none", "--request-timeout", "120", "--suppress-health-check", "all",
