@@ -101,7 +101,9 @@ def test_cpu_load_sees_a_spinning_process_and_gives_the_core_back():
         hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
         try:
             _wait(lambda: load.threads(2) == 1, 5, "one core taken by another process: one thread")
-            assert load.outside - base >= 0.6, (base, load.outside)
+            # the moving average climbs to the hog's full core (the count drops as soon as it passes 0.5)
+            _wait(lambda: load.outside - base >= 0.8, 5, "the hog measured as about one core")
+            assert load.threads(2) == 1
             assert load.threads(1) == 1 and load.threads(8) == 1  # never more than the budget, never 0
         finally:
             hog.kill()
