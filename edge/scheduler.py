@@ -342,8 +342,8 @@ class Scheduler:
             self._running.append(best)
         return best
 
-    def _maintain(self, now: float) -> float:
-        """Under the lock: drop cancelled queued jobs, start loads, expire idle models.
+    def _maintain(self, now: float, start_loads: bool = True) -> float:
+        """Under the lock: drop cancelled queued jobs, start loads (``start_loads``), expire idle models.
         Returns seconds until the next keep-alive expiry (for the wait)."""
         for h in [h for h in self._queued if h.cancelled]:
             self._queued.remove(h)
@@ -356,7 +356,7 @@ class Scheduler:
         if not any(h.spec.model_id in self._load_errors for h in self._queued):
             self._load_errors.clear()
         for mid in dict.fromkeys(h.spec.model_id for h in self._queued):
-            if mid not in self._models and mid not in self._loading:
+            if start_loads and mid not in self._models and mid not in self._loading:
                 self._try_start_load(mid)
         nxt = 60.0
         for m in list(self._models.values()):
@@ -446,7 +446,9 @@ class Scheduler:
                         self._running[:] = [h for h in self._running if not h.done]
                         return
                     now = time.monotonic()
-                    wait = self._maintain(now)
+                    # loads start from a normal-class worker only: a load thread inherits the class of the thread
+                    # that starts it, and every model's interactive sessions (the SAM decoder's pool, ...) with it
+                    wait = self._maintain(now, start_loads=lane is not Priority.BATCH)
                     job = self._pick(now, lane)
                     if job is not None:
                         break

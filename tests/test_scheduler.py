@@ -345,3 +345,21 @@ def test_adaptive_thread_count_reaches_engines_each_step():
         assert s.metrics.thread_changes == 1
     finally:
         s.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux-only")
+def test_lanes_load_models_from_a_normal_thread_even_for_batch_jobs():
+    """A load thread inherits the class of the thread that starts it, and every session the model opens
+    inherits the load thread's: a load started by the idle-class batch worker left the SAM decoder's
+    onnxruntime pool in the idle class (clicks 2x slower while an image rendered, in some processes)."""
+    from edge.cpu import thread_class
+
+    classes: list[str] = []
+    for i in range(20):  # the race it guards against was decided anew at every start
+        s = Scheduler(loader=lambda mid, threads: (classes.append(thread_class()), FakeEngine(mid, []))[1],
+                      estimate=lambda mid: MB, threads=2, ram_budget=100 * MB)
+        try:
+            s.submit(JobSpec(f"m{i}", steps("batch", 1, 0.0, []), priority=Priority.BATCH)).result(5)
+        finally:
+            s.close()
+    assert classes == ["normal"] * 20
