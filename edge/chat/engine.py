@@ -18,6 +18,7 @@ A job is a step generator: it yields after each prefill chunk and after each str
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any, Sequence
 
@@ -210,6 +211,7 @@ class LlamaChatEngine:
 _open_lock = threading.Lock()
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_has_amx() -> bool:
     """True on CPUs with AMX tiles (Intel Sapphire Rapids and later), Linux only."""
     try:
