@@ -7,54 +7,25 @@ import importlib
 import json
 import os
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 from edge import __version__
-from edge.config import Settings
+from edge.config import Settings, add_settings_flags
 from edge.errors import BadRequest, EdgeError
 
 WORKLOAD_CLIS = ("edge.image.cli", "edge.segment.cli", "export.distill.cli", "edge.devices_cli")
 
 
-# -- settings -> flags ---------------------------------------------------------------------------
-def add_settings_flags(p: argparse.ArgumentParser) -> None:
-    """One --flag per Settings field (same name, same help, same parser as its EDGE_* variable)."""
-    g = p.add_argument_group("runtime settings (each also read from its environment variable)")
-    for f in fields(Settings):
-        flag = "--" + f.name.replace("_", "-")
-        if flag in p._option_string_actions:  # the command defines its own (e.g. an export recipe's --threads)
-            continue
-        if f.type in (bool, "bool"):
-            g.add_argument(flag, action="store_const", const=True, default=None,
-                           help=f"{f.metadata['help']} [{f.metadata['env']}]")
-        else:
-            g.add_argument(flag, default=None, metavar=f.metadata["env"].removeprefix("EDGE_"),
-                           help=f"{f.metadata['help']} [{f.metadata['env']}]")
-
-
+# -- settings ----------------------------------------------------------------------------------
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    overrides = {}
-    for f in fields(Settings):
-        raw = getattr(args, f.name, None)
-        if raw is None:
-            continue
-        if isinstance(raw, bool):
-            overrides[f.name] = raw
-            continue
-        try:
-            overrides[f.name] = f.metadata["parse"](str(raw))
-        except (ValueError, TypeError):
-            flag = "--" + f.name.replace("_", "-")
-            raise BadRequest(f"{flag} {raw!r} is not valid: {f.metadata['help']}; for example "
-                             f"{flag} {f.metadata['example']}.", param=flag) from None
-    return Settings.from_env(**overrides)
+    """Deprecated alias of :meth:`Settings.from_args` (kept until export recipes switch to edge.config)."""
+    return Settings.from_args(args)
 
 
 def make_runtime(args: argparse.Namespace, **kw):
     from edge.api import Runtime
 
-    return Runtime(settings=settings_from_args(args), **kw)
+    return Runtime(settings=Settings.from_args(args), **kw)
 
 
 # -- commands ------------------------------------------------------------------------------------

@@ -1,8 +1,22 @@
 """Settings in one place. Each is declared once (name, type, default, help); env vars (EDGE_*) and
-CLI flags come from the declaration, and bad values are rejected with a message naming the value."""
+CLI flags come from the declaration, and bad values are rejected with a message naming the value.
+
+This module imports nothing from edge/ but ``edge.errors``, so anything may import it:
+
+    add_settings_flags(parser)        # one --flag per setting (a command's own flag of that name wins)
+    Settings.from_args(args)          # argparse Namespace -> Settings: flags win over EDGE_* over defaults
+    Settings.from_env(**overrides)    # the same without a Namespace (None = not given)
+    default_threads()                 # the cores this process may use (the default of EDGE_THREADS)
+
+Export recipes use these for home, threads and offline (``Settings.from_args(args).threads``, ``.home``,
+``.user_lock``); a Namespace without the settings flags is fine (env vars and defaults apply). They
+import nothing from ``edge.cli``. A command that needs a Runtime builds it itself:
+``edge.api.Runtime(settings=Settings.from_args(args))``.
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass, fields, field
 from pathlib import Path
@@ -40,7 +54,8 @@ def _default_budget() -> int:
     return int(psutil.virtual_memory().total * 0.75)
 
 
-def _default_threads() -> int:
+def default_threads() -> int:
+    """The cores this process may use (its CPU affinity), at least 1: the default of EDGE_THREADS."""
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
@@ -76,7 +91,7 @@ class Settings:
                             "forbid any network use", "1")
     ram_budget: int = setting("EDGE_RAM_BUDGET", _parse_bytes, _default_budget,
                               "RAM the loaded models may use (bytes, or 512M / 4G)", "4G")
-    threads: int = setting("EDGE_THREADS", int, _default_threads,
+    threads: int = setting("EDGE_THREADS", int, default_threads,
                            "CPU threads the scheduler hands to engines", "4")
     device: str = setting("EDGE_DEVICE", _parse_device, lambda: "auto",
                           "execution device: " + "|".join(DEVICES), "cpu")
@@ -112,6 +127,27 @@ class Settings:
         s.validate()
         return s
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, env: dict[str, str] | None = None) -> "Settings":
+        """Settings for a command: its flags (from :func:`add_settings_flags`; absent or None = not
+        given) win over the EDGE_* variables, which win over the defaults. A bad flag value is a
+        BadRequest naming the flag, the value and an example."""
+        overrides: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = getattr(args, f.name, None)
+            if raw is None:
+                continue
+            if isinstance(raw, bool):
+                overrides[f.name] = raw
+                continue
+            try:
+                overrides[f.name] = f.metadata["parse"](str(raw))
+            except (ValueError, TypeError):
+                flag = "--" + f.name.replace("_", "-")
+                raise BadRequest(f"{flag} {raw!r} is not valid: {f.metadata['help']}; for example "
+                                 f"{flag} {f.metadata['example']}.", param=flag) from None
+        return cls.from_env(env, **overrides)
+
     def validate(self) -> None:
         if self.threads < 1:
             raise BadRequest(f"`threads` must be at least 1, got {self.threads}.", param="threads")
@@ -139,6 +175,21 @@ class Settings:
     def user_lock(self) -> Path:
         """models.lock entries added on this machine (by `edge-run export --add`)."""
         return Path(self.home) / "models.lock"
+
+
+def add_settings_flags(p: argparse.ArgumentParser) -> None:
+    """One --flag per Settings field (same name, same help, same parser as its EDGE_* variable)."""
+    g = p.add_argument_group("runtime settings (each also read from its environment variable)")
+    for f in fields(Settings):
+        flag = "--" + f.name.replace("_", "-")
+        if flag in p._option_string_actions:  # the command defines its own (e.g. an export recipe's --threads)
+            continue
+        if f.type in (bool, "bool"):
+            g.add_argument(flag, action="store_const", const=True, default=None,
+                           help=f"{f.metadata['help']} [{f.metadata['env']}]")
+        else:
+            g.add_argument(flag, default=None, metavar=f.metadata["env"].removeprefix("EDGE_"),
+                           help=f"{f.metadata['help']} [{f.metadata['env']}]")
 
 
 def describe() -> list[tuple[str, str, str]]:
