@@ -1,15 +1,53 @@
-"""Engines registered by task name, imported lazily so a chat-only user never loads onnxruntime."""
+"""The workload registry: each workload (chat, image, segment) is declared once, here, with its engine
+classes and the modules of its front doors. Everything is named by import path and imported lazily,
+so a chat-only user never loads onnxruntime; this module imports only edge.errors, so any module may
+import it.
+
+    WORKLOADS["image"].cli        # "edge.image.cli": add_parser(subparsers), run(args) -> int
+    WORKLOADS["image"].api        # "edge.image.api:ImageAPI": the Runtime methods of the workload
+    WORKLOADS["image"].routes     # "edge.server.image_routes": a module with a FastAPI `router`
+    engine_class("image", "onnx") # the engine class for a (task, format) pair
+    resolve("edge.image.api:ImageAPI") -> the object (a module when the path has no ":name")
+
+A new workload adds one ``Workload(...)`` line below; `edge-run`, the server and the Runtime pick it up.
+"""
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass, field
+from typing import Any
 
-ENGINE_PATHS: dict[tuple[str, str], str] = {
-    ("chat", "gguf"): "edge.chat.engine:LlamaChatEngine",
-    ("chat", "onnx"): "edge.chat.onnx_engine:OnnxChatEngine",
-    ("image", "onnx"): "edge.image.engine:ImageEngine",
-    ("segment", "onnx"): "edge.segment.engine:SegmentEngine",
-}
+
+@dataclass(frozen=True)
+class Workload:
+    """One workload and where its parts live (import paths, "module" or "module:name")."""
+
+    task: str  # the models.lock `task` it serves
+    engines: dict[str, str] = field(default_factory=dict)  # model format -> engine class
+    api: str | None = None  # the Runtime methods of this workload
+    cli: str | None = None  # `edge-run` command module: add_parser(subparsers); its commands' run(args) -> int
+    routes: str | None = None  # server module with a FastAPI `router`
+
+
+WORKLOADS: dict[str, Workload] = {w.task: w for w in (
+    Workload("chat", {"gguf": "edge.chat.engine:LlamaChatEngine", "onnx": "edge.chat.onnx_engine:OnnxChatEngine"},
+             api="edge.chat.api:ChatAPI", cli="edge.chat.cli", routes="edge.server.chat_routes"),
+    Workload("image", {"onnx": "edge.image.engine:ImageEngine"},
+             api="edge.image.api:ImageAPI", cli="edge.image.cli", routes="edge.server.image_routes"),
+    Workload("segment", {"onnx": "edge.segment.engine:SegmentEngine"},
+             api="edge.segment.api:SegmentAPI", cli="edge.segment.cli", routes="edge.server.segment_routes"),
+)}
+
+ENGINE_PATHS: dict[tuple[str, str], str] = {(w.task, fmt): path for w in WORKLOADS.values()
+                                            for fmt, path in w.engines.items()}
+
+
+def resolve(path: str) -> Any:
+    """Import ``"module:name"`` and return the name (or the module itself for ``"module"``)."""
+    module, _, name = path.partition(":")
+    mod = importlib.import_module(module)
+    return getattr(mod, name) if name else mod
 
 
 def engine_class(task: str, fmt: str) -> type:
@@ -20,5 +58,4 @@ def engine_class(task: str, fmt: str) -> type:
     if path is None:
         known = ", ".join(f"{t}/{f}" for t, f in ENGINE_PATHS)
         raise BadRequest(f"no engine for task={task!r} format={fmt!r}; known: {known}.", param="model")
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
+    return resolve(path)
