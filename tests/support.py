@@ -1,10 +1,12 @@
 """Test support shared by every suite (importable as `support`; fixtures live in tests/conftest.py):
-model ids, the test cache, a real `edge-run serve` child process, and the tiny-export builders."""
+model ids, the test cache, the thread count, a real `edge-run serve` child process, the tiny-export
+builders, and the argument helpers of the export and distillation suites."""
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import importlib.metadata
 import importlib.util
 import os
@@ -158,3 +160,27 @@ def make_workloads_home(home: Path, exports: dict[str, Path], chat_model_path: P
     except OSError:
         shutil.copy(chat_model_path, dest / "model.gguf")
     return home
+
+
+# -- the export and distillation suites (tests/export/llm, tests/export/distill) ------------------------
+DISTILL_CONFIGS = ROOT / "export" / "distill" / "configs"
+
+
+def llm_recipe_args(**kw) -> argparse.Namespace:
+    """The namespace `edge-run export llm|llm-onnx` would build."""
+    base = dict(source=None, random_init=None, seed=0, to="gguf", quant=None, out=None, overwrite=False, add=False,
+                model_id=None, threads=THREADS)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+def run_distill(argv: list[str], home: Path | None = None) -> int:
+    """`edge-run distill [--home HOME] ...` in this process (the real CLI entry point; the runtime
+    settings flags belong to `distill`, before the recipe)."""
+    from edge.cli import main
+
+    return main(["distill", *(["--home", str(home)] if home else []), *argv])
+
+
+def distill_report(folder: Path) -> dict:
+    return json.loads((folder / "distill-report.json").read_text())

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from export.llm import check
-from llm_helpers import THREADS
+from support import THREADS
 
 
 def test_tiny_f32_logits_equal_transformers(tiny_gguf, tiny_llama, tiny_llama_torch):

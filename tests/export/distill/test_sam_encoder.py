@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from distill_helpers import report
+from support import distill_report
 
 
 def test_checkpoints_of_any_tinyvit_size_load_by_shape(sam_teacher, tmp_path):
@@ -41,7 +41,7 @@ def test_checkpoints_of_any_tinyvit_size_load_by_shape(sam_teacher, tmp_path):
 
 
 def test_distillation_halves_embedding_mse_and_raises_mask_iou(sam_student):
-    r = report(sam_student)
+    r = distill_report(sam_student)
     before, after = r["before"], r["after"]
     assert after["embedding_mse"] <= 0.5 * before["embedding_mse"], (before, after)
     assert after["mask_iou"] > before["mask_iou"], (before, after)
@@ -61,7 +61,7 @@ def test_the_saved_checkpoint_is_what_was_measured(sam_student, sam_teacher):
     student, teacher = load_sam(sam_student / S.CHECKPOINT), load_sam(sam_teacher)
     sd, td = load_state_dict(sam_student / S.CHECKPOINT), teacher.state_dict()
     assert all(torch.equal(sd[k], td[k]) for k in td if k.startswith(("prompt_encoder.", "mask_decoder.")))
-    r = report(sam_student)
+    r = distill_report(sam_student)
     held = [D.scene(10_000 + k, objects=3 + k % 3) for k in range(r["data"]["held_out_images"])]
     with torch.no_grad():
         emb = [teacher.image_encoder(torch.from_numpy(S.encoder_input(h)))[0].numpy() for h in held]
@@ -98,13 +98,13 @@ def test_student_exports_and_segments_in_edge_run(sam_student, work, edge_home_f
 
 
 def test_bad_student_layout_is_a_clear_error(sam_teacher, tmp_path, capsys):
-    from distill_helpers import distill
+    from support import run_distill
 
-    assert distill(["sam-encoder", "--teacher", str(sam_teacher), "--out", str(tmp_path / "o"), "--student-dims",
+    assert run_distill(["sam-encoder", "--teacher", str(sam_teacher), "--out", str(tmp_path / "o"), "--student-dims",
                     "8,16,24,64"], home=tmp_path / "h") == 2
     assert "last stage width must be one of (320, 448, 576)" in capsys.readouterr().err
     bad = tmp_path / "x.pt"
     bad.write_bytes(b"not a checkpoint")
-    assert distill(["sam-encoder", "--teacher", str(bad), "--out", str(tmp_path / "o")], home=tmp_path / "h") == 2
+    assert run_distill(["sam-encoder", "--teacher", str(bad), "--out", str(tmp_path / "o")], home=tmp_path / "h") == 2
     assert "is not a SAM / MobileSAM checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from distill_helpers import CONFIGS, THREADS, distill
+from support import DISTILL_CONFIGS, THREADS, run_distill
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CACHE = Path(os.environ.get("EDGE_TEST_CACHE", Path.home() / ".cache" / "edge-run-tests")) / "distill"
 TEACHER_SOURCES = ("export/distill/teachers.py", "export/distill/data.py", "export/distill/data/corpus.txt",
                    "export/distill/llm_kd.py", "export/recipes/lcm_onnx.py", "export/llm/source.py")
@@ -74,7 +74,7 @@ def llm_teacher(work) -> Path:
 def llm_student(work, llm_teacher) -> Path:
     """`edge-run distill llm-kd --config llm-kd-tiny.toml` (1 process, batch 16)."""
     out = work / "llm-student"
-    assert distill(["llm-kd", "--config", str(CONFIGS / "llm-kd-tiny.toml"), "--teacher", str(llm_teacher),
+    assert run_distill(["llm-kd", "--config", str(DISTILL_CONFIGS / "llm-kd-tiny.toml"), "--teacher", str(llm_teacher),
                     "--out", str(out), "--threads", str(THREADS), "--no-progress"], home=work / "home") == 0
     return out
 
@@ -90,7 +90,7 @@ def sam_teacher(work) -> Path:
 @pytest.fixture(scope="session")
 def sam_student(work, sam_teacher) -> Path:
     out = work / "sam-student"
-    assert distill(["sam-encoder", "--config", str(CONFIGS / "sam-encoder-tiny.toml"), "--teacher", str(sam_teacher),
+    assert run_distill(["sam-encoder", "--config", str(DISTILL_CONFIGS / "sam-encoder-tiny.toml"), "--teacher", str(sam_teacher),
                     "--out", str(out), "--threads", str(THREADS), "--no-progress"], home=work / "home") == 0
     return out
 
@@ -108,7 +108,7 @@ def sd_teacher(work) -> Path:
 @pytest.fixture(scope="session")
 def lcm_student(work, sd_teacher) -> Path:
     out = work / "lcm-student"
-    assert distill(["lcm", "--config", str(CONFIGS / "lcm-tiny.toml"), "--teacher", str(sd_teacher),
+    assert run_distill(["lcm", "--config", str(DISTILL_CONFIGS / "lcm-tiny.toml"), "--teacher", str(sd_teacher),
                     "--out", str(out), "--threads", str(THREADS), "--no-progress"], home=work / "home") == 0
     return out
 

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from llm_helpers import recipe_args
+from support import llm_recipe_args
 
 CACHE = Path(os.environ.get("EDGE_TEST_CACHE", Path.home() / ".cache" / "edge-run-tests"))
 
@@ -32,7 +32,7 @@ def tiny_gguf(tiny_llama, tmp_path_factory) -> Path:
     from export.recipes import llm_gguf
 
     out = tmp_path_factory.mktemp("gguf") / "tiny"
-    return llm_gguf.run(recipe_args(source=str(tiny_llama.folder), quant="f32,q8_0", out=str(out)))
+    return llm_gguf.run(llm_recipe_args(source=str(tiny_llama.folder), quant="f32,q8_0", out=str(out)))
 
 
 @pytest.fixture(scope="session")
@@ -41,7 +41,7 @@ def tiny_onnx(tiny_llama, tmp_path_factory) -> Path:
     from export.recipes import llm_onnx
 
     out = tmp_path_factory.mktemp("onnx") / "tiny-fp32"
-    return llm_onnx.run(recipe_args(source=str(tiny_llama.folder), quant="fp32", out=str(out)))
+    return llm_onnx.run(llm_recipe_args(source=str(tiny_llama.folder), quant="fp32", out=str(out)))
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from llm_helpers import THREADS
+from support import THREADS
 
 from edge.chat.onnx_engine import OnnxChatEngine
 from edge.chat.request import ChatRequest

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from distill_helpers import CONFIGS, distill, report
+from support import DISTILL_CONFIGS, distill_report, run_distill
 
 
 def test_maths_match_diffusers():
@@ -96,7 +96,7 @@ def test_distilled_student_is_closer_to_the_teacher(lcm_student):
     edge's runtime draw it) drops by >= 50% vs the undistilled student at 2 and at 4 steps (measured:
     -62% / -58% / -56% at 1 / 2 / 4 steps). ``floor``: LCM sampling with the teacher's exact ODE as its
     consistency function, the best any student can do; at 1 step it is the reference itself."""
-    r = report(lcm_student)
+    r = distill_report(lcm_student)
     before, after = r["before"], r["after"]
     assert after["floor_latent_mse_1step"] == pytest.approx(0.0, abs=1e-10)  # 1 step: the exact ODE is DDIM-50
     for n in (1, 2, 4):
@@ -114,7 +114,7 @@ def test_output_is_a_diffusers_lcm_folder_measured_as_reported(lcm_student, sd_t
 
     pipe = LatentConsistencyModelPipeline.from_pretrained(str(lcm_student), safety_checker=None,
                                                           requires_safety_checker=False)
-    r = report(lcm_student)
+    r = distill_report(lcm_student)
     cfg = r["config"]
     assert isinstance(pipe.scheduler, LCMScheduler)
     assert pipe.scheduler.config.original_inference_steps == cfg["ddim_steps"]  # the skipping interval trained
@@ -156,10 +156,10 @@ def test_lora_variant_fuses_and_reloads(sd_teacher, work):
     from export.distill import lcm as L
 
     out = work / "lcm-lora"
-    assert distill(["lcm", "--config", str(CONFIGS / "lcm-tiny.toml"), "--teacher", str(sd_teacher), "--out",
+    assert run_distill(["lcm", "--config", str(DISTILL_CONFIGS / "lcm-tiny.toml"), "--teacher", str(sd_teacher), "--out",
                     str(out), "--variant", "lora", "--lora-rank", "8", "--steps", "20", "--lr", "1e-3",
                     "--eval-steps", "2", "--no-progress"], home=work / "home") == 0
-    r = report(out)
+    r = distill_report(out)
     assert r["student"]["trainable_params"] < 0.25 * r["student"]["unet_params"]
     assert r["after"]["latent_mse_2step"] < r["before"]["latent_mse_2step"]
     fused = UNet2DConditionModel.from_pretrained(str(out / "unet"))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from distill_helpers import CONFIGS, report
+from support import DISTILL_CONFIGS, distill_report
 
 
 def test_student_starts_as_the_teacher_when_nothing_is_removed(llm_teacher):
@@ -50,7 +50,7 @@ def test_kd_lowers_kl_and_perplexity_by_30_percent(llm_student, llm_teacher):
     from export.distill import data as D
     from export.distill.llm_kd import eval_batches, evaluate, load_teacher, token_blocks
 
-    r = report(llm_student)
+    r = distill_report(llm_student)
     before, after = r["before"], r["after"]
     assert after["kl"] <= 0.7 * before["kl"], (before, after)
     assert after["perplexity"] <= 0.7 * before["perplexity"], (before, after)
@@ -102,14 +102,14 @@ def test_two_processes_give_the_one_process_student(llm_student, llm_teacher, wo
     import torch
 
     out = work / "llm-student-2proc"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "export.distill", "llm-kd", "--config", str(CONFIGS / "llm-kd-tiny.toml"),
+           "-m", "export.distill", "llm-kd", "--config", str(DISTILL_CONFIGS / "llm-kd-tiny.toml"),
            "--teacher", str(llm_teacher), "--out", str(out), "--batch-size", "8", "--threads", "1", "--cpu",
            "--no-progress"]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
-    r1, r2 = report(llm_student), report(out)
+    r1, r2 = distill_report(llm_student), distill_report(out)
     assert r2["processes"] == 2 and r1["processes"] == 1
     a, b = _weights(llm_student), _weights(out)
     assert a.keys() == b.keys()
@@ -128,33 +128,33 @@ def test_an_interrupted_run_resumes_to_the_same_student(llm_teacher, work):
     from export.distill import llm_kd
     from export.distill.common import config_from_args
 
-    common = dict(config=str(CONFIGS / "llm-kd-tiny.toml"), teacher=str(llm_teacher), steps=6, batch_size=4,
+    common = dict(config=str(DISTILL_CONFIGS / "llm-kd-tiny.toml"), teacher=str(llm_teacher), steps=6, batch_size=4,
                   warmup_steps=2, lr_schedule="cosine", no_progress=True)
     straight = llm_kd.run(config_from_args(llm_kd.Config, out=str(work / "resume-straight"), **common))
     cfg = config_from_args(llm_kd.Config, out=str(work / "resume-cut"), **common)
     llm_kd.run(cfg, stop_after=3)
     assert not (work / "resume-cut").exists() and (work / "resume-cut.checkpoints" / "step-0000003").is_dir()
     resumed = llm_kd.run(cfg)
-    assert report(resumed)["resumed_from_step"] == 3
+    assert distill_report(resumed)["resumed_from_step"] == 3
     a, b = _weights(straight), _weights(resumed)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not (work / "resume-cut.checkpoints").exists()  # dropped once the output is written
 
 
 def test_bad_inputs_are_one_line_errors(llm_teacher, work, capsys, tmp_path):
-    from distill_helpers import distill
+    from support import run_distill
 
-    assert distill(["llm-kd", "--teacher", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], home=tmp_path / "h") == 2
+    assert run_distill(["llm-kd", "--teacher", str(tmp_path / "nope"), "--out", str(tmp_path / "o")], home=tmp_path / "h") == 2
     assert "--teacher" in capsys.readouterr().err
-    assert distill(["llm-kd", "--teacher", str(llm_teacher), "--out", str(tmp_path / "o"), "--lr", "fast"],
+    assert run_distill(["llm-kd", "--teacher", str(llm_teacher), "--out", str(tmp_path / "o"), "--lr", "fast"],
                    home=tmp_path / "h") == 2
     assert "--lr 'fast' is not a valid float" in capsys.readouterr().err
     bad = tmp_path / "bad.toml"
     bad.write_text('layer = 2\n')
-    assert distill(["llm-kd", "--config", str(bad), "--teacher", str(llm_teacher), "--out", str(tmp_path / "o")], home=tmp_path / "h") == 2
+    assert run_distill(["llm-kd", "--config", str(bad), "--teacher", str(llm_teacher), "--out", str(tmp_path / "o")], home=tmp_path / "h") == 2
     err = capsys.readouterr().err
     assert "unknown option 'layer'" in err and "layers" in err and err.count("\n") == 1
-    assert distill(["llm-kd", "--teacher", str(llm_teacher), "--out", str(tmp_path / "o"), "--layers", "9"],
+    assert run_distill(["llm-kd", "--teacher", str(llm_teacher), "--out", str(tmp_path / "o"), "--layers", "9"],
                    home=tmp_path / "h") == 2
     assert "--layers must be between 1 and the teacher's 4" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
