@@ -113,7 +113,8 @@ def worker_torch(a) -> dict:
     with PeakRSS() as rss:
         import torch
 
-        from export.recipes.lcm_onnx import diffusers_pipeline, random_components
+        from export.lcm.reference import diffusers_pipeline
+        from export.lcm.sources import random_components
 
         torch.set_num_threads(a.threads)
         t0 = time.perf_counter()
@@ -152,19 +153,17 @@ def ensure_export(a) -> Path:
         return folder
     from export.recipes import lcm_onnx
 
-    p = argparse.ArgumentParser()
-    lcm_onnx.add_arguments(p)
-    args = p.parse_args(["--random-init", a.random_init, "--out", str(folder), "--precisions", a.precisions,
-                         "--verify-size", "256", "--seed", str(a.weights_seed)])
+    cfg = lcm_onnx.Config(random_init=a.random_init, out=folder, precisions=a.precisions, verify_size=256,
+                          seed=a.weights_seed)
     print(f"exporting {a.random_init} to {folder} (once) ...", file=sys.stderr)
-    return lcm_onnx.run(args)
+    return lcm_onnx.run(cfg)
 
 
 def ensure_precision(folder: Path, precision: str) -> None:
     """Add a reduced precision to a cached export that lacks it, made from its fp32 files by the recipe's own
     make_precision (this bench measures its output difference vs fp32 itself)."""
     from export.artifacts import file_table, write_json
-    from export.recipes.lcm_onnx import QUANTIZED, make_precision, shared_component
+    from export.lcm.precisions import QUANTIZED, make_precision, shared_component
 
     manifest = json.loads((folder / "edge-model.json").read_text())
     if precision in manifest["precisions"]:

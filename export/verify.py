@@ -45,12 +45,24 @@ def cosine_similarity(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def psnr(actual: np.ndarray, reference: np.ndarray, data_range: float | None = None) -> float:
-    """Peak signal-to-noise ratio in dB; ``data_range`` defaults to the reference's max - min."""
-    a, r = np.asarray(actual, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    """Peak signal-to-noise ratio in dB: 10 * log10(peak**2 / MSE), inf when the arrays are equal.
+
+    The peak ``data_range`` defaults to the nominal range of the reference's type for integer arrays
+    (255 for uint8 images, as image-quality tools define it: a dark image is not penalised for not
+    using the whole range) and, for float tensors, which have no nominal range, to the reference's
+    max - min."""
+    ref = np.asarray(reference)
+    a, r = np.asarray(actual, dtype=np.float64), ref.astype(np.float64)
     mse = float(np.mean((a - r) ** 2))
     if mse == 0:
         return math.inf
-    rng = float(r.max() - r.min()) if data_range is None else float(data_range)
+    if data_range is not None:
+        rng = float(data_range)
+    elif np.issubdtype(ref.dtype, np.integer):
+        info = np.iinfo(ref.dtype)
+        rng = float(info.max) - (float(info.min) if ref.size and ref.min() < 0 else 0.0)
+    else:
+        rng = float(r.max() - r.min())
     return 10.0 * math.log10((rng * rng) / mse) if rng > 0 else -math.inf
 
 

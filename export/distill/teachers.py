@@ -119,7 +119,7 @@ def sd_teacher(out: Path, *, seed: int = 0, prediction_type: str = "epsilon", tr
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTokenizer
 
-    from export.recipes.lcm_onnx import SCHEDULER_CONFIG, random_components
+    from export.lcm.sources import SCHEDULER_CONFIG, random_components
 
     t0 = time.perf_counter()
     src = random_components("tiny", seed, with_taesd=False)

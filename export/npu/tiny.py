@@ -33,17 +33,21 @@ def sam_fp32(out: Path, preset: str = "tiny", seed: int = 0) -> Path:
 def lcm_fp32(out: Path, preset: str = "tiny", seed: int = 0, size: int = LCM_SIZE) -> Path:
     """The LCM components (CLIP text encoder, UNet with w-embedding, VAE, TAESD) with seeded random
     weights, fp32, in the lcm recipe's folder layout."""
-    from export.recipes import lcm_onnx as L
+    from export.lcm import onnx_file
+    from export.lcm.manifest import image_manifest
+    from export.lcm.sources import random_components
+    from export.lcm.tokenizer import write_tokenizer
 
     (out / "fp32").mkdir(parents=True, exist_ok=True)
-    src = L.random_components(preset, seed)
-    L.write_tokenizer(out / "tokenizer", src.vocab, src.merges)
+    src = random_components(preset, seed)
+    write_tokenizer(out / "tokenizer", src.vocab, src.merges)
     files = {}
-    for name, module in L._wrappers(src).items():  # noqa: SLF001 - the recipe's export wrappers
-        side = L.unet_trace_side(src) if name == "unet" else size
-        L.export_component(module, name, L.sample_inputs(src, name, side), out / "fp32" / f"{name}.onnx", 17)
+    for name, module in onnx_file.wrappers(src).items():
+        side = onnx_file.unet_trace_side(src) if name == "unet" else size
+        feeds = onnx_file.sample_inputs(src, name, side)
+        onnx_file.export_component(module, name, feeds, out / "fp32" / f"{name}.onnx", 17)
         files[name] = f"fp32/{name}.onnx"
-    _write_manifest(out, L.manifest(src, f"lcm-{preset}-random", {"fp32": files}, "fp32", {"precisions": {}}))
+    _write_manifest(out, image_manifest(src, f"lcm-{preset}-random", {"fp32": files}, "fp32", {"precisions": {}}))
     return out
 
 

@@ -15,95 +15,79 @@ Everything is written to a temp folder and moved into place only after verificat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from export.llm.gguf_file import QUANTS
+from export.llm.source import PRESETS
+from export.recipes import _common
+from export.recipes._common import RecipeConfig, option
 
 HELP = "chat model (HF folder / hub id) -> GGUF f32/f16/q8_0/q4_k_m/... via llama.cpp's quantizer, verified"
 # verification gates: the artifact is written only if these hold (quants below f16 are reported, not gated)
 MIN_TOP1 = {"f32": 0.98, "f16": 0.95}
 
 
-def _add(parser: argparse.ArgumentParser, *flags: str, **kw: Any) -> None:
-    if any(f in parser._option_string_actions for f in flags):  # noqa: SLF001
-        return
-    parser.add_argument(*flags, **kw)
+@dataclass
+class Config(RecipeConfig):
+    """The options of `edge-run export llm` (each is also a flag); threads come from ``settings``."""
+
+    source: str | None = option("source", nargs="?", help="Hugging Face model folder or hub id")
+    random_init: str | None = option("--random-init", choices=PRESETS, help="seeded random model instead of a source")
+    seed: int = option("--seed", default=0, type=int, help="seed for --random-init (default 0)")
+    to: str = option("--to", default="gguf", choices=("gguf", "onnx"),
+                     help="gguf (llama.cpp) or onnx (llm-onnx recipe)")
+    quant: str | None = option("--quant", help=f"comma-separated quant types; gguf: {', '.join(QUANTS)} (default "
+                                               "q8_0,q4_k_m); onnx: fp32, int8, int4 (default int4)")
+    out: str | None = option("--out", "-o", required=True, help="output folder (written atomically)")
+    overwrite: bool = option("--overwrite", default=False, action="store_true",
+                             help="replace an existing output folder")
+    add: bool = option("--add", default=False, action="store_true",
+                       help="install each file into the store and models.lock")
+    model_id: str | None = option("--id", help="model id prefix for --add (default: folder name)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from export.llm.gguf_file import QUANTS
-    from export.llm.source import PRESETS
-
-    _add(parser, "source", nargs="?", default=None, help="Hugging Face model folder or hub id")
-    _add(parser, "--random-init", choices=PRESETS, default=None, help="seeded random model instead of a source")
-    _add(parser, "--seed", type=int, default=0, help="seed for --random-init (default 0)")
-    _add(parser, "--to", choices=("gguf", "onnx"), default="gguf", help="gguf (llama.cpp) or onnx (llm-onnx recipe)")
-    _add(parser, "--quant", default=None,
-         help=f"comma-separated quant types; gguf: {', '.join(QUANTS)} (default q8_0,q4_k_m); onnx: fp32, int8, "
-              "int4 (default int4)")
-    _add(parser, "--out", "-o", required=True, help="output folder (written atomically)")
-    _add(parser, "--overwrite", action="store_true", help="replace an existing output folder")
-    _add(parser, "--add", action="store_true", help="install each file into the store and models.lock")
-    _add(parser, "--id", dest="model_id", default=None, help="model id prefix for --add (default: folder name)")
+    _common.add_config_arguments(parser, Config)
 
 
-def _threads(args) -> int:
-    try:
-        return max(1, int(getattr(args, "threads", None) or os.cpu_count() or 2))
-    except ValueError:
-        return os.cpu_count() or 2
-
-
-def _weights_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in list(folder.glob("*.safetensors")) + list(folder.glob("pytorch_model*.bin")))
-
-
-def check_disk(where: Path, n_params: int, quants: list[str]) -> None:
-    """Refuse up front when the output's file system cannot hold the f32 base plus every output."""
-    from edge.errors import BadRequest
-    from export.llm.gguf_file import BITS
-
-    need = n_params * 4 + sum(n_params * BITS[q] / 8 for q in quants if q != "f32") + (64 << 20)
-    probe = where
-    while not probe.exists():
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if free < need:
-        raise BadRequest(f"not enough disk at {str(probe)!r}: the export needs about {need / 2**20:.0f} MiB "
-                         f"(f32 base + {', '.join(quants)}), {free / 2**20:.0f} MiB free. Free space or choose "
-                         "another --out.", param="out")
-
-
-def run(args: argparse.Namespace) -> Path:
+def run(cfg: Config) -> Path:
     """check -> source -> f32 GGUF -> llama.cpp quantize -> verify vs transformers -> write atomically."""
     from edge.errors import BadRequest
     from export.artifacts import MANIFEST, ArtifactDir, file_table, write_json
     from export.llm import check, gguf_file, source as S
+    from export.llm.disk import check_disk, weights_bytes
     from export.verify import write_report
 
-    if getattr(args, "to", "gguf") == "onnx":
+    cfg = _common.typed(Config, cfg)
+    if cfg.to == "onnx":
         from export.recipes import llm_onnx
-        return llm_onnx.run(args)
+
+        shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(llm_onnx.Config)}
+        return llm_onnx.run(llm_onnx.Config(**shared))
 
     # 1. check inputs
-    quants = gguf_file.parse_quants(args.quant or "q8_0,q4_k_m")
-    if (args.source is None) == (args.random_init is None):
+    quants = gguf_file.parse_quants(cfg.quant or "q8_0,q4_k_m")
+    if (cfg.source is None) == (cfg.random_init is None):
         raise BadRequest("give exactly one source: a Hugging Face model folder / hub id, or --random-init "
                          f"{'|'.join(S.PRESETS)}.", param="source")
-    threads = _threads(args)
-    out = Path(args.out).absolute()
+    threads = cfg.settings.threads
+    out = Path(cfg.out).absolute()
     src = None
-    if args.source is not None:
-        src = S.check_source(S.resolve(args.source))
-        check_disk(out.parent, _weights_bytes(src.folder) // 2, quants)  # >= n_params (bf16/f16 sources)
+    if cfg.source is not None:
+        src = S.check_source(S.resolve(cfg.source))
+        check_disk(out.parent, weights_bytes(src.folder) // 2, quants)  # >= n_params (bf16/f16 sources)
     t0 = time.perf_counter()
 
-    with ArtifactDir(out, overwrite=args.overwrite) as tmp:
+    with ArtifactDir(out, overwrite=cfg.overwrite) as tmp:
         # 2. source (random init writes an HF folder inside the temp folder)
         if src is None:
-            src = S.random_init(args.random_init, tmp / ".source", seed=args.seed)
+            src = S.random_init(cfg.random_init, tmp / ".source", seed=cfg.seed)
 
         # 3. f32 base (and f16) with the gguf package
         base = tmp / ".model.f32.gguf"
@@ -150,8 +134,8 @@ def run(args: argparse.Namespace) -> Path:
             "verify": {q: {k: r[k] for k in ("max_abs_diff", "top1_agreement", "mean_kl", "perplexity")}
                        for q, r in report["quants"].items()}})
     _print_summary(out, report)
-    if getattr(args, "add", False):  # 7. install each quant into the store and pin it in the user lock
-        _install(args, out, files, src)
+    if cfg.add:  # 7. install each quant into the store and pin it in the user lock
+        _install(cfg, out, files, src)
     return out
 
 
@@ -161,36 +145,23 @@ def _print_summary(out: Path, report: dict) -> None:
     print(f"llm: wrote {out}; vs transformers (ppl {report['reference_perplexity']:.2f}): {rows}")
 
 
-def _install(args, out: Path, files: dict[str, Path], src) -> None:
+def _install(cfg: Config, out: Path, files: dict[str, Path], src) -> None:
     import tempfile
 
-    from edge.cli import settings_from_args
-    from edge.registry import add_local_model
-
-    prefix = args.model_id or out.name
+    prefix = cfg.model_id or out.name
     for q in files:
         with tempfile.TemporaryDirectory(dir=out.parent) as stage:  # the GGUF engine loads a folder's one file
             os.link(out / f"model.{q}.gguf", Path(stage) / "model.gguf")
-            model_id = f"{prefix}-{q}" if len(files) > 1 or not args.model_id else prefix
-            add_local_model(settings_from_args(args), stage, model_id=model_id, task="chat", fmt="gguf",
+            model_id = f"{prefix}-{q}" if len(files) > 1 or not cfg.model_id else prefix
+            _common.install(cfg, stage, model_id=model_id, task="chat", fmt="gguf",
                             license=str(src.config.get("license", "unknown")),
                             source={"recipe": "llm", "quant": q}, description=HELP)
         print(f"llm: installed {q} as {model_id!r} (edge-run chat --model {model_id})")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edge.errors import EdgeError
-
-    parser = argparse.ArgumentParser(prog="python -m export.recipes.llm_gguf", description=HELP)
-    add_arguments(parser)
-    parser.add_argument("--threads", default=None, help="threads for quantization and verification")
-    args = parser.parse_args(argv)
-    try:
-        run(args)
-    except EdgeError as e:
-        print(f"llm: error: {e.message}")
-        return e.exit_code
-    return 0
+    """``python -m export.recipes.llm_gguf ...`` (the same as ``edge-run export llm``)."""
+    return _common.main(sys.modules[__name__], "llm", argv)
 
 
 if __name__ == "__main__":

@@ -15,38 +15,43 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from export.llm.onnx_file import PRECISIONS
+from export.llm.source import PRESETS
+from export.recipes import _common
+from export.recipes._common import RecipeConfig, option
 
 HELP = "chat model (HF folder / hub id) -> decoder-with-past ONNX fp32/int8/int4, verified vs transformers"
 PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "List three uses of a brick."]
 MIN_TOP1 = {"fp32": 0.98}  # int8 / int4 are reported, not gated
 
 
-def _add(parser: argparse.ArgumentParser, *flags: str, **kw: Any) -> None:
-    if any(f in parser._option_string_actions for f in flags):  # noqa: SLF001
-        return
-    parser.add_argument(*flags, **kw)
+@dataclass
+class Config(RecipeConfig):
+    """The options of `edge-run export llm-onnx` (each is also a flag); threads come from ``settings``."""
+
+    source: str | None = option("source", nargs="?", help="Hugging Face model folder or hub id")
+    random_init: str | None = option("--random-init", choices=PRESETS, help="seeded random model instead of a source")
+    seed: int = option("--seed", default=0, type=int, help="seed for --random-init (default 0)")
+    quant: str | None = option("--quant", help=f"one of {', '.join(PRECISIONS)} (default int4)")
+    out: str | None = option("--out", "-o", required=True, help="output folder (written atomically)")
+    overwrite: bool = option("--overwrite", default=False, action="store_true",
+                             help="replace an existing output folder")
+    add: bool = option("--add", default=False, action="store_true", help="install into the store and models.lock")
+    model_id: str | None = option("--id", help="model id for --add (default: folder name)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from export.llm.onnx_file import PRECISIONS
-    from export.llm.source import PRESETS
-
-    _add(parser, "source", nargs="?", default=None, help="Hugging Face model folder or hub id")
-    _add(parser, "--random-init", choices=PRESETS, default=None, help="seeded random model instead of a source")
-    _add(parser, "--seed", type=int, default=0, help="seed for --random-init (default 0)")
-    _add(parser, "--quant", default=None, help=f"one of {', '.join(PRECISIONS)} (default int4)")
-    _add(parser, "--out", "-o", required=True, help="output folder (written atomically)")
-    _add(parser, "--overwrite", action="store_true", help="replace an existing output folder")
-    _add(parser, "--add", action="store_true", help="install into the store and models.lock")
-    _add(parser, "--id", dest="model_id", default=None, help="model id for --add (default: folder name)")
+    _common.add_config_arguments(parser, Config)
 
 
 def check_precision(value: str | None) -> str:
     from edge.errors import BadRequest
-    from export.llm.onnx_file import PRECISIONS
 
     p = (value or "int4").strip().lower()
     if p not in PRECISIONS:
@@ -89,32 +94,33 @@ def _generation_eos(folder: Path):
     return json.loads(p.read_text()).get("eos_token_id") if p.is_file() else None
 
 
-def run(args: argparse.Namespace) -> Path:
+def run(cfg: Config) -> Path:
     """check -> source -> fp32 ONNX -> quantize -> verify vs transformers -> write atomically."""
     from edge.errors import BadRequest
     from export.artifacts import MANIFEST, ArtifactDir, file_table, write_json
     from export.llm import check, onnx_file, source as S
+    from export.llm.disk import check_disk, weights_bytes
     from export.quantize import onnx_size
-    from export.recipes.llm_gguf import _threads, check_disk, _weights_bytes
     from export.verify import write_report
 
     # 1. check inputs
-    precision = check_precision(args.quant)
-    if (args.source is None) == (args.random_init is None):
+    cfg = _common.typed(Config, cfg)
+    precision = check_precision(cfg.quant)
+    if (cfg.source is None) == (cfg.random_init is None):
         raise BadRequest("give exactly one source: a Hugging Face model folder / hub id, or --random-init "
                          f"{'|'.join(S.PRESETS)}.", param="source")
-    threads = _threads(args)
-    out = Path(args.out).absolute()
+    threads = cfg.settings.threads
+    out = Path(cfg.out).absolute()
     src = None
-    if args.source is not None:
-        src = S.check_source(S.resolve(args.source))
-        check_disk(out.parent, _weights_bytes(src.folder) // 2, ["f32", "f32"])  # fp32 graph + its quantized copy
+    if cfg.source is not None:
+        src = S.check_source(S.resolve(cfg.source))
+        check_disk(out.parent, weights_bytes(src.folder) // 2, ["f32", "f32"])  # fp32 graph + its quantized copy
     t0 = time.perf_counter()
 
-    with ArtifactDir(out, overwrite=args.overwrite) as tmp:
+    with ArtifactDir(out, overwrite=cfg.overwrite) as tmp:
         # 2. source
         if src is None:
-            src = S.random_init(args.random_init, tmp / ".source", seed=args.seed)
+            src = S.random_init(cfg.random_init, tmp / ".source", seed=cfg.seed)
         model = S.load_torch_model(src)
 
         # 3. export fp32 (traced), 4. quantize
@@ -157,12 +163,9 @@ def run(args: argparse.Namespace) -> Path:
         write_json(tmp / MANIFEST, manifest)
     print(f"llm-onnx: wrote {out} ({precision}); vs transformers: top-1 {report['logits']['top1_agreement']:.3f}, "
           f"KL {report['logits']['mean_kl']:.2e}, greedy answers equal: {report['greedy_equal']}")
-    if getattr(args, "add", False):  # 6. install into the store and pin it in the user lock
-        from edge.cli import settings_from_args
-        from edge.registry import add_local_model
-
-        model_id = args.model_id or out.name
-        add_local_model(settings_from_args(args), out, model_id=model_id, task="chat", fmt="onnx",
+    if cfg.add:  # 6. install into the store and pin it in the user lock
+        model_id = cfg.model_id or out.name
+        _common.install(cfg, out, model_id=model_id, task="chat", fmt="onnx",
                         license=str(src.config.get("license", "unknown")),
                         source={"recipe": "llm-onnx", "precision": precision}, description=HELP)
         print(f"llm-onnx: installed as {model_id!r} (edge-run chat --model {model_id})")
@@ -170,18 +173,8 @@ def run(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edge.errors import EdgeError
-
-    parser = argparse.ArgumentParser(prog="python -m export.recipes.llm_onnx", description=HELP)
-    add_arguments(parser)
-    parser.add_argument("--threads", default=None, help="threads for export and verification")
-    args = parser.parse_args(argv)
-    try:
-        run(args)
-    except EdgeError as e:
-        print(f"llm-onnx: error: {e.message}")
-        return e.exit_code
-    return 0
+    """``python -m export.recipes.llm_onnx ...`` (the same as ``edge-run export llm-onnx``)."""
+    return _common.main(sys.modules[__name__], "llm-onnx", argv)
 
 
 if __name__ == "__main__":

@@ -15,61 +15,70 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from export.npu.quant import SCHEMES
+from export.recipes import _common
+from export.recipes._common import RecipeConfig, option
 
 HELP = ("fp32 ONNX export (sam, lcm, llm-onnx) -> QDQ static-shape NPU artifact (QNN HTP), with placement and "
         "accuracy report")
 FAMILIES = ("sam", "lcm", "llm-onnx")
 
 
-def _add(parser: argparse.ArgumentParser, *flags: str, **kw: Any) -> None:
-    if any(f in parser._option_string_actions for f in flags):  # noqa: SLF001 - shared flags (--out ...)
-        return
-    parser.add_argument(*flags, **kw)
+@dataclass
+class Config(RecipeConfig):
+    """The options of `edge-run export npu` (each is also a flag); threads come from ``settings``."""
+
+    source: str | None = option("source", help="an fp32 export folder (edge-model.json inside), from "
+                                               "`edge-run export sam|lcm`")
+    out: str | None = option("--out", "-o", required=True, help="output folder (written atomically)")
+    overwrite: bool = option("--overwrite", default=False, action="store_true", help="replace an existing --out")
+    quant: str = option("--quant", default="a16w8,a8w8",
+                        help=f"comma list of QDQ schemes ({', '.join(SCHEMES)}); the first is the default the "
+                             "runtime loads")
+    size: int | None = option("--size", type=int, help="lcm: the static image side (default: the model's)")
+    context: int | None = option("--context", type=int,
+                                 help="llm-onnx: the static context (past) length (default 256)")
+    calib_steps: int = option("--calib-steps", default=2, type=int, help="lcm: LCM steps per calibration prompt")
+    calib_limit: int = option("--calib-limit", default=8, type=int,
+                              help="at most this many calibration images (sam) / prompts (lcm)")
+    calib_images: str | None = option("--calib-images", help="sam: folder of calibration images (default: "
+                                                             "generated shapes + scikit-image photos)")
+    gelu: str = option("--gelu", default="native", choices=("native", "tanh"),
+                       help="exact GELU as one Gelu node (QNN HTP runs it natively) or as its tanh approximation")
+    sam_decoder_quant: str = option("--sam-decoder-quant", default="a16w8",
+                                    help="sam: scheme of the decoder body in every variant ('same' = the variant's "
+                                         "own); default a16w8 (8-bit activations lose the masks)")
+    verify_devices: str = option("--verify-devices", default="cpu,auto",
+                                 help="where to verify each scheme: cpu (QDQ on the CPU EP), auto/npu (on the NPU EP "
+                                      "when installed); 'none' skips verification")
+    verify_images: int = option("--verify-images", default=1, type=int, help="sam: held-out images to verify on")
+    verify_cases: int = option("--verify-cases", default=6, type=int, help="sam: prompt cases per image (1..6)")
+    add: bool = option("--add", default=False, action="store_true",
+                       help="install into the store ($EDGE_HOME/models) and models.lock")
+    model_id: str | None = option("--id", help="model id for --add (default <source id>-npu)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from export.npu.quant import SCHEMES
-
-    _add(parser, "source", help="an fp32 export folder (edge-model.json inside), from `edge-run export sam|lcm`")
-    _add(parser, "--out", "-o", required=True, help="output folder (written atomically)")
-    _add(parser, "--overwrite", action="store_true", help="replace an existing --out")
-    _add(parser, "--quant", default="a16w8,a8w8",
-         help=f"comma list of QDQ schemes ({', '.join(SCHEMES)}); the first is the default the runtime loads")
-    _add(parser, "--size", type=int, default=None, help="lcm: the static image side (default: the model's)")
-    _add(parser, "--context", type=int, default=None, help="llm-onnx: the static context (past) length (default 256)")
-    _add(parser, "--calib-steps", type=int, default=2, help="lcm: LCM steps per calibration prompt")
-    _add(parser, "--calib-limit", type=int, default=8, help="at most this many calibration images (sam) / prompts (lcm)")
-    _add(parser, "--calib-images", default=None, help="sam: folder of calibration images (default: generated "
-                                                       "shapes + scikit-image photos)")
-    _add(parser, "--gelu", choices=("native", "tanh"), default="native",
-         help="exact GELU as one Gelu node (QNN HTP runs it natively) or as its tanh approximation")
-    _add(parser, "--sam-decoder-quant", default="a16w8",
-         help="sam: scheme of the decoder body in every variant ('same' = the variant's own); default a16w8 "
-              "(8-bit activations lose the masks)")
-    _add(parser, "--verify-devices", default="cpu,auto",
-         help="where to verify each scheme: cpu (QDQ on the CPU EP), auto/npu (on the NPU EP when installed); "
-              "'none' skips verification")
-    _add(parser, "--verify-images", type=int, default=1, help="sam: held-out images to verify on")
-    _add(parser, "--verify-cases", type=int, default=6, help="sam: prompt cases per image (1..6)")
-    _add(parser, "--add", action="store_true", help="install into the store ($EDGE_HOME/models) and models.lock")
-    _add(parser, "--id", dest="model_id", default=None, help="model id for --add (default <source id>-npu)")
+    _common.add_config_arguments(parser, Config)
 
 
-def run(args: argparse.Namespace) -> Path:
+def run(cfg: Config) -> Path:
     from edge.errors import BadRequest
     from edge.npu import eps
     from export.artifacts import MANIFEST, ArtifactDir, file_table, write_json
     from export.npu import chat, lcm, sam
-    from export.npu.quant import SCHEMES
     from export.verify import environment
 
     # 1. check inputs
-    src = Path(args.source or "")
-    if not args.source or not (src / MANIFEST).is_file():
-        raise BadRequest(f"`source` {args.source!r} is not an export folder (no {MANIFEST}); export one first with "
+    cfg = _common.typed(Config, cfg)
+    src = Path(cfg.source or "")
+    if not cfg.source or not (src / MANIFEST).is_file():
+        raise BadRequest(f"`source` {cfg.source!r} is not an export folder (no {MANIFEST}); export one first with "
                          "`edge-run export sam|lcm ... --out FOLDER`.", param="source")
     src_manifest = json.loads((src / MANIFEST).read_text())
     family = src_manifest.get("recipe")
@@ -84,37 +93,37 @@ def run(args: argparse.Namespace) -> Path:
                          "fp32 one (`edge-run export llm-onnx ... --quant fp32`).", param="source")
     if family == "lcm" and "fp32" not in src_manifest.get("precisions", {}):
         raise BadRequest("`source` LCM export has no fp32 precision; export with --precisions fp32,...", param="source")
-    schemes = [s.strip() for s in args.quant.split(",") if s.strip()]
+    schemes = [s.strip() for s in cfg.quant.split(",") if s.strip()]
     bad = [s for s in schemes if s not in SCHEMES]
-    if getattr(args, "sam_decoder_quant", "same") not in (*SCHEMES, "same"):
-        bad.append(args.sam_decoder_quant)
+    if cfg.sam_decoder_quant not in (*SCHEMES, "same"):
+        bad.append(cfg.sam_decoder_quant)
     if not schemes or bad:
-        raise BadRequest(f"`--quant` {args.quant!r} must list schemes from {', '.join(SCHEMES)}.", param="quant")
-    devices = [] if args.verify_devices.strip() == "none" else [d.strip() for d in args.verify_devices.split(",")]
+        raise BadRequest(f"`--quant` {cfg.quant!r} must list schemes from {', '.join(SCHEMES)}.", param="quant")
+    devices = [] if cfg.verify_devices.strip() == "none" else [d.strip() for d in cfg.verify_devices.split(",")]
     if any(d not in ("cpu", "auto", "npu") for d in devices):
-        raise BadRequest(f"`--verify-devices` {args.verify_devices!r}: use cpu, auto, npu or none.", param="verify_devices")
+        raise BadRequest(f"`--verify-devices` {cfg.verify_devices!r}: use cpu, auto, npu or none.", param="verify_devices")
     if eps.npu_device() is None:
         devices = [d for d in devices if d == "cpu"]
-    threads = _threads(args)
+    threads = cfg.settings.threads
     default = schemes[0]
     t0 = time.perf_counter()
 
-    with ArtifactDir(args.out, overwrite=args.overwrite) as tmp:
+    with ArtifactDir(cfg.out, overwrite=cfg.overwrite) as tmp:
         # 2.-3. rewrite, make static, calibrate and quantize
         if family == "sam":
-            npu = sam.convert(src, tmp, schemes, default, calib_images=args.calib_images, threads=threads,
-                              calib_limit=args.calib_limit,
-                              decoder_quant=None if args.sam_decoder_quant == "same" else args.sam_decoder_quant,
-                              gelu=args.gelu)
+            npu = sam.convert(src, tmp, schemes, default, calib_images=cfg.calib_images, threads=threads,
+                              calib_limit=cfg.calib_limit,
+                              decoder_quant=None if cfg.sam_decoder_quant == "same" else cfg.sam_decoder_quant,
+                              gelu=cfg.gelu)
             m = sam.manifest(src_manifest, npu, default)
         elif family == "llm-onnx":
-            npu = chat.convert(src, tmp, schemes, default, context=args.context, threads=threads,
-                               calib_limit=args.calib_limit, gelu=args.gelu)
+            npu = chat.convert(src, tmp, schemes, default, context=cfg.context, threads=threads,
+                               calib_limit=cfg.calib_limit, gelu=cfg.gelu)
             m = chat.manifest(src_manifest, npu, default)
         else:
-            npu = lcm.convert(src, tmp, schemes, default, size=args.size, steps=args.calib_steps, threads=threads,
-                              calib_limit=args.calib_limit,
-                              gelu=args.gelu)
+            npu = lcm.convert(src, tmp, schemes, default, size=cfg.size, steps=cfg.calib_steps, threads=threads,
+                              calib_limit=cfg.calib_limit,
+                              gelu=cfg.gelu)
             m = lcm.manifest(src_manifest, npu, default)
         # 4. manifest (edge.devices reads its npu section)
         m["npu"] = {"schema": 1, "target": "qnn-htp", "default_quant": default, "schemes": schemes,
@@ -123,8 +132,8 @@ def run(args: argparse.Namespace) -> Path:
         write_json(tmp / MANIFEST, m)
         # 5. verify
         if family == "sam":
-            checks = sam.verify(src, tmp, schemes, default, devices=devices, images=args.verify_images,
-                                cases=args.verify_cases, threads=threads)
+            checks = sam.verify(src, tmp, schemes, default, devices=devices, images=cfg.verify_images,
+                                cases=cfg.verify_cases, threads=threads)
         elif family == "llm-onnx":
             checks = chat.verify(src, tmp, schemes, default, devices=devices, threads=threads)
         else:
@@ -144,27 +153,15 @@ def run(args: argparse.Namespace) -> Path:
                            if kk in v} for k, v in checks.items()}
         m["files"] = file_table(tmp)
         write_json(tmp / MANIFEST, m)
-    _print_summary(args.out, family, checks)
-    if args.add:
-        from edge.cli import settings_from_args
-        from edge.registry import add_local_model
-
-        model_id = args.model_id or f"{src_manifest.get('id') or src.name}-npu"
-        add_local_model(settings_from_args(args), args.out, model_id=model_id,
+    _print_summary(cfg.out, family, checks)
+    if cfg.add:
+        model_id = cfg.model_id or f"{src_manifest.get('id') or src.name}-npu"
+        _common.install(cfg, cfg.out, model_id=model_id,
                         task={"sam": "segment", "lcm": "image", "llm-onnx": "chat"}[family], fmt="onnx",
                         license=(src_manifest.get("source") or {}).get("license", "see source"),
                         source={"recipe": "npu", "from": str(src.absolute())}, description=HELP)
         print(f"npu: installed as {model_id!r}")
-    return Path(args.out).absolute()
-
-
-def _threads(args) -> int:
-    try:
-        from edge.cli import settings_from_args
-
-        return settings_from_args(args).threads
-    except Exception:  # noqa: BLE001 - called without the CLI's settings flags
-        return 2
+    return Path(cfg.out).absolute()
 
 
 def _print_summary(out, family: str, checks: dict) -> None:
@@ -201,19 +198,7 @@ def _placement_cell(p: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m export.recipes.npu SRC --out OUT ...`` (the same as ``edge-run export npu``)."""
-    from edge.cli import add_settings_flags
-    from edge.errors import EdgeError
-
-    parser = argparse.ArgumentParser(prog="python -m export.recipes.npu", description=HELP)
-    add_arguments(parser)
-    add_settings_flags(parser)
-    args = parser.parse_args(argv)
-    try:
-        run(args)
-    except EdgeError as e:
-        print(f"npu: error: {e.message}")
-        return e.exit_code
-    return 0
+    return _common.main(sys.modules[__name__], "npu", argv)
 
 
 if __name__ == "__main__":

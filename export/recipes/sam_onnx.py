@@ -24,11 +24,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from export.recipes import _common
+from export.recipes._common import RecipeConfig, option
 
 HELP = "MobileSAM -> encoder.onnx + decoder.onnx (fp32 / int8 / qdq), verified against upstream SamPredictor"
 PRESETS = ("mobilesam", "tiny")
@@ -39,40 +44,44 @@ MIN_IOU = {"fp32": 0.99, "int8": 0.0, "qdq": 0.0}      # int8 quality is reporte
 MAX_EMB_REL_ERR = {"fp32": 1e-3, "int8": 1.0, "qdq": 1.0}
 
 
-# 1. arguments ------------------------------------------------------------------------------------
+# 1. options --------------------------------------------------------------------------------------
 
-def _add(parser: argparse.ArgumentParser, *flags: str, **kw: Any) -> None:
-    """Add an option unless the host CLI already defines it (e.g. a shared --out / --overwrite)."""
-    if any(f in parser._option_string_actions for f in flags):  # noqa: SLF001
-        return
-    parser.add_argument(*flags, **kw)
+@dataclass
+class Config(RecipeConfig):
+    """The options of `edge-run export sam` (each is also a flag)."""
+
+    source: str | None = option("source", nargs="?",
+                                help="upstream MobileSAM checkpoint (mobile_sam.pt); omit with --random-init")
+    random_init: str | None = option("--random-init", choices=PRESETS,
+                                     help="build the architecture with seeded random weights instead of a checkpoint")
+    seed: int = option("--seed", default=0, type=int, help="seed for --random-init (default 0)")
+    precision: str = option("--precision", default="fp32", choices=PRECISIONS,
+                            help="fp32; int8 = dynamic int8 weights (CPU); qdq = static QDQ int8 with calibration "
+                                 "(NPU EPs)")
+    from_onnx: str | None = option("--from-onnx", metavar="FP32_DIR",
+                                   help="quantize the fp32 encoder/decoder.onnx in this folder instead of exporting "
+                                        "again (the result is still verified against the PyTorch source)")
+    quantize_decoder: bool = option("--quantize-decoder", default=False, action="store_true",
+                                    help="also quantize decoder.onnx (off by default: the decoder is small, and int8 "
+                                         "costs it far more mask IoU than the encoder's int8 does)")
+    calib_images: str | None = option("--calib-images",
+                                      help="folder of images for --precision qdq calibration (default: generated "
+                                           "images)")
+    out: str | None = option("--out", "-o", required=True, help="output folder (written atomically)")
+    overwrite: bool = option("--overwrite", default=False, action="store_true",
+                             help="replace an existing output folder")
+    opset: int = option("--opset", default=OPSET, type=int, help=f"ONNX opset (default {OPSET})")
+    add: bool = option("--add", default=False, action="store_true",
+                       help="install the result into the store ($EDGE_HOME/models) and append it to models.lock")
+    model_id: str | None = option("--id",
+                                  help="model id for --add (default mobilesam-<preset|checkpoint>-<precision>)")
+    verify_images: int = option("--verify-images", default=2, type=int,
+                                help="how many verification images (generated shapes + a real photo when "
+                                     "scikit-image is present)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    _add(parser, "source", nargs="?", default=None,
-         help="upstream MobileSAM checkpoint (mobile_sam.pt); omit with --random-init")
-    _add(parser, "--random-init", choices=PRESETS, default=None,
-         help="build the architecture with seeded random weights instead of a checkpoint")
-    _add(parser, "--seed", type=int, default=0, help="seed for --random-init (default 0)")
-    _add(parser, "--precision", choices=PRECISIONS, default="fp32",
-         help="fp32; int8 = dynamic int8 weights (CPU); qdq = static QDQ int8 with calibration (NPU EPs)")
-    _add(parser, "--from-onnx", default=None, metavar="FP32_DIR",
-         help="quantize the fp32 encoder/decoder.onnx in this folder instead of exporting again (the result is "
-              "still verified against the PyTorch source)")
-    _add(parser, "--quantize-decoder", action="store_true",
-         help="also quantize decoder.onnx (off by default: the decoder is small, and int8 costs it far more "
-              "mask IoU than the encoder's int8 does)")
-    _add(parser, "--calib-images", default=None,
-         help="folder of images for --precision qdq calibration (default: generated images)")
-    _add(parser, "--out", "-o", required=True, help="output folder (written atomically)")
-    _add(parser, "--overwrite", action="store_true", help="replace an existing output folder")
-    _add(parser, "--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
-    _add(parser, "--add", action="store_true",
-         help="install the result into the store ($EDGE_HOME/models) and append it to models.lock")
-    _add(parser, "--id", dest="model_id", default=None,
-         help="model id for --add (default mobilesam-<preset|checkpoint>-<precision>)")
-    _add(parser, "--verify-images", type=int, default=2,
-         help="how many verification images (generated shapes + a real photo when scikit-image is present)")
+    _common.add_config_arguments(parser, Config)
 
 
 # 2. source ---------------------------------------------------------------------------------------
@@ -359,7 +368,7 @@ def verify(sam, folder: Path, precision: str, images: list[tuple[str, np.ndarray
 
 # 6. the recipe -----------------------------------------------------------------------------------
 
-def run(args: argparse.Namespace, sam=None) -> Path:
+def run(cfg: Config, sam=None) -> Path:
     """build/load -> export fp32 -> quantize -> verify -> write report.json + edge-model.json atomically.
     ``sam``: an already built PyTorch model for ``--random-init`` (tests reuse one per session)."""
     from edge.errors import BadRequest
@@ -367,43 +376,44 @@ def run(args: argparse.Namespace, sam=None) -> Path:
     from export.verify import write_report
 
     # 1. check inputs
-    if (args.source is None) == (args.random_init is None):
+    cfg = _common.typed(Config, cfg)
+    if (cfg.source is None) == (cfg.random_init is None):
         raise BadRequest("give exactly one source: a MobileSAM checkpoint path or --random-init "
                          f"{'|'.join(PRESETS)}.", param="source")
-    precision = args.precision
+    precision = cfg.precision
     t_start = time.perf_counter()
 
     # 2. build / load the PyTorch model
-    if args.random_init:
-        sam = sam if sam is not None else build_sam(args.random_init, args.seed)
-        source = {"kind": "random-init", "preset": args.random_init, "seed": args.seed}
+    if cfg.random_init:
+        sam = sam if sam is not None else build_sam(cfg.random_init, cfg.seed)
+        source = {"kind": "random-init", "preset": cfg.random_init, "seed": cfg.seed}
     else:
-        sam = load_checkpoint(args.source)
+        sam = load_checkpoint(cfg.source)
         from export.artifacts import sha256_file
-        source = {"kind": "checkpoint", "path": str(Path(args.source).absolute()),
-                  "sha256": sha256_file(Path(args.source))}
+        source = {"kind": "checkpoint", "path": str(Path(cfg.source).absolute()),
+                  "sha256": sha256_file(Path(cfg.source))}
 
     images = [("shapes", synthetic_image(0))]
-    photo = real_photo() if args.verify_images > 1 else None
+    photo = real_photo() if cfg.verify_images > 1 else None
     if photo is not None:
         images.append(("skimage.data.astronaut", photo))
 
-    with ArtifactDir(args.out, overwrite=args.overwrite) as tmp:
+    with ArtifactDir(cfg.out, overwrite=cfg.overwrite) as tmp:
         # 3. export fp32 graphs
         work = tmp / ".fp32"
         work.mkdir()
-        if getattr(args, "from_onnx", None):
+        if cfg.from_onnx:
             import shutil
 
             for n in ("encoder.onnx", "decoder.onnx"):
-                src = Path(args.from_onnx) / n
+                src = Path(cfg.from_onnx) / n
                 if not src.is_file():
-                    raise BadRequest(f"--from-onnx {args.from_onnx!r} has no {n}; give an fp32 export folder.",
+                    raise BadRequest(f"--from-onnx {cfg.from_onnx!r} has no {n}; give an fp32 export folder.",
                                      param="from_onnx")
                 shutil.copyfile(src, work / n)
         else:
-            export_encoder(sam, work / "encoder.onnx", args.opset)
-            export_decoder(sam, work / "decoder.onnx", args.opset)
+            export_encoder(sam, work / "encoder.onnx", cfg.opset)
+            export_decoder(sam, work / "decoder.onnx", cfg.opset)
 
         # 4. quantize
         if precision == "fp32":
@@ -411,12 +421,12 @@ def run(args: argparse.Namespace, sam=None) -> Path:
                 (work / n).rename(tmp / n)
         elif precision == "int8":
             quantize_dynamic_int8(work / "encoder.onnx", tmp / "encoder.onnx")
-            if args.quantize_decoder:
+            if cfg.quantize_decoder:
                 quantize_dynamic_int8(work / "decoder.onnx", tmp / "decoder.onnx")
         else:
-            enc_feeds, dec_feeds = _calibration_feeds(sam, args.calib_images, decoder=args.quantize_decoder)
+            enc_feeds, dec_feeds = _calibration_feeds(sam, cfg.calib_images, decoder=cfg.quantize_decoder)
             quantize_qdq_int8(work / "encoder.onnx", tmp / "encoder.onnx", enc_feeds)
-            if args.quantize_decoder:
+            if cfg.quantize_decoder:
                 quantize_qdq_int8(work / "decoder.onnx", tmp / "decoder.onnx", dec_feeds)
         if not (tmp / "decoder.onnx").exists():
             (work / "decoder.onnx").rename(tmp / "decoder.onnx")  # the decoder stays fp32 by default
@@ -438,26 +448,22 @@ def run(args: argparse.Namespace, sam=None) -> Path:
             "task": "segment", "format": "onnx", "family": "mobilesam", "recipe": "sam",
             "precision": precision, "source": source,
             "components": {"encoder": precision,
-                           "decoder": precision if (precision != "fp32" and args.quantize_decoder) else "fp32"},
+                           "decoder": precision if (precision != "fp32" and cfg.quantize_decoder) else "fp32"},
             "inputs": {"image_size": 1024, "embedding": [256, 64, 64], "low_res_mask": [256, 256],
                        "pixel_mean": [123.675, 116.28, 103.53], "pixel_std": [58.395, 57.12, 57.375]},
             "files": file_table(tmp),
             "verify": report["summary"],
         })
-    print(f"sam: wrote {args.out} ({precision}); min mask IoU vs PyTorch {report['summary']['min_mask_iou']:.4f}, "
+    print(f"sam: wrote {cfg.out} ({precision}); min mask IoU vs PyTorch {report['summary']['min_mask_iou']:.4f}, "
           f"embedding rel err {report['summary']['max_embedding_rel_err']:.2e}")
-    if getattr(args, "add", False):  # 7. install into the store and pin in the user lock
-        from edge.cli import settings_from_args
-        from edge.registry import add_local_model
-
-        model_id = args.model_id or f"mobilesam-{args.random_init or 'checkpoint'}-{precision}"
-        add_local_model(settings_from_args(args), args.out, model_id=model_id, task="segment", fmt="onnx",
-                        license="Apache-2.0", source={"recipe": "sam", "origin": source["kind"],
-                                                         **{k: v for k, v in source.items()
-                                                            if isinstance(v, (str, int)) and k != "kind"}},
+    if cfg.add:  # 7. install into the store and pin in the user lock
+        model_id = cfg.model_id or f"mobilesam-{cfg.random_init or 'checkpoint'}-{precision}"
+        _common.install(cfg, cfg.out, model_id=model_id, task="segment", fmt="onnx", license="Apache-2.0",
+                        source={"recipe": "sam", "origin": source["kind"],
+                                **{k: v for k, v in source.items() if isinstance(v, (str, int)) and k != "kind"}},
                         description=HELP)
         print(f"sam: installed as {model_id!r} (edge-run segment ... --model {model_id})")
-    return Path(args.out).absolute()
+    return Path(cfg.out).absolute()
 
 
 def _calibration_feeds(sam, folder: str | None, decoder: bool = True) -> tuple[list[dict], list[dict]]:
@@ -498,17 +504,8 @@ def _calibration_feeds(sam, folder: str | None, decoder: bool = True) -> tuple[l
 
 
 def main(argv: list[str] | None = None) -> int:
-    from edge.errors import EdgeError
-
-    parser = argparse.ArgumentParser(prog="python -m export.recipes.sam_onnx", description=HELP)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        run(args)
-    except EdgeError as e:
-        print(f"sam_onnx: error: {e.message}")
-        return e.exit_code
-    return 0
+    """``python -m export.recipes.sam_onnx ...`` (the same as ``edge-run export sam``)."""
+    return _common.main(sys.modules[__name__], "sam", argv)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from PIL import Image
 
 from edge.image.pipeline import ImageRequest, LCMPipeline
 from export.artifacts import sha256_file
-from export.recipes.lcm_onnx import diffusers_pipeline, psnr, torch_noise
+from export.lcm.reference import diffusers_pipeline, torch_noise
+from export.verify import psnr
 
 PROMPT = "a lighthouse at dusk, oil painting"
 SEED = 3

@@ -9,7 +9,7 @@ from diffusers import LatentConsistencyModelPipeline
 from diffusers import LCMScheduler as DiffusersLCM
 
 from edge.image.scheduler import LCMScheduler, guidance_scale_embedding
-from export.recipes.lcm_onnx import torch_noise
+from export.lcm.reference import torch_noise
 
 CASES = [(1, 1.0), (2, 1.0), (4, 1.0), (8, 1.0), (4, 0.6), (3, 0.3), (2, 0.05)]
 

@@ -20,7 +20,8 @@ from support import DISTILL_CONFIGS, THREADS, run_distill
 ROOT = Path(__file__).resolve().parents[3]
 CACHE = Path(os.environ.get("EDGE_TEST_CACHE", Path.home() / ".cache" / "edge-run-tests")) / "distill"
 TEACHER_SOURCES = ("export/distill/teachers.py", "export/distill/data.py", "export/distill/data/corpus.txt",
-                   "export/distill/llm_kd.py", "export/recipes/lcm_onnx.py", "export/llm/source.py")
+                   "export/distill/llm_kd.py", "export/lcm/sources.py", "export/lcm/tokenizer.py",
+                   "export/llm/source.py")
 
 
 def cached_teacher(name: str, build: Callable[..., object], **params) -> Path:

@@ -20,7 +20,7 @@ def test_maths_match_diffusers():
     from diffusers import DDIMScheduler, LatentConsistencyModelPipeline, LCMScheduler
 
     from export.distill import lcm as L
-    from export.recipes.lcm_onnx import SCHEDULER_CONFIG
+    from export.lcm.sources import SCHEDULER_CONFIG
 
     w = torch.tensor([0.0, 2.0, 7.5, 14.0])
     ref = LatentConsistencyModelPipeline.get_guidance_scale_embedding(None, w, embedding_dim=32)

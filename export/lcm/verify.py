@@ -1,0 +1,87 @@
+"""Verification of an LCM export: every ONNX file against its PyTorch module, and the image the edge
+pipeline renders from each precision against diffusers' fp32 pipeline (the report.json figures)."""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from export.lcm.manifest import image_manifest, runtime_components
+from export.lcm.onnx_file import sample_inputs, wrappers
+from export.lcm.precisions import EXACT
+from export.lcm.reference import reference_image, torch_noise
+from export.lcm.sources import Source
+from export.verify import psnr
+
+VERIFY_PROMPT = "a lighthouse at dusk, oil painting"
+
+
+def latency_ms(fn: Callable[[], Any], repeat: int = 2) -> float:
+    """Best of ``repeat`` timed calls of ``fn`` after one warm-up, in milliseconds."""
+    fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1000
+
+
+def verify(src: Source, folder: Path, files: dict[str, dict[str, str]], side: int, steps: int, seed: int,
+           threads: int) -> dict:
+    """Every artifact vs its PyTorch module (max abs diff, latency) and the final image of every
+    precision vs diffusers' fp32 PyTorch pipeline (max diff in 1/255 units, PSNR)."""
+    import torch
+
+    from edge.devices import make_session
+    from edge.image.pipeline import ImageRequest, LCMPipeline
+    from export.quantize import onnx_size
+
+    modules = wrappers(src)
+    ref_img = reference_image(src, folder / "tokenizer", VERIFY_PROMPT, side, steps, seed)
+    torch_out: dict[str, list[np.ndarray]] = {}
+    feeds = {name: sample_inputs(src, name, side, seed=seed + 1) for name in modules}
+    for name, module in modules.items():
+        with torch.inference_mode():
+            o = module(*[torch.from_numpy(v) for v in feeds[name].values()])
+        torch_out[name] = [t.numpy() for t in (o if isinstance(o, tuple) else (o,))]
+    report: dict[str, Any] = {"verify": {"side": side, "steps": steps, "seed": seed, "prompt": VERIFY_PROMPT},
+                              "precisions": {}}
+    for precision, comp in files.items():
+        rows = {}
+        for name, rel in comp.items():
+            sess = make_session(folder / rel, threads=threads, device="cpu")
+            run = functools.partial(sess.run, None, feeds[name])
+            outs = run()
+            diff = max(float(np.max(np.abs(o.astype(np.float32) - t))) for o, t in zip(outs, torch_out[name]))
+            scale = max(float(np.max(np.abs(t))) for t in torch_out[name])
+            rel_diff = diff / max(scale, 1e-6)
+            rows[name] = {"file": rel, "bytes": onnx_size(folder / rel), "max_abs_diff": diff,
+                          "max_rel_diff": rel_diff, "latency_ms": latency_ms(run),
+                          "ok": bool(np.isfinite(diff) and (precision not in EXACT or rel_diff < 1e-3))}
+            del sess, run  # release the session before the next one
+        m = {"precisions": files, "precision": precision, "tokenizer": "tokenizer/tokenizer.json",
+             **image_manifest(src, "verify", files, precision, {"precisions": {}})}
+        comps = runtime_components(m, folder, precision, threads)
+        pipe = LCMPipeline(comps, model_id="verify")
+        req = ImageRequest(prompt=VERIFY_PROMPT, width=side, height=side, steps=steps, seed=seed)
+        t0 = time.perf_counter()
+        gen = pipe.generate_steps(req, noise=[torch_noise(seed)])
+        try:
+            while True:
+                next(gen)
+        except StopIteration as stop:
+            img = np.asarray(stop.value[0])
+        total = time.perf_counter() - t0
+        d = np.abs(img.astype(np.int16) - ref_img.astype(np.int16))
+        report["precisions"][precision] = {
+            "components": rows,
+            "bytes": sum(onnx_size(folder / r) for r in set(comp.values())),
+            "image": {"max_diff_255": int(d.max()), "mean_diff_255": float(d.mean()), "psnr": psnr(img, ref_img),
+                      "pipeline_s": total, "ok": bool(precision not in EXACT or d.max() <= 2)},
+        }
+    return report
