@@ -15,7 +15,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-MANIFEST = "edge-model.json"
+from edge.manifest import MANIFEST_FILE as MANIFEST  # the name is defined once, in edge.manifest
+
 REPORT = "report.json"
 
 
@@ -98,9 +99,10 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def file_table(folder: Path) -> list[dict]:
-    """name, sha256, size of every regular file in ``folder`` (recursively), for manifests and models.lock."""
+    """name, sha256, size of every regular file in ``folder`` (recursively), for manifests and models.lock;
+    the manifest itself is left out (it cannot carry its own hash)."""
     rows = []
     for p in sorted(folder.rglob("*")):
-        if p.is_file():
+        if p.is_file() and p != folder / MANIFEST:
             rows.append({"name": p.relative_to(folder).as_posix(), "sha256": sha256_file(p), "size": p.stat().st_size})
     return rows

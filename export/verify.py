@@ -82,11 +82,12 @@ def compare_arrays(actual: np.ndarray, reference: np.ndarray) -> dict[str, float
         "mean_abs_diff": mean_abs_diff(actual, reference),
         "relative_error": relative_error(actual, reference),
         "cosine": cosine_similarity(actual, reference),
-        "psnr_db": _finite(psnr(actual, reference)),
+        "psnr_db": finite(psnr(actual, reference)),
     }
 
 
-def _finite(x: float) -> float | str:
+def finite(x: float) -> float | str:
+    """``x``, or "inf" / "-inf" for an infinite one (strict JSON, which edge-model.json is, has no Infinity)."""
     return x if math.isfinite(x) else ("inf" if x > 0 else "-inf")
 
 

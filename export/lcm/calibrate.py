@@ -17,8 +17,7 @@ def calibration_feeds(src: Source, folder: Path, fp32_files: dict[str, str], sid
     """UNet inputs recorded while the fp32 edge pipeline renders a few prompts (for static QDQ)."""
     from edge.image.pipeline import ImageRequest, LCMPipeline
 
-    m = {"precisions": {"fp32": fp32_files},
-         **image_manifest(src, "calib", {"fp32": fp32_files}, "fp32", {"precisions": {}})}
+    m = image_manifest(src, "calib", {"fp32": fp32_files}, "fp32", {"precisions": {}})
     comps = runtime_components(m, folder, "fp32", threads)
     recorded: list[dict] = []
     unet = comps.unet

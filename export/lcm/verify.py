@@ -64,8 +64,7 @@ def verify(src: Source, folder: Path, files: dict[str, dict[str, str]], side: in
                           "max_rel_diff": rel_diff, "latency_ms": latency_ms(run),
                           "ok": bool(np.isfinite(diff) and (precision not in EXACT or rel_diff < 1e-3))}
             del sess, run  # release the session before the next one
-        m = {"precisions": files, "precision": precision, "tokenizer": "tokenizer/tokenizer.json",
-             **image_manifest(src, "verify", files, precision, {"precisions": {}})}
+        m = image_manifest(src, "verify", files, precision, {"precisions": {}})
         comps = runtime_components(m, folder, precision, threads)
         pipe = LCMPipeline(comps, model_id="verify")
         req = ImageRequest(prompt=VERIFY_PROMPT, width=side, height=side, steps=steps, seed=seed)

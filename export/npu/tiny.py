@@ -7,14 +7,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from export.artifacts import MANIFEST, file_table, write_json
+from edge.manifest import Manifest, SegmentManifest, write
+from export.artifacts import file_table
 
 LCM_SIZE = 64
 
 
-def _write_manifest(folder: Path, manifest: dict) -> None:
-    manifest["files"] = file_table(folder)
-    write_json(folder / MANIFEST, manifest)
+def _write_manifest(folder: Path, manifest: Manifest) -> None:
+    manifest.files = file_table(folder)
+    write(folder, manifest)
 
 
 def sam_fp32(out: Path, preset: str = "tiny", seed: int = 0) -> Path:
@@ -25,8 +26,8 @@ def sam_fp32(out: Path, preset: str = "tiny", seed: int = 0) -> Path:
     sam = R.build_sam(preset, seed=seed)
     R.export_encoder(sam, out / "encoder.onnx")
     R.export_decoder(sam, out / "decoder.onnx")
-    _write_manifest(out, {"task": "segment", "format": "onnx", "family": "mobilesam", "recipe": "sam",
-                          "precision": "fp32", "source": {"kind": "random-init", "preset": preset, "seed": seed}})
+    _write_manifest(out, SegmentManifest(format="onnx", family="mobilesam", recipe="sam", precision="fp32",
+                                         source={"kind": "random-init", "preset": preset, "seed": seed}))
     return out
 
 
@@ -55,16 +56,15 @@ def chat_fp32(out: Path, preset: str = "tiny-llama", seed: int = 0) -> Path:
     """`edge-run export llm-onnx --random-init tiny-llama --quant fp32` (verified vs transformers by the recipe)."""
     from export.recipes import llm_onnx
 
-    p = argparse.ArgumentParser()
-    llm_onnx.add_arguments(p)
-    return llm_onnx.run(p.parse_args(["--random-init", preset, "--seed", str(seed), "--quant", "fp32",
-                                      "--out", str(out)]))
+    return llm_onnx.run(llm_onnx.Config(random_init=preset, seed=seed, quant="fp32", out=str(out)))
 
 
 def to_npu(src: Path, out: Path, *extra: str, quant: str = "a16w8") -> Path:
     """`edge-run export npu SRC --out OUT --quant QUANT --verify-devices none ...`."""
     from export.recipes import npu as R
+    from export.recipes._common import config_from_args
 
     p = argparse.ArgumentParser()
     R.add_arguments(p)
-    return R.run(p.parse_args([str(src), "--out", str(out), "--quant", quant, "--verify-devices", "none", *extra]))
+    args = p.parse_args([str(src), "--out", str(out), "--quant", quant, "--verify-devices", "none", *extra])
+    return R.run(config_from_args(R.Config, args))

@@ -3,16 +3,22 @@
 Each recipe module defines::
 
     HELP: str                                   # one line for `edge-run export --help`
-    def add_arguments(parser: argparse.ArgumentParser) -> None
-    def run(args: argparse.Namespace) -> pathlib.Path   # returns the finished artifact folder
+    class Config(RecipeConfig)                  # its options, each declared once (export.recipes._common)
+    def add_arguments(parser: argparse.ArgumentParser) -> None    # the flags of Config
+    def run(cfg: Config) -> pathlib.Path        # returns the finished artifact folder
+    def main(argv=None) -> int                  # python -m export.recipes.<module>
 
-and follows: build/load source -> export -> quantize -> verify -> write (atomically, see
-export.artifacts.ArtifactDir). Modules are imported lazily: torch loads only when a recipe runs.
+and follows numbered stages: check -> build/load source -> export -> quantize -> verify -> write
+(atomically, see export.artifacts.ArtifactDir; edge-model.json through edge.manifest.write) -> --add.
+:func:`run` runs a recipe on a parsed `edge-run export <name>` command line. Modules are imported
+lazily: torch loads only when a recipe runs.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
+from pathlib import Path
 from types import ModuleType
 
 RECIPES: dict[str, str] = {
@@ -38,3 +44,12 @@ def load(name: str) -> ModuleType:
     if name not in have:
         raise BadRequest(f"unknown export recipe {name!r}; available: {', '.join(sorted(have))}.", param="recipe")
     return importlib.import_module(have[name])
+
+
+def run(name: str, args: argparse.Namespace) -> Path:
+    """Run recipe ``name`` on a parsed `edge-run export <name>` command line: its options become the
+    recipe's typed Config, the runtime settings flags its ``settings``."""
+    from export.recipes._common import config_from_args
+
+    recipe = load(name)
+    return recipe.run(config_from_args(recipe.Config, args))

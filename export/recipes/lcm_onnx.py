@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.artifacts import MANIFEST, REPORT, ArtifactDir, file_table, write_json
+from edge import manifest
+from export.artifacts import REPORT, ArtifactDir, file_table, write_json
 from export.lcm.precisions import DEFAULT_PRECISIONS, EXACT, PRECISIONS
 from export.lcm.sources import PRESETS, random_components  # noqa: F401 - tests/image/conftest.py, until it moves
 from export.recipes import _common
@@ -187,8 +188,8 @@ def run(cfg: Config) -> Path:
         bar.set_postfix_str("write")
         write_json(tmp / REPORT, report)
         m = image_manifest(src, model_id, files, plan.default_precision, report)
-        m["files"] = file_table(tmp)
-        write_json(tmp / MANIFEST, m)
+        m.files = file_table(tmp)
+        manifest.write(tmp, m)
         bar.update()
     bar.close()
 

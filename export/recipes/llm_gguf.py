@@ -59,7 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(cfg: Config) -> Path:
     """check -> source -> f32 GGUF -> llama.cpp quantize -> verify vs transformers -> write atomically."""
     from edge.errors import BadRequest
-    from export.artifacts import MANIFEST, ArtifactDir, file_table, write_json
+    from edge.manifest import ChatManifest, write
+    from export.artifacts import ArtifactDir, file_table
     from export.llm import check, gguf_file, source as S
     from export.llm.disk import check_disk, weights_bytes
     from export.verify import write_report
@@ -128,11 +129,11 @@ def run(cfg: Config) -> Path:
         shutil.rmtree(tmp / ".source", ignore_errors=True)
 
         # 6. manifest
-        write_json(tmp / MANIFEST, {
-            "task": "chat", "format": "gguf", "recipe": "llm", "architecture": src.hf_arch, "source": src.origin,
-            "quants": {q: p.name for q, p in files.items()}, "files": file_table(tmp),
-            "verify": {q: {k: r[k] for k in ("max_abs_diff", "top1_agreement", "mean_kl", "perplexity")}
-                       for q, r in report["quants"].items()}})
+        write(tmp, ChatManifest(
+            format="gguf", recipe="llm", architecture=src.hf_arch, source=src.origin,
+            quants={q: p.name for q, p in files.items()}, files=file_table(tmp),
+            verify={q: {k: r[k] for k in ("max_abs_diff", "top1_agreement", "mean_kl", "perplexity")}
+                    for q, r in report["quants"].items()}))
     _print_summary(out, report)
     if cfg.add:  # 7. install each quant into the store and pin it in the user lock
         _install(cfg, out, files, src)

@@ -97,7 +97,8 @@ def _generation_eos(folder: Path):
 def run(cfg: Config) -> Path:
     """check -> source -> fp32 ONNX -> quantize -> verify vs transformers -> write atomically."""
     from edge.errors import BadRequest
-    from export.artifacts import MANIFEST, ArtifactDir, file_table, write_json
+    from edge.manifest import ChatManifest, write
+    from export.artifacts import ArtifactDir, file_table
     from export.llm import check, onnx_file, source as S
     from export.llm.disk import check_disk, weights_bytes
     from export.quantize import onnx_size
@@ -140,9 +141,9 @@ def run(cfg: Config) -> Path:
         from transformers import AutoTokenizer
         AutoTokenizer.from_pretrained(str(src.folder)).save_pretrained(str(tmp))
         shutil.copyfile(src.folder / "config.json", tmp / "config.json")
-        fields = manifest_fields(src, precision)
-        write_json(tmp / MANIFEST, {"task": "chat", "format": "onnx", "recipe": "llm-onnx", "model_file": "model.onnx",
-                                    **fields})
+        manifest = ChatManifest.from_dict({"format": "onnx", "recipe": "llm-onnx", "model_file": "model.onnx",
+                                           **manifest_fields(src, precision)}, "the llm-onnx manifest")
+        write(tmp, manifest)
 
         # 5. verify against transformers (logits through the KV cache; greedy answers through the engine)
         report = check.verify_onnx(src, model, tmp, threads, PROMPTS)
@@ -157,10 +158,10 @@ def run(cfg: Config) -> Path:
             raise BadRequest(f"verification failed for {precision}: top-1 {report['logits']['top1_agreement']:.4f}, "
                              f"greedy equal {report['greedy_equal']}; nothing was written.", param="source")
         shutil.rmtree(tmp / ".source", ignore_errors=True)
-        manifest = json.loads((tmp / MANIFEST).read_text())
-        manifest.update({"source": src.origin, "verify": {**report["logits"], "greedy_equal": report["greedy_equal"]}})
-        manifest["files"] = file_table(tmp)
-        write_json(tmp / MANIFEST, manifest)
+        manifest.source = src.origin
+        manifest.verify = {**report["logits"], "greedy_equal": report["greedy_equal"]}
+        manifest.files = file_table(tmp)
+        write(tmp, manifest)
     print(f"llm-onnx: wrote {out} ({precision}); vs transformers: top-1 {report['logits']['top1_agreement']:.3f}, "
           f"KL {report['logits']['mean_kl']:.2e}, greedy answers equal: {report['greedy_equal']}")
     if cfg.add:  # 6. install into the store and pin it in the user lock

@@ -14,7 +14,6 @@ depends on the weights; the thresholds the tests assert are stated there.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -70,29 +69,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(cfg: Config) -> Path:
     from edge.errors import BadRequest
     from edge.npu import eps
-    from export.artifacts import MANIFEST, ArtifactDir, file_table, write_json
+    from edge.manifest import MANIFEST_FILE, ImageManifest, read, write
+    from export.artifacts import ArtifactDir, file_table, write_json
     from export.npu import chat, lcm, sam
     from export.verify import environment
 
     # 1. check inputs
     cfg = _common.typed(Config, cfg)
     src = Path(cfg.source or "")
-    if not cfg.source or not (src / MANIFEST).is_file():
-        raise BadRequest(f"`source` {cfg.source!r} is not an export folder (no {MANIFEST}); export one first with "
-                         "`edge-run export sam|lcm ... --out FOLDER`.", param="source")
-    src_manifest = json.loads((src / MANIFEST).read_text())
-    family = src_manifest.get("recipe")
+    if not cfg.source or not (src / MANIFEST_FILE).is_file():
+        raise BadRequest(f"`source` {cfg.source!r} is not an export folder (no {MANIFEST_FILE}); export one first "
+                         "with `edge-run export sam|lcm ... --out FOLDER`.", param="source")
+    src_m = read(src)
+    family = src_m.recipe
     if family not in FAMILIES:
         raise BadRequest(f"`source` {str(src)!r} was made by recipe {family!r}; the NPU conversion takes "
                          f"{', '.join(FAMILIES)} exports.", param="source")
-    if family == "sam" and src_manifest.get("precision", "fp32") != "fp32":
-        raise BadRequest(f"`source` is a {src_manifest.get('precision')} MobileSAM export; the NPU conversion needs "
+    if family == "sam" and (src_m.precision or "fp32") != "fp32":
+        raise BadRequest(f"`source` is a {src_m.precision} MobileSAM export; the NPU conversion needs "
                          "the fp32 one (`edge-run export sam ... --precision fp32`).", param="source")
-    if family == "llm-onnx" and src_manifest.get("precision", "fp32") != "fp32":
-        raise BadRequest(f"`source` is a {src_manifest.get('precision')} ONNX chat export; the NPU conversion needs the "
+    if family == "llm-onnx" and (src_m.precision or "fp32") != "fp32":
+        raise BadRequest(f"`source` is a {src_m.precision} ONNX chat export; the NPU conversion needs the "
                          "fp32 one (`edge-run export llm-onnx ... --quant fp32`).", param="source")
-    if family == "lcm" and "fp32" not in src_manifest.get("precisions", {}):
+    if family == "lcm" and not (isinstance(src_m, ImageManifest) and "fp32" in src_m.precisions):
         raise BadRequest("`source` LCM export has no fp32 precision; export with --precisions fp32,...", param="source")
+    src_manifest = src_m.to_dict()  # what export.npu's manifest builders extend
     schemes = [s.strip() for s in cfg.quant.split(",") if s.strip()]
     bad = [s for s in schemes if s not in SCHEMES]
     if cfg.sam_decoder_quant not in (*SCHEMES, "same"):
@@ -128,8 +129,8 @@ def run(cfg: Config) -> Path:
         # 4. manifest (edge.devices reads its npu section)
         m["npu"] = {"schema": 1, "target": "qnn-htp", "default_quant": default, "schemes": schemes,
                     "components": npu["components"]}
-        m["source"] = {**(src_manifest.get("source") or {}), "npu_from": str(src.absolute())}
-        write_json(tmp / MANIFEST, m)
+        m["source"] = {**(src_m.source or {}), "npu_from": str(src.absolute())}
+        write(tmp, m)
         # 5. verify
         if family == "sam":
             checks = sam.verify(src, tmp, schemes, default, devices=devices, images=cfg.verify_images,
@@ -152,13 +153,13 @@ def run(cfg: Config) -> Path:
                                                     "placement")
                            if kk in v} for k, v in checks.items()}
         m["files"] = file_table(tmp)
-        write_json(tmp / MANIFEST, m)
+        write(tmp, m)
     _print_summary(cfg.out, family, checks)
     if cfg.add:
-        model_id = cfg.model_id or f"{src_manifest.get('id') or src.name}-npu"
+        model_id = cfg.model_id or f"{src_m.id or src.name}-npu"
         _common.install(cfg, cfg.out, model_id=model_id,
                         task={"sam": "segment", "lcm": "image", "llm-onnx": "chat"}[family], fmt="onnx",
-                        license=(src_manifest.get("source") or {}).get("license", "see source"),
+                        license=(src_m.source or {}).get("license", "see source"),
                         source={"recipe": "npu", "from": str(src.absolute())}, description=HELP)
         print(f"npu: installed as {model_id!r}")
     return Path(cfg.out).absolute()

@@ -372,7 +372,8 @@ def run(cfg: Config, sam=None) -> Path:
     """build/load -> export fp32 -> quantize -> verify -> write report.json + edge-model.json atomically.
     ``sam``: an already built PyTorch model for ``--random-init`` (tests reuse one per session)."""
     from edge.errors import BadRequest
-    from export.artifacts import MANIFEST, ArtifactDir, file_table, write_json
+    from edge.manifest import SegmentManifest, write
+    from export.artifacts import ArtifactDir, file_table
     from export.verify import write_report
 
     # 1. check inputs
@@ -444,16 +445,13 @@ def run(cfg: Config, sam=None) -> Path:
                              f"thresholds {report['thresholds']}. Nothing was written.", param="precision")
 
         # 6. manifest
-        write_json(tmp / MANIFEST, {
-            "task": "segment", "format": "onnx", "family": "mobilesam", "recipe": "sam",
-            "precision": precision, "source": source,
-            "components": {"encoder": precision,
-                           "decoder": precision if (precision != "fp32" and cfg.quantize_decoder) else "fp32"},
-            "inputs": {"image_size": 1024, "embedding": [256, 64, 64], "low_res_mask": [256, 256],
-                       "pixel_mean": [123.675, 116.28, 103.53], "pixel_std": [58.395, 57.12, 57.375]},
-            "files": file_table(tmp),
-            "verify": report["summary"],
-        })
+        write(tmp, SegmentManifest(
+            format="onnx", family="mobilesam", recipe="sam", precision=precision, source=source,
+            components={"encoder": precision,
+                        "decoder": precision if (precision != "fp32" and cfg.quantize_decoder) else "fp32"},
+            inputs={"image_size": 1024, "embedding": [256, 64, 64], "low_res_mask": [256, 256],
+                    "pixel_mean": [123.675, 116.28, 103.53], "pixel_std": [58.395, 57.12, 57.375]},
+            files=file_table(tmp), verify=report["summary"]))
     print(f"sam: wrote {cfg.out} ({precision}); min mask IoU vs PyTorch {report['summary']['min_mask_iou']:.4f}, "
           f"embedding rel err {report['summary']['max_embedding_rel_err']:.2e}")
     if cfg.add:  # 7. install into the store and pin in the user lock
