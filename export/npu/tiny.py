@@ -62,9 +62,8 @@ def chat_fp32(out: Path, preset: str = "tiny-llama", seed: int = 0) -> Path:
 def to_npu(src: Path, out: Path, *extra: str, quant: str = "a16w8") -> Path:
     """`edge-run export npu SRC --out OUT --quant QUANT --verify-devices none ...`."""
     from export.recipes import npu as R
-    from export.recipes._common import config_from_args
 
     p = argparse.ArgumentParser()
     R.add_arguments(p)
     args = p.parse_args([str(src), "--out", str(out), "--quant", quant, "--verify-devices", "none", *extra])
-    return R.run(config_from_args(R.Config, args))
+    return R.run(R.Config.from_args(args))

@@ -49,7 +49,5 @@ def load(name: str) -> ModuleType:
 def run(name: str, args: argparse.Namespace) -> Path:
     """Run recipe ``name`` on a parsed `edge-run export <name>` command line: its options become the
     recipe's typed Config, the runtime settings flags its ``settings``."""
-    from export.recipes._common import config_from_args
-
     recipe = load(name)
-    return recipe.run(config_from_args(recipe.Config, args))
+    return recipe.run(recipe.Config.from_args(args))

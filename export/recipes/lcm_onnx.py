@@ -13,10 +13,8 @@ The work of each stage lives in :mod:`export.lcm`; this module is the order of t
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ from export.artifacts import REPORT, ArtifactDir, file_table, write_json
 from export.lcm.precisions import DEFAULT_PRECISIONS, EXACT, PRECISIONS
 from export.lcm.sources import PRESETS, random_components  # noqa: F401 - tests/image/conftest.py, until it moves
 from export.recipes import _common
-from export.recipes._common import RecipeConfig, option
+from export.recipes._common import RecipeConfig, option, random_init_option, source_option
 
 HELP = "latent-consistency text-to-image (LCM, SD1.5 class): text encoder, UNet, VAE, TAESD -> ONNX"
 
@@ -35,10 +33,8 @@ HELP = "latent-consistency text-to-image (LCM, SD1.5 class): text encoder, UNet,
 class Config(RecipeConfig):
     """The options of `edge-run export lcm` (each is also a flag)."""
 
-    source: str | None = option("source", nargs="?",
-                                help="diffusers LCM folder or hub id (e.g. SimianLuo/LCM_Dreamshaper_v7)")
-    random_init: str | None = option("--random-init", choices=PRESETS,
-                                     help="build the architecture with seeded random weights")
+    source: str | None = source_option("diffusers LCM folder or hub id (e.g. SimianLuo/LCM_Dreamshaper_v7)")
+    random_init: str | None = random_init_option(PRESETS, "build the architecture with seeded random weights")
     revision: str | None = option("--revision", help="hub revision of SOURCE (pin it for reproducible exports)")
     out: Path | None = option("--out", type=Path, help="output folder (default: ./<model-id>)")
     model_id: str | None = option("--model-id", help="id for the manifest / models.lock (default from the source)")
@@ -63,10 +59,6 @@ class Config(RecipeConfig):
     add: bool = option("--add", default=False, action="store_true",
                        help="install the result into the store ($EDGE_HOME/models) and append it to models.lock")
     no_progress: bool = option("--no-progress", default=False, action="store_true", help=None)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    _common.add_config_arguments(parser, Config)
 
 
 @dataclass
@@ -203,9 +195,8 @@ def run(cfg: Config) -> Path:
     return Path(out).absolute()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m export.recipes.lcm_onnx ...`` (the same as ``edge-run export lcm``)."""
-    return _common.main(sys.modules[__name__], "lcm", argv)
+add_arguments = Config.add_arguments  # the registry contract: `edge-run export lcm` flags
+main = _common.entry_point(__name__, "lcm")
 
 
 if __name__ == "__main__":

@@ -14,11 +14,9 @@ Everything is written to a temp folder and moved into place only after verificat
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ from pathlib import Path
 from export.llm.gguf_file import QUANTS
 from export.llm.source import PRESETS
 from export.recipes import _common
-from export.recipes._common import RecipeConfig, option
+from export.recipes._common import RecipeConfig, option, random_init_option, source_option
 
 HELP = "chat model (HF folder / hub id) -> GGUF f32/f16/q8_0/q4_k_m/... via llama.cpp's quantizer, verified"
 # verification gates: the artifact is written only if these hold (quants below f16 are reported, not gated)
@@ -37,8 +35,8 @@ MIN_TOP1 = {"f32": 0.98, "f16": 0.95}
 class Config(RecipeConfig):
     """The options of `edge-run export llm` (each is also a flag); threads come from ``settings``."""
 
-    source: str | None = option("source", nargs="?", help="Hugging Face model folder or hub id")
-    random_init: str | None = option("--random-init", choices=PRESETS, help="seeded random model instead of a source")
+    source: str | None = source_option("Hugging Face model folder or hub id")
+    random_init: str | None = random_init_option(PRESETS, "seeded random model instead of a source")
     seed: int = option("--seed", default=0, type=int, help="seed for --random-init (default 0)")
     to: str = option("--to", default="gguf", choices=("gguf", "onnx"),
                      help="gguf (llama.cpp) or onnx (llm-onnx recipe)")
@@ -50,10 +48,6 @@ class Config(RecipeConfig):
     add: bool = option("--add", default=False, action="store_true",
                        help="install each file into the store and models.lock")
     model_id: str | None = option("--id", help="model id prefix for --add (default: folder name)")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    _common.add_config_arguments(parser, Config)
 
 
 def run(cfg: Config) -> Path:
@@ -160,9 +154,8 @@ def _install(cfg: Config, out: Path, files: dict[str, Path], src) -> None:
         print(f"llm: installed {q} as {model_id!r} (edge-run chat --model {model_id})")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m export.recipes.llm_gguf ...`` (the same as ``edge-run export llm``)."""
-    return _common.main(sys.modules[__name__], "llm", argv)
+add_arguments = Config.add_arguments  # the registry contract: `edge-run export llm` flags
+main = _common.entry_point(__name__, "llm")
 
 
 if __name__ == "__main__":

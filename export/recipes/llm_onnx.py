@@ -12,10 +12,8 @@ and greedy answers of the ONNX chat engine vs transformers' generate() on a few 
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +22,7 @@ from typing import Any
 from export.llm.onnx_file import PRECISIONS
 from export.llm.source import PRESETS
 from export.recipes import _common
-from export.recipes._common import RecipeConfig, option
+from export.recipes._common import RecipeConfig, option, random_init_option, source_option
 
 HELP = "chat model (HF folder / hub id) -> decoder-with-past ONNX fp32/int8/int4, verified vs transformers"
 PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "List three uses of a brick."]
@@ -35,8 +33,8 @@ MIN_TOP1 = {"fp32": 0.98}  # int8 / int4 are reported, not gated
 class Config(RecipeConfig):
     """The options of `edge-run export llm-onnx` (each is also a flag); threads come from ``settings``."""
 
-    source: str | None = option("source", nargs="?", help="Hugging Face model folder or hub id")
-    random_init: str | None = option("--random-init", choices=PRESETS, help="seeded random model instead of a source")
+    source: str | None = source_option("Hugging Face model folder or hub id")
+    random_init: str | None = random_init_option(PRESETS, "seeded random model instead of a source")
     seed: int = option("--seed", default=0, type=int, help="seed for --random-init (default 0)")
     quant: str | None = option("--quant", help=f"one of {', '.join(PRECISIONS)} (default int4)")
     out: str | None = option("--out", "-o", required=True, help="output folder (written atomically)")
@@ -44,10 +42,6 @@ class Config(RecipeConfig):
                              help="replace an existing output folder")
     add: bool = option("--add", default=False, action="store_true", help="install into the store and models.lock")
     model_id: str | None = option("--id", help="model id for --add (default: folder name)")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    _common.add_config_arguments(parser, Config)
 
 
 def check_precision(value: str | None) -> str:
@@ -173,9 +167,8 @@ def run(cfg: Config) -> Path:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m export.recipes.llm_onnx ...`` (the same as ``edge-run export llm-onnx``)."""
-    return _common.main(sys.modules[__name__], "llm-onnx", argv)
+add_arguments = Config.add_arguments  # the registry contract: `edge-run export llm-onnx` flags
+main = _common.entry_point(__name__, "llm-onnx")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ depends on the weights; the thresholds the tests assert are stated there.
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,10 +58,6 @@ class Config(RecipeConfig):
     add: bool = option("--add", default=False, action="store_true",
                        help="install into the store ($EDGE_HOME/models) and models.lock")
     model_id: str | None = option("--id", help="model id for --add (default <source id>-npu)")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    _common.add_config_arguments(parser, Config)
 
 
 def run(cfg: Config) -> Path:
@@ -197,9 +191,8 @@ def _placement_cell(p: dict) -> str:
     return ", ".join(parts)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m export.recipes.npu SRC --out OUT ...`` (the same as ``edge-run export npu``)."""
-    return _common.main(sys.modules[__name__], "npu", argv)
+add_arguments = Config.add_arguments  # the registry contract: `edge-run export npu` flags
+main = _common.entry_point(__name__, "npu")
 
 
 if __name__ == "__main__":

@@ -22,9 +22,7 @@ edge's own runtime predictor, against upstream's PyTorch ``SamPredictor`` on the
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from export.recipes import _common
-from export.recipes._common import RecipeConfig, option
+from export.recipes._common import RecipeConfig, option, random_init_option, source_option
 
 HELP = "MobileSAM -> encoder.onnx + decoder.onnx (fp32 / int8 / qdq), verified against upstream SamPredictor"
 PRESETS = ("mobilesam", "tiny")
@@ -50,10 +48,9 @@ MAX_EMB_REL_ERR = {"fp32": 1e-3, "int8": 1.0, "qdq": 1.0}
 class Config(RecipeConfig):
     """The options of `edge-run export sam` (each is also a flag)."""
 
-    source: str | None = option("source", nargs="?",
-                                help="upstream MobileSAM checkpoint (mobile_sam.pt); omit with --random-init")
-    random_init: str | None = option("--random-init", choices=PRESETS,
-                                     help="build the architecture with seeded random weights instead of a checkpoint")
+    source: str | None = source_option("upstream MobileSAM checkpoint (mobile_sam.pt); omit with --random-init")
+    random_init: str | None = random_init_option(
+        PRESETS, "build the architecture with seeded random weights instead of a checkpoint")
     seed: int = option("--seed", default=0, type=int, help="seed for --random-init (default 0)")
     precision: str = option("--precision", default="fp32", choices=PRECISIONS,
                             help="fp32; int8 = dynamic int8 weights (CPU); qdq = static QDQ int8 with calibration "
@@ -78,10 +75,6 @@ class Config(RecipeConfig):
     verify_images: int = option("--verify-images", default=2, type=int,
                                 help="how many verification images (generated shapes + a real photo when "
                                      "scikit-image is present)")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    _common.add_config_arguments(parser, Config)
 
 
 # 2. source ---------------------------------------------------------------------------------------
@@ -501,9 +494,8 @@ def _calibration_feeds(sam, folder: str | None, decoder: bool = True) -> tuple[l
     return enc, dec
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m export.recipes.sam_onnx ...`` (the same as ``edge-run export sam``)."""
-    return _common.main(sys.modules[__name__], "sam", argv)
+add_arguments = Config.add_arguments  # the registry contract: `edge-run export sam` flags
+main = _common.entry_point(__name__, "sam")
 
 
 if __name__ == "__main__":
