@@ -10,36 +10,37 @@ Thread-safe: every call goes through the one shared scheduler.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import threading
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-from edge.chat.api import ChatAPI
+from edge import manifest as mf
+from edge.chat.request import ChatRequest, ChatResult
 from edge.config import Settings, _parse_bytes
-from edge.engines import engine_class
+from edge.engines import WORKLOADS, engine_class, resolve
 from edge.errors import BadRequest, EdgeError, IntegrityError, ModelLoadError, ModelNotInstalled, check_range
-from edge.jobs import JobSpec
+from edge.jobs import JobChain, JobSpec, Priority
 from edge.registry import Catalog, InstalledModel, Store
 from edge.scheduler import JobHandle, Scheduler
+
+if TYPE_CHECKING:
+    from edge.registry.lock import ModelEntry
+    from edge.segment.postprocess import SegmentResult
 
 log = logging.getLogger("edge.api")
 
 
-def _optional_mixins() -> list[type]:
-    """Workload API mixins that exist in this install (edge/<workload>/api.py)."""
-    out = []
-    for module, name in (("edge.image.api", "ImageAPI"), ("edge.segment.api", "SegmentAPI")):
-        try:
-            out.append(getattr(importlib.import_module(module), name))
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-    return out
+class Runtime:
+    """edge-run's Python API, the one door of the CLI, the HTTP server and apps: chat, image and segment
+    jobs over one shared scheduler, models pulled, verified and loaded on demand.
 
-
-class RuntimeCore:
-    """Settings, model catalog and store, and the shared scheduler."""
+    ``Runtime(ram_budget="2G", threads=4, device="cpu")``; use as a context manager or call close().
+    Each workload method checks its request once (``edge/<workload>/request.py``), resolves and installs
+    the model once, and hands the workload's jobs (``edge/<workload>/api.py``, found through the
+    registry in edge/engines.py) to the scheduler; ``*_job`` methods return a handle to await, stream
+    or cancel, the others block.
+    """
 
     def __init__(self, *, home: str | None = None, ram_budget: int | str | None = None, threads: int | None = None,
                  device: str | None = None, offline: bool | None = None, keep_alive: float | None = None,
@@ -59,7 +60,9 @@ class RuntimeCore:
         self.store = Store(self.settings)
         self._pull_lock = threading.Lock()  # guards the per-model locks below, never held across a download
         self._pull_locks: dict[str, threading.Lock] = {}
-        self._stamps: dict[str, dict[str, dict]] = {}  # model id -> file name -> stat stamp taken at load
+        # model id -> (the verified model, its files' stat stamps then): a model is verified and its manifest
+        # read once, then only re-stamped (no hashing, no manifest read) until a file changes
+        self._verified: dict[str, tuple[InstalledModel, dict[str, dict | None]]] = {}
         self.scheduler = Scheduler(loader=self._load_engine, estimate=self._estimate, threads=self.settings.threads,
                                    ram_budget=self.settings.ram_budget, max_queue=self.settings.max_queue,
                                    keep_alive=self.settings.keep_alive, policy=self.settings.scheduler)
@@ -87,60 +90,90 @@ class RuntimeCore:
         with self._pull_lock:
             return self._pull_locks.setdefault(model_id, threading.Lock())
 
+    def model_for(self, model: str | None, *, task: str) -> str:
+        """What every workload door does once per request: resolve ``model`` for ``task`` (the task's
+        default when None) and make sure it is installed and verified (see :meth:`ensure`)."""
+        model_id = self.resolve_model(model, task=task)
+        self.ensure(model_id)
+        return model_id
+
     def ensure(self, model_id: str) -> InstalledModel:
         """Make sure ``model_id`` is installed and verified, pulling it when allowed (``auto_pull``;
         `edge-run serve` allows it only with --allow-pull). An installed model never waits for another
-        model's download: the lock taken is this model's own."""
+        model's download: the lock taken is this model's own. Once verified, a model is only re-stamped
+        (size, mtime, inode of each file) until one of its files changes."""
         entry = self.catalog.get(model_id)
-        self.check_loaded(model_id)  # a loaded model whose file changed is unloaded first (IntegrityError)
+        verified = self._still_verified(entry)  # a loaded model whose file changed is unloaded (IntegrityError)
+        if verified is not None:
+            return verified
         if self.store.is_installed(entry) or not self.auto_pull:
-            return self.store.installed(entry)  # ModelNotInstalled names `edge-run pull ID` when absent
-        with self._model_lock(model_id):
-            if self.store.is_installed(entry):
-                return self.store.installed(entry)
-            return self.store.pull(entry)
+            model = self.store.installed(entry)  # ModelNotInstalled names `edge-run pull ID` when absent
+        else:
+            with self._model_lock(model_id):
+                model = self.store.installed(entry) if self.store.is_installed(entry) else self.store.pull(entry)
+        self._verified[model_id] = (model, self._stamps(entry))
+        return model
+
+    def manifest(self, model_id: str) -> mf.Manifest:
+        """The typed edge-model.json of an installed model, as read when it was verified."""
+        return _typed_manifest(self.ensure(model_id))
 
     def pull(self, model_id: str, *, force: bool = False) -> InstalledModel:
         entry = self.catalog.get(model_id)
         with self._model_lock(model_id):
+            self._verified.pop(model_id, None)
             return self.store.pull(entry, force=force)
+
+    def _stamps(self, entry: "ModelEntry") -> dict[str, dict | None]:
+        stamps: dict[str, dict | None] = {}
+        for fe in entry.files:
+            try:
+                stamps[fe.name] = self.store.stamp(self.store.file_path(entry, fe), fe.sha256)
+            except OSError:
+                stamps[fe.name] = None
+        return stamps
+
+    def _still_verified(self, entry: "ModelEntry") -> InstalledModel | None:
+        """The verified model if none of its files changed since; None if it was never verified or a file
+        changed (then it is verified again). A file truncated, replaced or deleted under a LOADED model is
+        caught here, before a job touches the mapped weights (a truncated mmap is SIGBUS): the model is
+        unloaded and the caller gets an IntegrityError naming it and the fix."""
+        cached = self._verified.get(entry.id)
+        if cached is None:
+            return None
+        model, want = cached
+        now = self._stamps(entry)
+        # size, mtime and inode: a hard link or chmod elsewhere changes ctime without touching the bytes
+        changed = [name for name, w in want.items() if w is None or now.get(name) is None
+                   or any(now[name][k] != w[k] for k in ("size", "mtime_ns", "ino"))]
+        if not changed:
+            return model
+        self._verified.pop(entry.id, None)
+        if entry.id not in {m["id"] for m in self.scheduler.loaded()}:
+            return None
+        # unloaded now if idle; otherwise new jobs keep being refused here until it is
+        self.scheduler.unload(entry.id)
+        what = "was deleted" if now.get(changed[0]) is None else "changed on disk"
+        raise IntegrityError(f"model {entry.id!r}: file {changed[0]!r} {what} while the model was loaded; "
+                             f"it is unloaded (or will be once its running jobs end). Run `edge-run pull "
+                             f"{entry.id} --force` to restore it, then retry.", param="model")
 
     def check_loaded(self, model_id: str) -> None:
         """If ``model_id`` is loaded, confirm its files are still the ones it was loaded from (a size and
-        stat check, no hashing). A file truncated, replaced or deleted under a loaded model is caught
-        here, before a job touches the mapped weights (a truncated mmap is SIGBUS): the model is
-        unloaded and the caller gets an IntegrityError naming it and the fix."""
-        stamps = self._stamps.get(model_id)
-        if not stamps or model_id not in {m["id"] for m in self.scheduler.loaded()}:
-            return
-        entry = self.catalog.get(model_id)
-        for fe in entry.files:
-            want = stamps.get(fe.name)
-            path = self.store.file_path(entry, fe)
-            try:
-                now = self.store.stamp(path, fe.sha256)
-            except OSError:
-                now = None
-            # size, mtime and inode: a hard link or chmod elsewhere changes ctime without touching the bytes
-            same = now is not None and want is not None and all(now[k] == want[k] for k in ("size", "mtime_ns", "ino"))
-            if want is not None and not same:
-                # unloaded now if idle; otherwise new jobs keep being refused here until it is
-                if self.scheduler.unload(model_id):
-                    self._stamps.pop(model_id, None)
-                what = "was deleted" if now is None else "changed on disk"
-                raise IntegrityError(f"model {model_id!r}: file {fe.name!r} {what} while the model was loaded; "
-                                     f"it is unloaded (or will be once its running jobs end). Run `edge-run pull "
-                                     f"{model_id} --force` to restore it, then retry.", param="model")
+        stat check, no hashing); IntegrityError (and the model unloaded) if not."""
+        if model_id in self._verified:
+            self._still_verified(self.catalog.get(model_id))
 
     def _estimate(self, model_id: str) -> int:
-        from edge.registry.manifest import load_bytes, read_manifest
-
         entry = self.catalog.get(model_id)
         size = entry.size
-        # multi-precision exports: only the loaded precision's files count
-        load = load_bytes(read_manifest(self.store.model_dir(model_id) / "edge-model.json", model_id=model_id))
-        if load:
-            size = load
+        # multi-precision exports: only the loaded precision's files count. The doors verified the model
+        # (and read its manifest) before submitting; a job submitted directly may reach here first.
+        verified = self._verified.get(model_id)
+        if verified is not None:
+            size = _typed_manifest(verified[0]).loaded_bytes() or size
+        elif (self.store.model_dir(model_id) / mf.MANIFEST_FILE).is_file():
+            size = mf.read(self.store.model_dir(model_id), model_id=model_id).loaded_bytes() or size
         if entry.task == "chat":
             size += 64 << 20  # KV cache + compute buffers of a small model at the default context
         return int(size * 1.1)
@@ -151,10 +184,8 @@ class RuntimeCore:
         extra: dict[str, Any] = {"ram_budget": self.settings.ram_budget}
         if model.task == "chat":
             extra = {"slots": self.settings.chat_slots, "n_ctx": self.settings.ctx}
-        stamps = {fe.name: self.store.stamp(model.files[fe.name], fe.sha256)
-                  for fe in (model.entry.files if model.entry else ())}
         try:
-            engine = cls.load(model, threads=threads, device=self.settings.device, **extra)
+            return cls.load(model, threads=threads, device=self.settings.device, **extra)
         except EdgeError:
             raise
         except Exception as e:  # the library's words (and the file's path) go to the log, not to a client
@@ -163,8 +194,6 @@ class RuntimeCore:
                                  f"their checksums, so this build of its engine cannot read them. Run `edge-run "
                                  f"pull {model_id} --force`, or re-export it with this edge-run version; the "
                                  "server log has the details.", param="model") from None
-        self._stamps[model_id] = stamps
-        return engine
 
     # -- scheduler ------------------------------------------------------------------------
     def submit(self, spec: JobSpec) -> JobHandle:
@@ -194,9 +223,127 @@ class RuntimeCore:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    # -- workloads ------------------------------------------------------------------------
+    @staticmethod
+    def _workload(task: str) -> ModuleType:
+        """The module of ``task``'s jobs, as the workload registry (edge/engines.py) names it."""
+        return resolve(WORKLOADS[task].api)
 
-class Runtime(ChatAPI, *_optional_mixins(), RuntimeCore):
-    """edge-run's Python API: chat (and image / segment) behind one shared scheduler.
+    def chat_job(self, messages: list[dict] | ChatRequest, *, model: str | None = None,
+                 max_tokens: int | None = None, temperature: float = 0.8, top_p: float = 0.95, top_k: int = 40,
+                 min_p: float = 0.05, seed: int | None = None, stop: list[str] | str | None = None,
+                 json_schema: dict | None = None, repeat_penalty: float = 1.0,
+                 priority: Priority = Priority.INTERACTIVE, keep_alive: float | None = None) -> JobHandle[ChatResult]:
+        """Submit a chat turn (``messages``, or a ChatRequest whose fields replace the sampling keywords);
+        the handle's events are Step("prefill") and Step("token", data=text)."""
+        req = messages if isinstance(messages, ChatRequest) else ChatRequest(
+            messages=messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+            min_p=min_p, seed=seed, stop=stop, json_schema=json_schema, repeat_penalty=repeat_penalty)
+        return self._workload("chat").chat_job(self, req, model=model, priority=priority, keep_alive=keep_alive)
 
-    ``Runtime(ram_budget="2G", threads=4, device="cpu")``; use as a context manager or call close().
-    """
+    def complete_job(self, prompt: str | ChatRequest, *, model: str | None = None,
+                     priority: Priority = Priority.INTERACTIVE, keep_alive: float | None = None,
+                     **sampling: Any) -> JobHandle[ChatResult]:
+        """Submit a raw text completion of ``prompt`` (no chat template; /v1/completions). ``sampling``:
+        the keywords of :meth:`chat_job`; or give a ChatRequest made with ChatRequest.completion."""
+        req = prompt if isinstance(prompt, ChatRequest) else ChatRequest.completion(prompt, **sampling)
+        return self._workload("chat").chat_job(self, req, model=model, priority=priority, keep_alive=keep_alive)
+
+    def chat(self, messages: list[dict], *, stream: bool = False, **kw) -> ChatResult | Iterator[str]:
+        """Answer a conversation.
+
+        ``stream=False`` returns a ChatResult (``.text``, ``.usage()``, ``.finish_reason``);
+        ``stream=True`` returns an iterator of text pieces as they are generated (closing it early
+        cancels the job). Keyword arguments are those of :meth:`chat_job`.
+        """
+        handle = self.chat_job(messages, **kw)
+        if stream:
+            return self._workload("chat").stream_text(handle)
+        return handle.result()
+
+    def imagine_job(self, prompt: str | Any, *, model: str | None = None, size: Any = None, steps: int = 4,
+                    n: int = 1, seed: int | None = None, guidance_scale: float = 8.0, init_image: Any = None,
+                    strength: float = 0.6, decoder: str | None = None, keep_alive: float | None = None,
+                    priority: Priority = Priority.BATCH) -> JobHandle[list]:
+        """Submit an image job (batch priority, so chat and segmentation stay interactive); ``prompt`` may
+        be an edge.image.request.ImageRequest, whose fields replace the keywords.
+
+        The handle's events are Step("text_encode"), Step("image_encode") for img2img, Step("unet")
+        per step and Step("decode") per image; ``.result()`` is a list of PIL images whose ``.info``
+        holds prompt, seed, steps and model; ``.cancel()`` stops it at the next step.
+        """
+        from edge.image.request import ImageRequest, parse_size
+
+        req = prompt if isinstance(prompt, ImageRequest) else ImageRequest(
+            prompt, *parse_size(size), steps=steps, n=n, seed=seed, guidance_scale=guidance_scale,
+            init_image=init_image, strength=strength, decoder=decoder)
+        return self._workload("image").imagine_job(self, req, model=model, keep_alive=keep_alive, priority=priority)
+
+    def imagine(self, prompt: str | Any, **kw) -> list:
+        """Generate images; blocks until done. Keyword arguments are those of :meth:`imagine_job`
+        (size '512x512', steps 1-8, n, seed, guidance_scale, init_image + strength, decoder 'vae'|'taesd')."""
+        handle = self.imagine_job(prompt, **kw)
+        try:
+            return handle.result()
+        finally:
+            if not handle.done:
+                handle.cancel()
+
+    def segment_job(self, image: Any = None, points: Sequence[Sequence[float]] | None = None,
+                    box: Sequence[float] | None = None, *, multimask: bool | None = None, prev_mask: Any = None,
+                    image_id: str | None = None, model: str | None = None,
+                    keep_alive: float | None = None) -> JobChain[SegmentResult]:
+        """Submit one click (see :meth:`segment`); ``image`` may be an edge.segment.request.SegmentRequest.
+        The image is decoded and every prompt checked here, before any job; the handle runs the decoder
+        (interactive) at once when the image's embedding is cached, else the encoder (batch) first."""
+        from edge.segment.request import SegmentRequest
+
+        req = image if isinstance(image, SegmentRequest) else SegmentRequest(
+            image=image, image_id=image_id, points=points, box=box, multimask=multimask, prev_mask=prev_mask)
+        return self._workload("segment").segment_job(self, req, model=model, keep_alive=keep_alive)
+
+    def segment(self, image: Any = None, points: Sequence[Sequence[float]] | None = None,
+                box: Sequence[float] | None = None, *, multimask: bool | None = None, prev_mask: Any = None,
+                image_id: str | None = None, model: str | None = None) -> SegmentResult:
+        """Masks for point / box prompts on ``image`` (a path, bytes, PIL image or array) or on a
+        previously embedded ``image_id``.
+
+        points: [(x, y, label)] in image pixels, label 1 = object, 0 = background (default 1).
+        box: (x0, y0, x1, y1). multimask: three candidate masks (default: only for a single point).
+        prev_mask: a previous SegmentResult / Mask (or 256x256 logits, or an HxW mask) to refine.
+        Returns a SegmentResult: ``.masks`` (mask, score, bbox, area, rle()), ``.best``, ``.mask``.
+        """
+        handle = self.segment_job(image, points, box, multimask=multimask, prev_mask=prev_mask, image_id=image_id,
+                                  model=model)
+        try:
+            return handle.result()
+        finally:
+            if not handle.done:
+                handle.cancel()
+
+    def embed_job(self, image: Any, *, model: str | None = None, keep_alive: float | None = None) -> JobHandle:
+        """Submit the image encoder (batch priority); the result is (Embedding, encoder_ran)."""
+        return self._workload("segment").embed_job(self, image, model=model, keep_alive=keep_alive)
+
+    def embed(self, image: Any, *, model: str | None = None) -> dict[str, Any]:
+        """Encode ``image`` into the embedding cache (no-op if cached). Returns its ``image_id`` (pass it
+        to ``segment(image_id=...)``), sizes, and whether the encoder ran."""
+        emb, ran = self.embed_job(image, model=model).result()
+        return {"image_id": emb.image_id, "size": list(emb.size), "original_size": list(emb.original_size),
+                "scale": emb.scale, "encoder_ran": ran}
+
+    def segment_stats(self, *, model: str | None = None) -> dict[str, int]:
+        """Encoder / decoder call counts and embedding-cache figures of the loaded segment model."""
+        model_id = self.model_for(model, task="segment")
+        return self.submit(JobSpec(model_id=model_id, work=lambda engine: engine.stats_steps(),
+                                   priority=Priority.INTERACTIVE, label="segment_stats")).result()
+
+
+def _typed_manifest(model: InstalledModel) -> mf.Manifest:
+    doc = model.manifest
+    if isinstance(doc, mf.Manifest):
+        return doc
+    # TODO(manifest): InstalledModel.manifest becomes the typed Manifest (helper B); drop this then
+    if not doc:
+        return mf.Manifest.default(model.task, model.format)
+    return type(mf.Manifest.default(model.task)).from_dict(doc, f"model {model.id!r}: {mf.MANIFEST_FILE}")

@@ -4,10 +4,10 @@ so a chat-only user never loads onnxruntime; this module imports only edge.error
 import it.
 
     WORKLOADS["image"].cli        # "edge.image.cli": add_parser(subparsers), run(args) -> int
-    WORKLOADS["image"].api        # "edge.image.api:ImageAPI": the Runtime methods of the workload
+    WORKLOADS["image"].api        # "edge.image.api": the workload's jobs, behind the Runtime's methods
     WORKLOADS["image"].routes     # "edge.server.image_routes": a module with a FastAPI `router`
     engine_class("image", "onnx") # the engine class for a (task, format) pair
-    resolve("edge.image.api:ImageAPI") -> the object (a module when the path has no ":name")
+    resolve("edge.image.api") -> the module (or the object, for "module:name")
 
 A new workload adds one ``Workload(...)`` line below; `edge-run`, the server and the Runtime pick it up.
 """
@@ -25,18 +25,18 @@ class Workload:
 
     task: str  # the models.lock `task` it serves
     engines: dict[str, str] = field(default_factory=dict)  # model format -> engine class
-    api: str | None = None  # the Runtime methods of this workload
+    api: str | None = None  # the module of the workload's jobs (edge.api.Runtime's methods call it)
     cli: str | None = None  # `edge-run` command module: add_parser(subparsers); its commands' run(args) -> int
     routes: str | None = None  # server module with a FastAPI `router`
 
 
 WORKLOADS: dict[str, Workload] = {w.task: w for w in (
     Workload("chat", {"gguf": "edge.chat.engine:LlamaChatEngine", "onnx": "edge.chat.onnx_engine:OnnxChatEngine"},
-             api="edge.chat.api:ChatAPI", cli="edge.chat.cli", routes="edge.server.chat_routes"),
+             api="edge.chat.api", cli="edge.chat.cli", routes="edge.server.chat_routes"),
     Workload("image", {"onnx": "edge.image.engine:ImageEngine"},
-             api="edge.image.api:ImageAPI", cli="edge.image.cli", routes="edge.server.image_routes"),
+             api="edge.image.api", cli="edge.image.cli", routes="edge.server.image_routes"),
     Workload("segment", {"onnx": "edge.segment.engine:SegmentEngine"},
-             api="edge.segment.api:SegmentAPI", cli="edge.segment.cli", routes="edge.server.segment_routes"),
+             api="edge.segment.api", cli="edge.segment.cli", routes="edge.server.segment_routes"),
 )}
 
 ENGINE_PATHS: dict[tuple[str, str], str] = {(w.task, fmt): path for w in WORKLOADS.values()

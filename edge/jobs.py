@@ -20,11 +20,17 @@ registered by task name in :data:`edge.engines.ENGINE_PATHS`.
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any, Callable, Generator, Protocol, TypeVar, runtime_checkable
+from typing import Any, Callable, Generator, Generic, Iterator, Protocol, TypeVar, runtime_checkable
+
+from edge.errors import Cancelled
 
 R = TypeVar("R")
+log = logging.getLogger("edge.jobs")
 
 
 class Priority(IntEnum):
@@ -78,3 +84,147 @@ class JobSpec:
     keep_alive: float | None = None  # seconds to keep the model loaded after this job; None = default
     label: str = ""
     meta: dict = field(default_factory=dict)
+
+
+Stage = Generator[JobSpec, Any, R]
+"""A chain of jobs as a generator: it yields the JobSpec of the next job, gets that job's result sent
+back, and returns the chain's result (see :class:`JobChain`)."""
+
+
+class JobChain(Generic[R]):
+    """One handle over jobs run one after another, each with its own priority: ``stages`` yields the
+    next job's JobSpec and receives its result (a job's error ends the chain with that error).
+
+    It has a JobHandle's interface (``events``, ``take_events``, ``add_listener``, ``result``,
+    ``cancel``, ``done``), so a front door awaits a chain like a single job. The next job is submitted
+    from the scheduler's thread as the previous one ends (``submit`` must not block: the scheduler's
+    own ``submit`` queues or refuses with Busy at once)."""
+
+    def __init__(self, submit: Callable[[JobSpec], Any], stages: Stage[R], *, first: Any = None,
+                 model_id: str = ""):
+        """``first``: the handle of the chain's first job when the caller submitted it itself (e.g.
+        through Runtime.submit's checks); otherwise the chain submits what ``stages`` yields first."""
+        self.model_id = model_id
+        self._submit = submit
+        self._stages = stages
+        self._lock = threading.RLock()
+        self._events: list[Step] = []
+        self._listeners: list[Callable[[], None]] = []
+        self._done = threading.Event()
+        self._cancelled = False
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self.current: Any = None  # the handle of the job running now
+        if first is None:
+            self._advance(lambda: next(self._stages))
+        else:
+            self._follow(first)
+
+    # -- caller side (JobHandle's interface) ----------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def cancel(self) -> None:
+        """Cancel the running job; no later job of the chain starts."""
+        with self._lock:
+            self._cancelled = True
+            current = self.current
+        if current is not None:
+            current.cancel()
+
+    def add_listener(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` after each new step of any job of the chain and once the chain has ended."""
+        with self._lock:
+            self._listeners.append(fn)
+        if self.done:
+            fn()
+
+    def take_events(self) -> tuple[list[Step], bool]:
+        """The steps that arrived since the last call (never blocks) and whether the chain has ended."""
+        with self._lock:
+            out, self._events = self._events, []
+            return out, self.done
+
+    def events(self, timeout: float | None = None) -> Iterator[Step]:
+        """Steps as they happen, across the chain's jobs; ends when the chain ends."""
+        wake = threading.Event()
+        self.add_listener(wake.set)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            steps, ended = self.take_events()
+            yield from steps
+            if ended:
+                return
+            if not steps:
+                if not wake.wait(0.25) and deadline is not None and time.monotonic() > deadline:
+                    raise TimeoutError(f"job chain produced no step for {timeout} s")
+                wake.clear()
+
+    def result(self, timeout: float | None = None) -> R:
+        """The chain's return value; raises the error that ended it (Cancelled, BadRequest ...)."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"job chain did not finish within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    # -- driving the stages (the scheduler's thread, as each job ends) --------------------
+    def _follow(self, handle: Any) -> None:
+        with self._lock:
+            self.current = handle
+        if self._cancelled:
+            handle.cancel()
+        handle.add_listener(lambda: self._on_progress(handle))
+
+    def _on_progress(self, handle: Any) -> None:
+        steps, ended = handle.take_events()
+        with self._lock:
+            if handle is not self.current or self.done:
+                return
+            self._events.extend(steps)
+            if ended:
+                self.current = None
+        if not ended:
+            self._notify()
+            return
+        try:
+            value = handle.result(timeout=0)
+        except BaseException as e:  # the job's error (Cancelled included) ends the chain
+            self._finish(error=e)
+            return
+        self._advance(lambda: self._stages.send(value))
+
+    def _advance(self, step: Callable[[], JobSpec]) -> None:
+        try:
+            spec = step()
+            if self._cancelled:
+                raise Cancelled("cancelled")
+            handle = self._submit(spec)
+        except StopIteration as stop:
+            self._finish(result=stop.value)
+            return
+        except BaseException as e:
+            self._stages.close()
+            self._finish(error=e)
+            return
+        self._follow(handle)
+
+    def _finish(self, result: Any = None, error: BaseException | None = None) -> None:
+        with self._lock:
+            self._result, self._error = result, error
+            self._done.set()
+        self._notify()
+
+    def _notify(self) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for fn in listeners:
+            try:
+                fn()
+            except Exception:  # a listener must never break the scheduler
+                log.exception("job chain listener failed")

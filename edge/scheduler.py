@@ -68,6 +68,11 @@ class JobHandle(Generic[R]):
         self._engine = None
 
     # -- caller side ------------------------------------------------------------------------
+    @property
+    def model_id(self) -> str:
+        """The model the job runs on (the door resolved it)."""
+        return self.spec.model_id
+
     def cancel(self) -> None:
         """Stop the job at its next step (or at once if it has not started)."""
         self._cancel.set()

@@ -1,4 +1,5 @@
-"""Fuzz /v1/segment's door: body parsing (JSON + typed body), image decoding and prompt parsing.
+"""Fuzz /v1/segment's door: body parsing (JSON + typed body), then SegmentRequest.check (image and mask
+decoding, prompt parsing), as the route and Runtime.segment_job run them.
 Any input gives a parsed request or a BadRequest / PayloadTooLarge; never another exception.
 
     python fuzz/fuzz_segment.py -runs=1000000 -max_len=65536   # seeds: fuzz/corpus/segment
@@ -13,7 +14,8 @@ with atheris.instrument_imports(include=["edge"]):
     from edge.errors import BadRequest
     from edge.segment import preprocess as pre
     from edge.server.bodies import parse_model
-    from edge.server.segment_routes import MAX_JSON_VALUES, SegmentBody, _b64, _prev_mask
+    from edge.segment.request import SegmentRequest
+    from edge.server.segment_routes import MAX_JSON_VALUES, SegmentBody, _b64
 
 
 def test_one_input(data: bytes) -> None:
@@ -30,11 +32,10 @@ def test_one_input(data: bytes) -> None:
             pre.parse_prompt(points, box, img.original_size, img.scale)
         else:
             body = parse_model(rest, SegmentBody, MAX_JSON_VALUES)
-            if body.image is not None:
-                pre.load_image(_b64(body.image, "image"))
-            _prev_mask(body.prev_mask)
-            if body.points or body.box:
-                pre.parse_prompt(body.points, body.box, (480, 640))
+            SegmentRequest(image=_b64(body.image, "image") if body.image is not None else None,
+                           image_id=body.image_id, points=body.points, box=body.box, multimask=body.multimask,
+                           prev_mask=_b64(body.prev_mask, "prev_mask") if body.prev_mask is not None else None
+                           ).check()
     except BadRequest:  # PayloadTooLarge is one
         return
 

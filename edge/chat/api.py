@@ -1,45 +1,36 @@
-"""The chat part of the Python API (mixed into edge.api.Runtime)."""
+"""The chat workload's jobs, behind Runtime.chat_job / complete_job / chat (edge/api.py): one checked
+ChatRequest becomes one interactive scheduler job."""
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from edge.chat.request import ChatRequest, ChatResult
 from edge.jobs import JobSpec, Priority
-from edge.scheduler import JobHandle
+
+if TYPE_CHECKING:
+    from edge.api import Runtime
+    from edge.scheduler import JobHandle
 
 
-class ChatAPI:
-    """Runtime.chat / chat_job. Needs ``self.submit`` and ``self.resolve_model`` from RuntimeCore."""
-
-    def chat_job(self, messages: list[dict], *, model: str | None = None, max_tokens: int | None = None,
-                 temperature: float = 0.8, top_p: float = 0.95, top_k: int = 40, min_p: float = 0.05,
-                 seed: int | None = None, stop: list[str] | str | None = None, json_schema: dict | None = None,
-                 repeat_penalty: float = 1.0, priority: Priority = Priority.INTERACTIVE,
-                 keep_alive: float | None = None) -> JobHandle[ChatResult]:
-        """Submit a chat turn; the handle's events are Step("prefill") and Step("token", data=text)."""
-        req = ChatRequest(messages=messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                          top_k=top_k, min_p=min_p, seed=seed,
-                          stop=[stop] if isinstance(stop, str) else list(stop or []),
-                          json_schema=json_schema, repeat_penalty=repeat_penalty).check()
-        model_id = self.resolve_model(model, task="chat")
-        return self.submit(JobSpec(model_id=model_id, work=lambda engine: engine.chat_steps(req),
-                                   priority=priority, keep_alive=keep_alive, label="chat"))
-
-    def chat(self, messages: list[dict], *, stream: bool = False, **kw) -> ChatResult | Iterator[str]:
-        """Answer a conversation.
-
-        ``stream=False`` returns a ChatResult (``.text``, ``.usage()``, ``.finish_reason``);
-        ``stream=True`` returns an iterator of text pieces as they are generated (closing it early
-        cancels the job). Keyword arguments are those of :meth:`chat_job`.
-        """
-        handle = self.chat_job(messages, **kw)
-        if stream:
-            return stream_text(handle)
-        return handle.result()
+def chat_job(rt: "Runtime", req: ChatRequest, *, model: str | None = None, priority: Priority = Priority.INTERACTIVE,
+             keep_alive: float | None = None) -> "JobHandle[ChatResult]":
+    """Check ``req`` (once: the grammar of a json_schema is built here), install the model if needed, submit.
+    A request with ``prompt`` is a raw completion (no chat template), as /v1/completions asks."""
+    # 1. check inputs, before the model is touched
+    req.check()
+    # 2. the model: resolved and installed once per request
+    model_id = rt.model_for(model, task="chat")
+    # 3. submit
+    if req.prompt is not None:
+        prompt = req.prompt
+        return rt.submit(JobSpec(model_id=model_id, work=lambda engine: engine.complete_steps(prompt, req),
+                                 priority=priority, keep_alive=keep_alive, label="completion"))
+    return rt.submit(JobSpec(model_id=model_id, work=lambda engine: engine.chat_steps(req),
+                             priority=priority, keep_alive=keep_alive, label="chat"))
 
 
-def stream_text(handle: JobHandle) -> Iterator[str]:
+def stream_text(handle: "JobHandle") -> Iterator[str]:
     """Text pieces of a chat job; cancels the job if the consumer stops early."""
     try:
         for step in handle.events():

@@ -27,7 +27,8 @@ so longer prompts are refused at the door instead of being tokenized in the sche
 
 @dataclass
 class ChatRequest:
-    """One chat turn to answer. Defaults follow llama-cpp-python's create_chat_completion."""
+    """One chat turn to answer (or, with ``prompt``, a raw text completion of ``prompt`` without the chat
+    template, as /v1/completions asks). Defaults follow llama-cpp-python's create_chat_completion."""
 
     messages: list[dict[str, Any]]
     max_tokens: int | None = None
@@ -39,12 +40,22 @@ class ChatRequest:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     json_schema: dict | None = None
+    n: int = 1  # answers per request: only 1 (OpenAI's field)
+    prompt: str | None = None  # raw completion text; None = a chat turn over ``messages``
+    max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens: wins when both are given
     grammar: str | None = field(default=None, repr=False)  # GBNF built from json_schema by check()
+
+    @classmethod
+    def completion(cls, prompt: str, **sampling: Any) -> "ChatRequest":
+        """A raw text completion of ``prompt`` (its ``messages`` hold the prompt as one user turn)."""
+        return cls(messages=[{"role": "user", "content": prompt}], prompt=prompt, **sampling)
 
     def check(self) -> "ChatRequest":
         """Every field checked before the job is submitted: native code (llama.cpp's sampler and grammar
         parser) only ever sees values and grammars that passed here."""
-        # 1. messages
+        # 1. messages (or the raw prompt)
+        if self.prompt is not None and (not isinstance(self.prompt, str) or not self.prompt):
+            raise BadRequest(f"`prompt` must be a non-empty string, got {str(self.prompt)[:40]!r}.", param="prompt")
         if not isinstance(self.messages, list) or not self.messages:
             raise BadRequest("`messages` must be a non-empty list of {role, content} objects, got "
                              f"{str(self.messages)[:80]!r}.", param="messages")
@@ -65,6 +76,8 @@ class ChatRequest:
                                  "(no model edge-run loads has a context that long). Shorten the conversation.",
                                  param="messages")
         # 2. sampling: finite numbers in range (NaN, inf and out-of-range integers never reach llama.cpp)
+        if self.n != 1:
+            raise BadRequest(f"`n` must be 1, got {self.n}. Send several requests for several answers.", param="n")
         check_range("temperature", self.temperature, *TEMPERATURE, "Use 0 for greedy, 0.7 for varied answers.")
         check_range("top_p", self.top_p, *TOP_P, "Use e.g. 0.95.")
         check_range("min_p", self.min_p, *MIN_P, "Use e.g. 0.05.")
@@ -74,7 +87,13 @@ class ChatRequest:
             _check_int("seed", self.seed, SEED, "Use e.g. 42, or omit it for a random seed.")
         if self.max_tokens is not None:
             _check_int("max_tokens", self.max_tokens, MAX_TOKENS, "Omit it to answer until the model stops.")
-        if isinstance(self.stop, str):
+        if self.max_completion_tokens is not None:
+            _check_int("max_completion_tokens", self.max_completion_tokens, MAX_TOKENS,
+                       "Omit it to answer until the model stops.")
+            self.max_tokens = self.max_completion_tokens
+        if self.stop is None:
+            self.stop = []
+        elif isinstance(self.stop, str):
             self.stop = [self.stop]
         if not isinstance(self.stop, list) or len(self.stop) > MAX_STOP:
             raise BadRequest(f"`stop` takes at most {MAX_STOP} strings, got "

@@ -1,4 +1,4 @@
-"""The segmentation part of the Python API (mixed into edge.api.Runtime).
+"""The segmentation workload's jobs, behind Runtime.segment_job / embed_job / segment / embed (edge/api.py):
 
     from edge.api import Runtime
     with Runtime() as rt:
@@ -6,88 +6,81 @@
         res = rt.segment("photo.jpg", points=[(320, 240, 1)])   # encoder skipped: cached
         res.mask, res.masks[res.best].score, res.masks[0].bbox
         res2 = rt.segment("photo.jpg", points=[(320, 240, 1), (100, 80, 0)], prev_mask=res)  # refine
+
+A click is a chain of jobs (:func:`segment_stages`), the one place that says how a click runs: decode at
+once (interactive) when the image's embedding is cached; otherwise encode it (batch priority: the heavy
+encoder must not hold up other clicks or chat tokens) and then decode (interactive).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import TYPE_CHECKING
 
-from edge.jobs import JobSpec, Priority
-from edge.scheduler import JobHandle
+from edge.jobs import JobChain, JobSpec, Priority, Stage, StepGen
 from edge.segment import preprocess as pre
-from edge.segment.engine import DecodeRequest, EmbeddingMissing
-from edge.segment.postprocess import SegmentResult
-from edge.errors import BadRequest
+from edge.segment.request import DecodeRequest, EmbeddingMissing, SegmentRequest
+
+if TYPE_CHECKING:
+    from edge.api import Runtime
+    from edge.segment.postprocess import SegmentResult
 
 
-class SegmentAPI:
-    """Runtime.segment / embed. Needs ``self.submit`` and ``self.resolve_model`` from RuntimeCore."""
+def decode_if_cached(engine, req: DecodeRequest) -> "StepGen[SegmentResult | None]":
+    """One decoder call, or None (no step, no error) when the image is not in the embedding cache."""
+    if req.image_id not in engine.cache:
+        return None
+    try:
+        return (yield from engine.decode_steps(req))
+    except EmbeddingMissing:  # evicted since the look above (the decoder's lookup comes before any step)
+        return None
 
-    # -- jobs (the server awaits these handles itself) ------------------------------------------
-    def embed_job(self, image: Any, *, model: str | None = None, keep_alive: float | None = None) -> JobHandle:
-        """Submit the image encoder (batch priority); the result is (Embedding, encoder_ran)."""
-        img = pre.load_image(image)
-        model_id = self.resolve_model(model, task="segment")
-        return self.submit(JobSpec(model_id=model_id, work=lambda engine: engine.embed_steps(img),
-                                   priority=Priority.BATCH, keep_alive=keep_alive, label="segment_embed"))
 
-    def decode_job(self, req: DecodeRequest, *, model: str | None = None,
-                   keep_alive: float | None = None) -> JobHandle[SegmentResult]:
-        """Submit one prompt decode (interactive priority) for an embedded image."""
-        model_id = self.resolve_model(model, task="segment")
-        return self.submit(JobSpec(model_id=model_id, work=lambda engine: engine.decode_steps(req),
-                                   priority=Priority.INTERACTIVE, keep_alive=keep_alive, label="segment_decode"))
+def embed_spec(model_id: str, image: "pre.LoadedImage", keep_alive: float | None = None) -> JobSpec:
+    """The image encoder as a batch job; its result is (Embedding, encoder_ran)."""
+    return JobSpec(model_id=model_id, work=lambda engine: engine.embed_steps(image), priority=Priority.BATCH,
+                   keep_alive=keep_alive, label="segment_embed")
 
-    # -- blocking calls -----------------------------------------------------------------------
-    def embed(self, image: Any, *, model: str | None = None) -> dict[str, Any]:
-        """Encode ``image`` into the embedding cache (no-op if cached). Returns its ``image_id`` (pass it
-        to ``segment(image_id=...)``), sizes, and whether the encoder ran."""
-        img = pre.load_image(image)
-        emb, ran = self.embed_job(img, model=model).result()
-        return {"image_id": emb.image_id, "size": list(emb.size), "original_size": list(emb.original_size),
-                "scale": emb.scale, "encoder_ran": ran}
 
-    def segment(self, image: Any = None, points: Sequence[Sequence[float]] | None = None,
-                box: Sequence[float] | None = None, *, multimask: bool | None = None, prev_mask: Any = None,
-                image_id: str | None = None, model: str | None = None) -> SegmentResult:
-        """Masks for point / box prompts on ``image`` (a path, bytes, PIL image or array) or on a
-        previously embedded ``image_id``.
+def segment_stages(model_id: str, req: SegmentRequest, keep_alive: float | None = None) -> "Stage[SegmentResult]":
+    """The jobs of one click (see the module docstring); ``req`` is checked."""
+    t0 = time.perf_counter()
+    decode = req.decode_request()
 
-        points: [(x, y, label)] in image pixels, label 1 = object, 0 = background (default 1).
-        box: (x0, y0, x1, y1). multimask: three candidate masks (default: only for a single point).
-        prev_mask: a previous SegmentResult / Mask (or 256x256 logits, or an HxW mask) to refine.
-        Returns a SegmentResult: ``.masks`` (mask, score, bbox, area, rle()), ``.best``, ``.mask``.
-        """
-        # 1. check inputs (before any model work)
-        if image is None and image_id is None:
-            raise BadRequest("give `image` (a path, bytes, PIL image or array) or an `image_id` from embed().",
-                             param="image")
-        t0 = time.perf_counter()
-        img = pre.load_image(image) if image is not None else None
-        if img is not None:
-            if image_id is not None and image_id != img.image_id:
-                raise BadRequest(f"`image_id` {image_id!r} does not match the image sent ({img.image_id}); "
-                                 "send one of them.", param="image_id")
-            pre.parse_prompt(points, box, img.original_size, img.scale)
-            image_id = img.image_id
-        req = DecodeRequest(image_id=image_id, points=list(points) if points is not None else None, box=box,
-                            multimask=multimask, prev_mask=prev_mask)
-        # 2. decode at once if the embedding is cached; otherwise encode (batch) and decode (interactive)
-        encoder_ran = False
-        try:
-            result = self.decode_job(req, model=model).result()
-        except EmbeddingMissing:
-            if img is None:
-                raise
-            _, encoder_ran = self.embed_job(img, model=model).result()
-            result = self.decode_job(req, model=model).result()
-        result.encoder_ran = encoder_ran
-        result.timings["total_s"] = time.perf_counter() - t0
-        return result
+    def decode_spec() -> JobSpec:
+        return JobSpec(model_id=model_id, work=lambda engine: decode_if_cached(engine, decode),
+                       priority=Priority.INTERACTIVE, keep_alive=keep_alive, label="segment_decode")
 
-    def segment_stats(self, *, model: str | None = None) -> dict[str, int]:
-        """Encoder / decoder call counts and embedding-cache figures of the loaded segment model."""
-        model_id = self.resolve_model(model, task="segment")
-        return self.submit(JobSpec(model_id=model_id, work=lambda engine: engine.stats_steps(),
-                                   priority=Priority.INTERACTIVE, label="segment_stats")).result()
+    # 1. decode at once if the embedding is cached
+    result = yield decode_spec()
+    encoder_ran = False
+    if result is None:
+        # 2. otherwise encode the image (batch), then decode (interactive)
+        if req.loaded is None:
+            raise EmbeddingMissing.for_image(decode.image_id)
+        _, encoder_ran = yield embed_spec(model_id, req.loaded, keep_alive)
+        result = yield decode_spec()
+        if result is None:  # evicted at once: a cache smaller than one embedding
+            raise EmbeddingMissing.for_image(decode.image_id)
+    result.encoder_ran = encoder_ran
+    result.timings["total_s"] = time.perf_counter() - t0
+    return result
+
+
+def segment_job(rt: "Runtime", req: SegmentRequest, *, model: str | None = None,
+                keep_alive: float | None = None) -> "JobChain[SegmentResult]":
+    """Check ``req`` once (the image is decoded here), then run :func:`segment_stages`."""
+    # 1. check inputs, before any model work
+    req.check()
+    # 2. the model: resolved and installed once per request
+    model_id = rt.model_for(model, task="segment")
+    # 3. the chain: its first job passes the Runtime's checks, the next ones are queued as each job ends
+    stages = segment_stages(model_id, req, keep_alive)
+    return JobChain(rt.scheduler.submit, stages, first=rt.submit(next(stages)), model_id=model_id)
+
+
+def embed_job(rt: "Runtime", image, *, model: str | None = None, keep_alive: float | None = None):
+    """Encode ``image`` into the embedding cache (batch priority); the result is (Embedding, encoder_ran)."""
+    loaded = pre.load_image(image)  # the image's checks (format, size), once
+    model_id = rt.model_for(model, task="segment")
+    return rt.submit(embed_spec(model_id, loaded, keep_alive))

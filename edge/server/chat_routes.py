@@ -12,7 +12,6 @@ from starlette.concurrency import run_in_threadpool
 
 from edge.chat.request import ChatRequest
 from edge.errors import BadRequest, EdgeError
-from edge.jobs import JobSpec, Priority
 from edge.server.jobs import JobStreamingResponse, job_events, wait_result
 from edge.server.schemas import ERROR_RESPONSES, ChatCompletionBody, CompletionBody, SamplingFields
 
@@ -46,23 +45,23 @@ def _schema(body: ChatCompletionBody) -> dict | None:
     return schema
 
 
-def _request(body: SamplingFields, messages: list[dict], schema: dict | None) -> ChatRequest:
-    """Every check before the job is submitted (one door: ChatRequest.check builds the grammar too)."""
-    if body.n != 1:
-        raise BadRequest(f"`n` must be 1, got {body.n}. Send several requests for several answers.", param="n")
-    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    newer = body.max_completion_tokens is not None  # OpenAI's newer name wins, and is checked under its name
-    req = ChatRequest(messages=messages, max_tokens=body.max_completion_tokens if newer else body.max_tokens,
-                      temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, min_p=body.min_p,
-                      seed=body.seed, stop=stop, json_schema=schema, repeat_penalty=body.repeat_penalty)
+def _request(body: SamplingFields, messages: list[dict], schema: dict | None, prompt: str | None = None
+             ) -> ChatRequest:
+    """The body mapped onto the chat request (checked once, by the Runtime)."""
+    return ChatRequest(messages=messages, max_tokens=body.max_tokens, max_completion_tokens=body.max_completion_tokens,
+                       temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, min_p=body.min_p,
+                       seed=body.seed, stop=[body.stop] if isinstance(body.stop, str) else list(body.stop or []),
+                       json_schema=schema, repeat_penalty=body.repeat_penalty, n=body.n, prompt=prompt)
+
+
+async def _submit(submit, req: ChatRequest, body: SamplingFields):
+    """``submit`` (Runtime.chat_job / complete_job) off the event loop: the request's check builds a grammar
+    (milliseconds for a large schema) and the model is verified. Errors name the HTTP field."""
     try:
-        return req.check()
+        return await run_in_threadpool(lambda: submit(req, model=body.model, keep_alive=body.keep_alive))
     except BadRequest as e:
         if e.param == "json_schema":  # the HTTP field is response_format
             e.param = "response_format"
-        elif e.param == "max_tokens" and newer:
-            e.param = "max_completion_tokens"
-            e.message = e.message.replace("`max_tokens`", "`max_completion_tokens`")
         raise
 
 
@@ -79,12 +78,8 @@ STREAM_DOC = {200: {"description": "The answer; with `stream: true`, server-sent
 @router.post("/v1/chat/completions", responses=STREAM_DOC)
 async def chat_completions(body: ChatCompletionBody, request: Request):
     rt = request.app.state.runtime
-    # grammar building can take a few ms for a large schema: off the event loop
-    req = await run_in_threadpool(_request, body, _messages(body), _schema(body))
-    model_id = rt.resolve_model(body.model, task="chat")
-    await run_in_threadpool(rt.ensure, model_id)
-    handle = rt.submit(JobSpec(model_id=model_id, work=lambda engine: engine.chat_steps(req),
-                               priority=Priority.INTERACTIVE, keep_alive=body.keep_alive, label="chat"))
+    handle = await _submit(rt.chat_job, _request(body, _messages(body), _schema(body)), body)
+    model_id = handle.model_id
     cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     if body.stream:
@@ -101,12 +96,9 @@ async def chat_completions(body: ChatCompletionBody, request: Request):
 @router.post("/v1/completions", responses=STREAM_DOC)
 async def completions(body: CompletionBody, request: Request):
     rt = request.app.state.runtime
-    req = _request(body, [{"role": "user", "content": body.prompt}], None)
-    model_id = rt.resolve_model(body.model, task="chat")
-    await run_in_threadpool(rt.ensure, model_id)
-    prompt = body.prompt
-    handle = rt.submit(JobSpec(model_id=model_id, work=lambda engine: engine.complete_steps(prompt, req),
-                               priority=Priority.INTERACTIVE, keep_alive=body.keep_alive, label="completion"))
+    handle = await _submit(rt.complete_job, _request(body, [{"role": "user", "content": body.prompt}], None,
+                                                    prompt=body.prompt), body)
+    model_id = handle.model_id
     cid = f"cmpl-{uuid.uuid4().hex[:24]}"
     created = int(time.time())
     if body.stream:

@@ -12,13 +12,13 @@ image renders; a client that disconnects cancels its job.
 from __future__ import annotations
 
 import base64
-import io
 import time
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from edge.image.pipeline import png_info
+from edge.image.png import png_bytes
+from edge.image.request import ImageRequest, parse_size
 from edge.server.jobs import wait_result
 from edge.server.schemas import ERROR_RESPONSES, ImageGenerationBody
 
@@ -26,9 +26,7 @@ router = APIRouter(responses=ERROR_RESPONSES)
 
 
 def _png_b64(img) -> str:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", pnginfo=png_info(img))
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return base64.b64encode(png_bytes(img)).decode("ascii")
 
 
 @router.post("/v1/images/generations")
@@ -36,8 +34,9 @@ async def images_generations(body: ImageGenerationBody, request: Request) -> dic
     rt = request.app.state.runtime
     # 1. types are checked by the typed body; values and ranges by Runtime.imagine_job (one voice), and
     # 2. the job is submitted at batch priority; waiting is awaited (cancelled if the client goes away)
-    handle = rt.imagine_job(body.prompt, model=body.model, size=body.size, steps=body.steps, n=body.n,
-                            seed=body.seed, guidance_scale=body.guidance_scale, decoder=body.decoder)
+    req = ImageRequest(body.prompt, *parse_size(body.size), steps=body.steps, n=body.n, seed=body.seed,
+                       guidance_scale=body.guidance_scale, decoder=body.decoder)
+    handle = await run_in_threadpool(lambda: rt.imagine_job(req, model=body.model))
     images = await wait_result(handle, request)
     encoded = await run_in_threadpool(lambda: [_png_b64(img) for img in images])
     return {"created": int(time.time()), "data": [{"b64_json": b, "revised_prompt": None} for b in encoded]}

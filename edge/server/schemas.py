@@ -1,8 +1,8 @@
 """Request bodies of the HTTP API (pydantic) and the error body, so /openapi.json is the contract.
 
-Ranges come from the workloads' own request checks (edge/chat/request.py, edge/image/pipeline.py,
-edge/segment/preprocess.py), which still run at the door: the schema documents them, the checks
-word the errors. Unknown fields are ignored (OpenAI clients send fields edge-run does not use).
+Ranges come from the workloads' request modules (edge/chat/request.py, edge/image/request.py,
+edge/segment/request.py), whose check() runs once, in the Runtime: the schema documents the ranges,
+the checks word the errors. Unknown fields are ignored (OpenAI clients send fields edge-run does not use).
 Numbers must be finite: NaN and infinities are refused with a 400 naming the field.
 """
 
@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from edge.chat import request as chat_limits
-from edge.image import pipeline as IMG
+from edge.image import request as IMG
 
 MODEL_ID = r"^[a-z0-9][a-z0-9._-]*$"
 KEEP_ALIVE = (-1.0, 10_000_000.0)
@@ -128,5 +128,5 @@ class ImageGenerationBody(_Body):
     model: Annotated[str, Field(pattern=MODEL_ID, max_length=128)] | None = None
     steps: int = Range(4, 1, IMG.MAX_STEPS, "LCM models need few steps")
     seed: int | None = Range(None, 0, IMG.SEED_LIMIT - 1)
-    guidance_scale: float = Range(8.0, 0.0, 30.0)
+    guidance_scale: float = Range(8.0, *IMG.GUIDANCE_SCALE)
     decoder: Literal["vae", "taesd"] | None = None
