@@ -213,6 +213,10 @@ class Runtime:
         """Loaded models with their RAM footprint, running jobs and idle time."""
         return self.scheduler.loaded()
 
+    def jobs(self) -> list[JobHandle]:
+        """The queued and running jobs, oldest first (for progress indicators)."""
+        return self.scheduler.jobs()
+
     def close(self) -> None:
         """Cancel running jobs and unload every model (native handles are freed now)."""
         self.scheduler.close()

@@ -28,11 +28,11 @@ def _steps_total(spec) -> int | None:
     return None
 
 
-def job_rows(scheduler) -> list[dict[str, Any]]:
-    """A snapshot of the queued and running jobs, oldest first."""
+def job_rows(rt) -> list[dict[str, Any]]:
+    """A snapshot of the runtime's queued and running jobs, oldest first."""
     now = time.monotonic()
     rows = []
-    for h in scheduler.jobs():
+    for h in rt.jobs():
         total = _steps_total(h.spec)
         rows.append({"id": h.id, "label": h.spec.label or "job", "model": h.spec.model_id,
                      "state": h.state if h.state in ("queued", "running") else "running",
@@ -44,4 +44,4 @@ def job_rows(scheduler) -> list[dict[str, Any]]:
 
 @router.get("/v1/jobs")
 def jobs(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": job_rows(request.app.state.runtime.scheduler)}
+    return {"object": "list", "data": job_rows(request.app.state.runtime)}
