@@ -86,12 +86,56 @@ class JobSpec:
     meta: dict = field(default_factory=dict)
 
 
+class Outcome(Generic[R]):
+    """What every job handle shares: listeners woken after each step and at the end, and the result (or
+    the error) once done. ``what`` names the handle in timeout messages."""
+
+    what = "job"
+
+    def __init__(self) -> None:
+        self._listeners: list[Callable[[], None]] = []
+        self._listeners_lock = threading.Lock()
+        self._done = threading.Event()
+        self._result: Any = None
+        self._error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def add_listener(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` after each new step and once the job is done (at once if it already is), from
+        the scheduler's thread: an asyncio caller wakes its loop with it instead of holding a thread
+        blocked in events() / result(). Read what happened with take_events() and result()."""
+        with self._listeners_lock:
+            self._listeners.append(fn)
+        if self.done:
+            fn()
+
+    def result(self, timeout: float | None = None) -> R:
+        """The return value; raises the error that ended it (Cancelled, BadRequest ...)."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"{self.what} did not finish within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    def _notify(self) -> None:
+        with self._listeners_lock:
+            listeners = list(self._listeners)
+        for fn in listeners:
+            try:
+                fn()
+            except Exception:  # a listener must never break the scheduler
+                log.exception("%s listener failed", self.what)
+
+
 Stage = Generator[JobSpec, Any, R]
 """A chain of jobs as a generator: it yields the JobSpec of the next job, gets that job's result sent
 back, and returns the chain's result (see :class:`JobChain`)."""
 
 
-class JobChain(Generic[R]):
+class JobChain(Outcome[R]):
     """One handle over jobs run one after another, each with its own priority: ``stages`` yields the
     next job's JobSpec and receives its result (a job's error ends the chain with that error).
 
@@ -104,16 +148,14 @@ class JobChain(Generic[R]):
                  model_id: str = ""):
         """``first``: the handle of the chain's first job when the caller submitted it itself (e.g.
         through Runtime.submit's checks); otherwise the chain submits what ``stages`` yields first."""
+        super().__init__()
+        self.what = "job chain"
         self.model_id = model_id
         self._submit = submit
         self._stages = stages
         self._lock = threading.RLock()
         self._events: list[Step] = []
-        self._listeners: list[Callable[[], None]] = []
-        self._done = threading.Event()
         self._cancelled = False
-        self._result: Any = None
-        self._error: BaseException | None = None
         self.current: Any = None  # the handle of the job running now
         if first is None:
             self._advance(lambda: next(self._stages))
@@ -121,10 +163,6 @@ class JobChain(Generic[R]):
             self._follow(first)
 
     # -- caller side (JobHandle's interface) ----------------------------------------------
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
     @property
     def cancelled(self) -> bool:
         return self._cancelled
@@ -136,13 +174,6 @@ class JobChain(Generic[R]):
             current = self.current
         if current is not None:
             current.cancel()
-
-    def add_listener(self, fn: Callable[[], None]) -> None:
-        """Call ``fn()`` after each new step of any job of the chain and once the chain has ended."""
-        with self._lock:
-            self._listeners.append(fn)
-        if self.done:
-            fn()
 
     def take_events(self) -> tuple[list[Step], bool]:
         """The steps that arrived since the last call (never blocks) and whether the chain has ended."""
@@ -164,14 +195,6 @@ class JobChain(Generic[R]):
                 if not wake.wait(0.25) and deadline is not None and time.monotonic() > deadline:
                     raise TimeoutError(f"job chain produced no step for {timeout} s")
                 wake.clear()
-
-    def result(self, timeout: float | None = None) -> R:
-        """The chain's return value; raises the error that ended it (Cancelled, BadRequest ...)."""
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"job chain did not finish within {timeout} s")
-        if self._error is not None:
-            raise self._error
-        return self._result
 
     # -- driving the stages (the scheduler's thread, as each job ends) --------------------
     def _follow(self, handle: Any) -> None:
@@ -219,12 +242,3 @@ class JobChain(Generic[R]):
             self._result, self._error = result, error
             self._done.set()
         self._notify()
-
-    def _notify(self) -> None:
-        with self._lock:
-            listeners = list(self._listeners)
-        for fn in listeners:
-            try:
-                fn()
-            except Exception:  # a listener must never break the scheduler
-                log.exception("job chain listener failed")

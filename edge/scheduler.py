@@ -27,11 +27,11 @@ import threading
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from edge import cpu
 from edge.errors import Busy, Cancelled, EdgeError, OutOfMemory
-from edge.jobs import JobSpec, Priority, Step
+from edge.jobs import JobSpec, Outcome, Priority, Step
 
 log = logging.getLogger("edge.scheduler")
 R = TypeVar("R")
@@ -42,13 +42,15 @@ Estimator = Callable[[str], int]  # model_id -> bytes expected once loaded
 POLICIES = ("lanes", "priority", "fifo")
 
 
-class JobHandle(Generic[R]):
+class JobHandle(Outcome[R]):
     """A submitted job: iterate its steps, wait for its result, or cancel it."""
 
     _ids = itertools.count(1)
 
     def __init__(self, spec: JobSpec):
+        super().__init__()
         self.id = next(self._ids)
+        self.what = f"job {self.id}"
         self.spec = spec
         self.state = "queued"  # queued | running | done | failed | cancelled
         self.submitted = time.monotonic()
@@ -59,11 +61,7 @@ class JobHandle(Generic[R]):
         self.steps = 0
         self.last_step: Step | None = None
         self._events: queue.SimpleQueue = _EventQueue(self)
-        self._listeners: list[Callable[[], None]] = []
-        self._done = threading.Event()
         self._cancel = threading.Event()
-        self._result: Any = None
-        self._error: BaseException | None = None
         self._gen = None
         self._engine = None
 
@@ -84,10 +82,6 @@ class JobHandle(Generic[R]):
     def cancelled(self) -> bool:
         return self._cancel.is_set()
 
-    @property
-    def done(self) -> bool:
-        return self._done.is_set()
-
     def events(self, timeout: float | None = None) -> Iterator[Step]:
         """Steps as they happen; ends when the job ends (then call result() for the outcome)."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -103,14 +97,6 @@ class JobHandle(Generic[R]):
                 return
             yield ev
 
-    def add_listener(self, fn: Callable[[], None]) -> None:
-        """Call ``fn()`` after each new step and once the job is done (at once if it already is), from
-        the scheduler's thread: an asyncio caller wakes its loop with it instead of holding a thread
-        blocked in events() / result(). Read what happened with take_events() and result()."""
-        self._listeners.append(fn)
-        if self.done:
-            fn()
-
     def take_events(self) -> tuple[list[Step], bool]:
         """The steps that arrived since the last call (never blocks) and whether the job has ended."""
         out: list[Step] = []
@@ -123,21 +109,6 @@ class JobHandle(Generic[R]):
                 self._events.put(_END)
                 return out, True
             out.append(ev)
-
-    def _notify(self) -> None:
-        for fn in list(self._listeners):
-            try:
-                fn()
-            except Exception:  # a listener must never break the scheduler
-                log.exception("job %s listener failed", self.id)
-
-    def result(self, timeout: float | None = None) -> R:
-        """The job's return value; raises its error (Cancelled, BadRequest ...)."""
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"job {self.id} did not finish within {timeout} s")
-        if self._error is not None:
-            raise self._error
-        return self._result
 
     # -- scheduler side ---------------------------------------------------------------------
     def _finish(self, state: str, result: Any = None, error: BaseException | None = None) -> None:
