@@ -1,9 +1,10 @@
 """GGUF chat engine over llama-cpp-python.
 
-One loaded model keeps ``slots`` llama.cpp contexts (all created at load). With mmap the weights
-are shared between contexts, so a slot costs only its KV cache; each slot keeps its KV cache
-between jobs and a new job takes the free slot with the longest matching prompt prefix, so a
-multi-turn chat does not re-evaluate the whole conversation.
+One loaded model keeps ``slots`` llama.cpp contexts (all created at load) in a
+:class:`edge.chat.slots.SlotPool`. With mmap the weights are shared between contexts, so a slot
+costs only its KV cache; each slot keeps its KV cache between jobs and a new job takes the free slot
+with the longest matching prompt prefix, so a multi-turn chat does not re-evaluate the whole
+conversation.
 
 Prefix reuse and determinism: llama.cpp's CPU kernels give bit-identical logits however a prompt is
 split into batches of two or more tokens, but a token evaluated alone (as every decoded token is)
@@ -20,13 +21,12 @@ from __future__ import annotations
 
 import functools
 import threading
-from typing import Any, Sequence
+from typing import Any
 
 from edge.chat.request import ChatRequest, ChatResult
-from edge.errors import BadRequest, ContextTooLong, EdgeError
+from edge.chat.slots import PREFILL_CHUNK, SlotPool, check_context
+from edge.errors import BadRequest, EdgeError
 from edge.jobs import Step, StepGen
-
-PREFILL_CHUNK = 256
 
 
 class LlamaChatEngine:
@@ -42,16 +42,14 @@ class LlamaChatEngine:
         self.threads_now = threads  # what the scheduler allows for the next steps (set_threads)
         self.n_ctx = n_ctx
         self.slots = slots
-        self._contexts: list[Any | None] = [None] * slots
-        self._busy = [False] * slots
-        self._prompt: list[list[int]] = [[] for _ in range(slots)]  # prompt tokens held in each slot's cache
-        self._lock = threading.Lock()
         # every slot now, not on first use: the scheduler measures the footprint around load() (the RAM
-        # budget must see each slot's KV cache), and a burst of chats must not pay context creation
-        self._contexts = [self._new_context() for _ in range(slots)]
-        first = self._contexts[0]
+        # budget must see each slot's KV cache), and a burst of chats must not pay context creation.
+        # A slot's tokens are the *prompt* tokens its context evaluated (see the module docstring).
+        self.pool: SlotPool[Any] = SlotPool(self._new_context() for _ in range(slots))
+        first = self._first_context()
         self.formatter = self._make_formatter(first)
-        self.eos_text = first._model.token_get_text(first.token_eos()) if first.token_eos() != -1 else ""
+        self.eos_text = token_text(first, first.token_eos())
+        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(first.model)  # the window the model was trained for
 
     @classmethod
     def load(cls, model, *, threads: int, device: str = "auto", slots: int = 2, n_ctx: int = 4096):
@@ -73,19 +71,20 @@ class LlamaChatEngine:
         if not template:
             raise EdgeError(f"{llm.model_path}: the GGUF has no tokenizer.chat_template; re-export it with a "
                             "chat template (edge-run export llm ...).")
-        eos, bos = llm.token_eos(), llm.token_bos()
-        return Jinja2ChatFormatter(template=template,
-                                   eos_token=llm._model.token_get_text(eos) if eos != -1 else "",
-                                   bos_token=llm._model.token_get_text(bos) if bos != -1 else "",
-                                   stop_token_ids=[eos])
+        eos = llm.token_eos()
+        return Jinja2ChatFormatter(template=template, eos_token=token_text(llm, eos),
+                                   bos_token=token_text(llm, llm.token_bos()), stop_token_ids=[eos])
 
     def close(self) -> None:
         """Free every llama.cpp context and the model now."""
-        with self._lock:
-            for i, llm in enumerate(self._contexts):
-                if llm is not None:
-                    llm.close()
-                    self._contexts[i] = None
+        self.pool.close(lambda llm: llm.close())
+
+    def _first_context(self):
+        """Slot 0's context, for what any context of this model answers alike (tokenizing, vocabulary)."""
+        llm = self.pool.slots[0].state
+        if llm is None:
+            raise EdgeError(f"model {self.model_id!r} was unloaded")
+        return llm
 
     def set_threads(self, n: int) -> None:
         """Threads for the next steps (the scheduler's count for what the CPU can give now); a slot takes
@@ -106,106 +105,85 @@ class LlamaChatEngine:
             rendered = self.formatter(messages=messages)
         except Exception as e:  # the template's raise_exception(), jinja errors
             raise BadRequest(f"the model's chat template rejected these messages: {e}", param="messages") from None
-        llm = self._contexts[0] or next(c for c in self._contexts if c is not None)
-        tokens = llm.tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special, special=True)
+        tokens = self._first_context().tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special,
+                                                special=True)
         return tokens, rendered
-
-    def _acquire(self, tokens: list[int]) -> int:
-        """Take the free slot whose cached prompt shares the longest prefix with ``tokens``."""
-        with self._lock:
-            # a free open slot with the longest reusable prefix; an unopened slot (-1) only if none is open
-            free = [(_common_prefix(self._prompt[i], tokens) if self._contexts[i] is not None else -1, -i)
-                    for i, busy in enumerate(self._busy) if not busy]
-            best = -max(free)[1] if free else -1
-            if best < 0:
-                raise EdgeError("no free chat slot (scheduler invariant broken)")
-            self._busy[best] = True
-        if self._contexts[best] is None:
-            self._contexts[best] = self._new_context()
-        return best
-
-    def _release(self, slot: int) -> None:
-        with self._lock:
-            self._busy[slot] = False
 
     # -- the job --------------------------------------------------------------------------------
     def chat_steps(self, req: ChatRequest) -> StepGen[ChatResult]:
-        """Answer ``req``: yields Step("prefill") per chunk and Step("token", data=text) per streamed piece."""
-        req.check()
+        """Answer ``req`` (checked by ChatRequest.check at the door): yields Step("prefill") per chunk and
+        Step("token", data=text) per streamed piece."""
         tokens, rendered = self.tokenize_prompt(req.messages)
         return (yield from self._generate_steps(tokens, req, rendered.stopping_criteria))
 
     def complete_steps(self, prompt: str, req: ChatRequest) -> StepGen[ChatResult]:
-        """Raw text completion of ``prompt`` (no chat template), as /v1/completions needs."""
-        if not isinstance(prompt, str) or not prompt:
-            raise BadRequest("`prompt` must be a non-empty string.", param="prompt")
-        llm = next(c for c in self._contexts if c is not None)
-        tokens = llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
+        """Raw text completion of ``prompt`` (no chat template), as /v1/completions needs; ``prompt`` and
+        ``req`` are checked at the door."""
+        tokens = self._first_context().tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
         return (yield from self._generate_steps(tokens, req, None))
 
     def _generate_steps(self, tokens: list[int], req: ChatRequest, stopping) -> StepGen[ChatResult]:
-        # 1. check the prompt fits
-        if len(tokens) >= self.n_ctx:
-            raise ContextTooLong(f"the prompt is {len(tokens)} tokens but the context window is {self.n_ctx}. "
-                                 f"Shorten the conversation (/reset) or load with a larger context (--ctx "
-                                 f"{min(1 << (len(tokens) + 256).bit_length(), 131072)}).", param="messages")
-        grammar = self._grammar(req.json_schema) if req.json_schema is not None else None
-        slot = self._acquire(tokens)
-        llm = self._contexts[slot]
+        # 1. check the prompt fits (the one check only the engine can make: it needs the tokens)
+        limit = check_context(len(tokens), self.n_ctx, req.max_tokens, model_ctx=self.n_ctx_train)
+        grammar = self._grammar(req)
         completion = None
-        try:
-            # 2. prefill what the slot's cache lacks in whole chunks, one per step; create_completion finds
-            #    that prefix cached, evaluates the rest (2..PREFILL_CHUNK + 1 tokens) and starts decoding
-            reuse = max(0, min(_common_prefix(self._prompt[slot], tokens), llm.n_tokens, len(tokens) - 2))
-            llm.n_tokens = reuse  # eval() drops the stale tail of the KV cache
-            self._prompt[slot] = tokens[:reuse]
-            n_chunks = max(0, len(tokens) - reuse - 2) // PREFILL_CHUNK
-            for c in range(n_chunks):
-                start = reuse + c * PREFILL_CHUNK
-                self._apply_threads(llm)
-                llm.eval(tokens[start:start + PREFILL_CHUNK])
-                self._prompt[slot] = tokens[:start + PREFILL_CHUNK]
-                yield Step("prefill", index=c + 1, total=n_chunks + 1)
-            # 3. decode, one streamed piece per step
-            counter = _TokenCounter(stopping)
-            completion = llm.create_completion(
-                # never past the context window: llama.cpp's decode fails once the KV cache is full
-                prompt=tokens, stream=True, max_tokens=min(req.max_tokens or self.n_ctx, self.n_ctx - len(tokens)),
-                temperature=req.temperature,
-                top_p=req.top_p, top_k=req.top_k, min_p=req.min_p, repeat_penalty=req.repeat_penalty,
-                seed=req.seed, stop=list(req.stop) + ([self.eos_text] if self.eos_text else []),
-                stopping_criteria=self._llama_cpp.StoppingCriteriaList([counter]), grammar=grammar)
-            parts: list[str] = []
-            finish = "stop"
-            while True:
-                self._apply_threads(llm)  # the count may change between two tokens
-                chunk = next(completion, None)
-                if chunk is None:
-                    break
-                self._prompt[slot] = tokens  # the whole prompt is in the cache once the first piece is out
-                choice = chunk["choices"][0]
-                text = choice.get("text") or ""
-                if text:
-                    parts.append(text)
-                if choice.get("finish_reason"):
-                    finish = choice["finish_reason"]
-                yield Step("token", data=text, tokens=counter.take())
-            # 4. result
-            return ChatResult(text="".join(parts), prompt_tokens=len(tokens),
-                              completion_tokens=counter.completion_tokens(finish, bool(req.stop)),
-                              finish_reason=finish, model=self.model_id)
-        finally:
-            if completion is not None:
-                completion.close()
-            self._release(slot)
+        with self.pool.take(tokens) as slot:
+            llm = slot.state
+            try:
+                # 2. prefill what the slot's cache lacks in whole chunks, one per step; create_completion finds
+                #    that prefix cached, evaluates the rest (2..PREFILL_CHUNK + 1 tokens) and starts decoding
+                reuse = min(slot.reusable(tokens, keep=2), llm.n_tokens)
+                llm.n_tokens = reuse  # eval() drops the stale tail of the KV cache
+                slot.tokens = tokens[:reuse]
+                n_chunks = max(0, len(tokens) - reuse - 2) // PREFILL_CHUNK
+                for c in range(n_chunks):
+                    start = reuse + c * PREFILL_CHUNK
+                    self._apply_threads(llm)
+                    llm.eval(tokens[start:start + PREFILL_CHUNK])
+                    slot.tokens = tokens[:start + PREFILL_CHUNK]
+                    yield Step("prefill", index=c + 1, total=n_chunks + 1)
+                # 3. decode, one streamed piece per step
+                counter = _TokenCounter(stopping)
+                completion = llm.create_completion(
+                    prompt=tokens, stream=True, max_tokens=limit, temperature=req.temperature,
+                    top_p=req.top_p, top_k=req.top_k, min_p=req.min_p, repeat_penalty=req.repeat_penalty,
+                    seed=req.seed, stop=list(req.stop) + ([self.eos_text] if self.eos_text else []),
+                    stopping_criteria=self._llama_cpp.StoppingCriteriaList([counter]), grammar=grammar)
+                parts: list[str] = []
+                finish = "stop"
+                while True:
+                    self._apply_threads(llm)  # the count may change between two tokens
+                    chunk = next(completion, None)
+                    if chunk is None:
+                        break
+                    slot.tokens = tokens  # the whole prompt is in the cache once the first piece is out
+                    choice = chunk["choices"][0]
+                    text = choice.get("text") or ""
+                    if text:
+                        parts.append(text)
+                    if choice.get("finish_reason"):
+                        finish = choice["finish_reason"]
+                    yield Step("token", data=text, tokens=counter.take())
+                # 4. result
+                return ChatResult(text="".join(parts), prompt_tokens=len(tokens),
+                                  completion_tokens=counter.completion_tokens(finish, bool(req.stop)),
+                                  finish_reason=finish, model=self.model_id)
+            finally:
+                if completion is not None:
+                    completion.close()
 
-    def _grammar(self, schema: dict):
+    @staticmethod
+    def _grammar(req: ChatRequest):
+        """llama.cpp's grammar for ``req.json_schema``: the GBNF ChatRequest.check built and checked in Python
+        (edge.chat.grammar), never a raw schema."""
+        if req.json_schema is None:
+            return None
+        if req.grammar is None:
+            raise EdgeError("a chat request with `json_schema` reached the engine unchecked; call "
+                            "ChatRequest.check() first (Runtime and the server do).")
         from llama_cpp import LlamaGrammar
 
-        from edge.chat.grammar import build_grammar
-
-        # built and checked in Python (BadRequest if llama.cpp could not parse it safely), never raw
-        return LlamaGrammar.from_string(build_grammar(schema), verbose=False)
+        return LlamaGrammar.from_string(req.grammar, verbose=False)
 
 
 _open_lock = threading.Lock()
@@ -246,13 +224,14 @@ def open_llama(**kwargs):
             C.llama_model_default_params = default
 
 
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+def token_text(llm, token: int) -> str:
+    """The vocabulary text of ``token`` ("" for -1, llama.cpp's "no such token"), as llama-cpp-python's own
+    chat-format setup reads it, through the public low-level API (``Llama.model`` and llama_vocab_get_text)."""
+    if token == -1:
+        return ""
+    import llama_cpp
+
+    return llama_cpp.llama_vocab_get_text(llama_cpp.llama_model_get_vocab(llm.model), token).decode("utf-8")
 
 
 class _TokenCounter:

@@ -4,81 +4,75 @@ exported folder. Same interface as the GGUF engine (:class:`edge.chat.engine.Lla
 scheduler, API, CLI and server use it unchanged; the session comes from :func:`edge.devices.make_session`
 (the execution provider for ``device``).
 
-Each of ``slots`` KV caches keeps its tokens between jobs; a new job takes the free slot with the
-longest matching prefix, so a multi-turn chat only prefills the new turn.
+Each of ``slots`` KV caches (a :class:`edge.chat.slots.SlotPool`; a slot's state is its past key/values)
+keeps its tokens, prompt and answer, between jobs; a new job takes the free slot with the longest
+matching prefix, so a multi-turn chat only prefills the new turn.
 """
 
 from __future__ import annotations
 
 import json
-import threading
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from edge.chat.request import ChatRequest, ChatResult
-from edge.errors import BadRequest, ContextTooLong, EdgeError, ModelNotInstalled
+from edge.chat.slots import MAX_CTX, PREFILL_CHUNK, Slot, SlotPool, check_context
+from edge.errors import BadRequest, EdgeError, ModelNotInstalled
 from edge.jobs import Step, StepGen
-from edge.chat.engine import _common_prefix
+from edge.manifest import MANIFEST_FILE, ChatManifest, read
 
-PREFILL_CHUNK = 256
 REPEAT_LAST_N = 64  # llama-cpp-python's default window for repeat_penalty
 
-
-@dataclass
-class _Slot:
-    tokens: list[int] = field(default_factory=list)
-    past: dict[str, np.ndarray] | None = None
-    busy: bool = False
+Past = dict[str, np.ndarray]
+"""A slot's state: the graph's ``present.*`` outputs, fed back as ``past_key_values.*``."""
 
 
 class OnnxChatEngine:
     """A chat model exported to ONNX (``task = chat``, ``format = onnx``)."""
 
     def __init__(self, folder: str | Path, *, threads: int, device: str = "auto", slots: int = 1,
-                 n_ctx: int = 4096, model_id: str = ""):
+                 n_ctx: int = 4096, model_id: str = "", manifest: ChatManifest | None = None):
+        """Open ``folder``'s ONNX chat export; ``manifest`` is its typed manifest when the caller already read
+        it (InstalledModel.manifest), else it is read here (edge.manifest.read, checked)."""
         from tokenizers import Tokenizer
 
         from edge.devices import make_session
 
         folder = Path(folder)
-        manifest_path = folder / "edge-model.json"
-        if not manifest_path.is_file() or not (folder / "tokenizer.json").is_file():
-            raise ModelNotInstalled(f"{str(folder)!r} is not an ONNX chat export (needs edge-model.json, "
-                                    "tokenizer.json, model.onnx); re-export it with `edge-run export llm-onnx`.")
-        self.manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
-        m = self.manifest
+        m = manifest if isinstance(manifest, ChatManifest) else read(folder, model_id=model_id or None, task="chat")
+        if m.kv is None or not (folder / "tokenizer.json").is_file():
+            raise ModelNotInstalled(f"{str(folder)!r} is not an ONNX chat export (needs {MANIFEST_FILE} with `kv`, "
+                                    "tokenizer.json, model.onnx); re-export it with `edge-run export llm-onnx`.",
+                                    param="model")
+        self.manifest: ChatManifest = m
         self.model_id = model_id
-        self.n_ctx = int(min(n_ctx, m.get("context_length") or n_ctx))
+        self.model_ctx = int(m.context_length or MAX_CTX)  # the longest window the model takes
+        self.n_ctx = min(int(n_ctx), self.model_ctx)
         self.slots = max(1, int(slots))
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        self.session = make_session(folder / m.get("model_file", "model.onnx"), threads=threads, device=device)
-        kv = m["kv"]
-        self.n_layers, self.n_kv, self.head_dim = kv["num_layers"], kv["num_kv_heads"], kv["head_dim"]
-        self.bos_id = m.get("bos_token_id")
-        self.add_bos = bool(m.get("add_bos", False))
-        self.eos_ids = set(int(t) for t in m.get("eos_token_ids", []))
-        self.bos_text = m.get("bos_token") or ""
-        self.eos_text = m.get("eos_token") or ""
-        self._template = self._compile_template(m.get("chat_template"))
+        self.session = make_session(folder / m.model_file, threads=threads, device=device)
+        self.n_layers, self.n_kv, self.head_dim = m.kv.num_layers, m.kv.num_kv_heads, m.kv.head_dim
+        self.bos_id = m.bos_token_id
+        self.add_bos = m.add_bos
+        self.eos_ids = set(m.eos_token_ids)
+        self.bos_text = m.bos_token or ""
+        self.eos_text = m.eos_token or ""
+        self._template = self._compile_template(m.chat_template)
         self._past_names = [f"past_key_values.{i}.{kv}" for i in range(self.n_layers) for kv in ("key", "value")]
         self._output_names = ["logits"] + [f"present.{i}.{kv}" for i in range(self.n_layers) for kv in ("key", "value")]
-        self._slots = [_Slot() for _ in range(self.slots)]
-        self._lock = threading.Lock()
+        self.pool: SlotPool[Past] = SlotPool(None for _ in range(self.slots))
 
     @classmethod
     def load(cls, model, *, threads: int, device: str = "auto", slots: int = 1, n_ctx: int = 4096):
         """Load an InstalledModel (task chat, format onnx)."""
-        return cls(model.dir, threads=threads, device=device, slots=slots, n_ctx=n_ctx, model_id=model.id)
+        return cls(model.dir, threads=threads, device=device, slots=slots, n_ctx=n_ctx, model_id=model.id,
+                   manifest=getattr(model, "manifest", None))
 
     def close(self) -> None:
         """Release the ORT session and the KV caches now."""
-        with self._lock:
-            self.session = None
-            for s in self._slots:
-                s.past, s.tokens = None, []
+        self.session = None
+        self.pool.close()
 
     # -- prompt ---------------------------------------------------------------------------------
     @staticmethod
@@ -115,8 +109,8 @@ class OnnxChatEngine:
 
     # -- the jobs -------------------------------------------------------------------------------
     def chat_steps(self, req: ChatRequest) -> StepGen[ChatResult]:
-        """Answer ``req``: yields Step("prefill") per chunk and Step("token", data=text) per token."""
-        req.check()
+        """Answer ``req`` (checked by ChatRequest.check at the door): yields Step("prefill") per chunk and
+        Step("token", data=text) per token."""
         if req.json_schema is not None:
             raise BadRequest("`json_schema` (grammar-constrained output) needs a GGUF model; this model is ONNX.",
                              param="json_schema")
@@ -124,27 +118,17 @@ class OnnxChatEngine:
         return (yield from self._generate_steps(tokens, req))
 
     def complete_steps(self, prompt: str, req: ChatRequest) -> StepGen[ChatResult]:
-        """Raw text completion of ``prompt`` (no chat template)."""
-        if not isinstance(prompt, str) or not prompt:
-            raise BadRequest("`prompt` must be a non-empty string.", param="prompt")
-        req.check()
+        """Raw text completion of ``prompt`` (no chat template); ``prompt`` and ``req`` are checked at the door."""
         return (yield from self._generate_steps(self.encode(prompt, add_bos=True), req))
 
     def _generate_steps(self, tokens: list[int], req: ChatRequest) -> StepGen[ChatResult]:
-        # 1. check the prompt fits
-        if len(tokens) >= self.n_ctx:
-            raise ContextTooLong(f"the prompt is {len(tokens)} tokens but the context window is {self.n_ctx}. "
-                                 "Shorten the conversation (/reset) or load with a larger context (--ctx).",
-                                 param="messages")
-        slot = self._acquire(tokens)
-        try:
+        # 1. check the prompt fits (the one check only the engine can make: it needs the tokens)
+        limit = check_context(len(tokens), self.n_ctx, req.max_tokens, model_ctx=self.model_ctx)
+        with self.pool.take(tokens) as slot:
             # 2. prefill (reusing the slot's cached prefix), one step per chunk
             logits = yield from self._prefill(slot, tokens)
             # 3. decode: sample, stream text (holding back partial UTF-8 and stop-string prefixes)
             rng = np.random.default_rng(req.seed)
-            limit = self.n_ctx - len(tokens)
-            if req.max_tokens is not None:
-                limit = min(limit, req.max_tokens)
             out_ids: list[int] = []
             sent, finish, text = 0, "length", ""
             stops = [s for s in req.stop if s]
@@ -175,30 +159,15 @@ class OnnxChatEngine:
             # 4. result
             return ChatResult(text=text, prompt_tokens=len(tokens),
                               completion_tokens=len(out_ids), finish_reason=finish, model=self.model_id)
-        finally:
-            self._release(slot)
 
-    # -- KV cache and slots ---------------------------------------------------------------------
-    def _acquire(self, tokens: list[int]) -> _Slot:
-        with self._lock:
-            free = [s for s in self._slots if not s.busy]
-            if not free:
-                raise EdgeError("no free chat slot (scheduler invariant broken)")
-            best = max(free, key=lambda s: _common_prefix(s.tokens, tokens))
-            best.busy = True
-            return best
-
-    def _release(self, slot: _Slot) -> None:
-        with self._lock:
-            slot.busy = False
-
-    def _prefill(self, slot: _Slot, tokens: list[int]):
-        cached = min(_common_prefix(slot.tokens, tokens), len(tokens) - 1)
-        if slot.past is None or cached == 0:
-            slot.past, slot.tokens = None, []
+    # -- KV cache -------------------------------------------------------------------------------
+    def _prefill(self, slot: Slot[Past], tokens: list[int]):
+        cached = slot.reusable(tokens, keep=1)
+        if slot.state is None or cached == 0:
+            slot.state, slot.tokens = None, []
             cached = 0
         elif cached < len(slot.tokens):  # drop the stale tail
-            slot.past = {k: np.ascontiguousarray(v[:, :, :cached]) for k, v in slot.past.items()}
+            slot.state = {k: np.ascontiguousarray(v[:, :, :cached]) for k, v in slot.state.items()}
             slot.tokens = slot.tokens[:cached]
         todo = tokens[cached:]
         chunks = [todo[i:i + PREFILL_CHUNK] for i in range(0, len(todo), PREFILL_CHUNK)]
@@ -208,17 +177,17 @@ class OnnxChatEngine:
             yield Step("prefill", index=i + 1, total=len(chunks))
         return logits
 
-    def _forward(self, slot: _Slot, new: list[int]) -> np.ndarray:
+    def _forward(self, slot: Slot[Past], new: list[int]) -> np.ndarray:
         """Run the graph on ``new`` tokens after the slot's cache; returns the last position's logits."""
         if self.session is None:
             raise EdgeError("the model was unloaded")
         past_len = len(slot.tokens)
-        past = slot.past or {n: np.zeros((1, self.n_kv, 0, self.head_dim), np.float32) for n in self._past_names}
+        past = slot.state or {n: np.zeros((1, self.n_kv, 0, self.head_dim), np.float32) for n in self._past_names}
         feeds = {"input_ids": np.asarray([new], np.int64),
                  "attention_mask": np.ones((1, past_len + len(new)), np.int64),
                  "position_ids": np.arange(past_len, past_len + len(new), dtype=np.int64)[None], **past}
         outs = self.session.run(self._output_names, feeds)
-        slot.past = dict(zip(self._past_names, outs[1:]))
+        slot.state = dict(zip(self._past_names, outs[1:]))
         slot.tokens = slot.tokens + list(new)
         return outs[0][0, -1]
 
@@ -249,8 +218,6 @@ class OnnxChatEngine:
 def _softmax(x: np.ndarray) -> np.ndarray:
     e = np.exp(x - x.max())
     return e / e.sum()
-
-
 
 
 def _find_stop(text: str, stops: list[str]) -> int | None:

@@ -156,7 +156,7 @@ def onnx_logits(folder: Path, tokens: list[int], threads: int, prefill: int | No
     from edge.chat.onnx_engine import OnnxChatEngine
 
     eng = OnnxChatEngine(folder, threads=threads, n_ctx=len(tokens) + 8)
-    slot = eng._slots[0]  # noqa: SLF001 - drive the graph directly, no sampling
+    slot = eng.pool.slots[0]  # drive the graph directly, no sampling
     prefill = prefill or max(1, len(tokens) // 2)
     rows = [eng._forward(slot, tokens[:prefill])]  # noqa: SLF001
     for t in tokens[prefill:]:

@@ -9,7 +9,7 @@ import pytest
 
 from edge.errors import BadRequest, Cancelled, ContextTooLong
 
-from support import CHAT_MODEL, THREADS
+from support import CHAT_MODEL, THREADS, drain
 
 FACTS = [  # questions this 135M model answers right when greedy
     ("What is the capital of France? Answer in one word.", "paris"),
@@ -113,8 +113,9 @@ def test_unknown_model_for_the_task(runtime):
 
 def test_llama_chat_engine_steps_slots_and_close(edge_home):
     """The engine on its own: prefill chunks then token steps, slots reuse their KV prefix, close() frees."""
-    from edge.chat.engine import PREFILL_CHUNK, LlamaChatEngine
+    from edge.chat.engine import LlamaChatEngine
     from edge.chat.request import ChatRequest
+    from edge.chat.slots import PREFILL_CHUNK
     from edge.config import Settings
     from edge.registry import Catalog, Store
 
@@ -123,19 +124,15 @@ def test_llama_chat_engine_steps_slots_and_close(edge_home):
     try:
         story = "The cat sat on the mat and looked at the garden. " * (PREFILL_CHUNK // 5)
         msgs = [{"role": "user", "content": story + "\nWhat did the cat sit on?"}]
-        gen = eng.chat_steps(ChatRequest(messages=msgs, temperature=0, max_tokens=3))
-        kinds = []
-        try:
-            while True:
-                kinds.append(next(gen).kind)
-        except StopIteration as stop:
-            result = stop.value
+        steps, result = drain(eng.chat_steps(ChatRequest(messages=msgs, temperature=0, max_tokens=3).check()))
+        kinds = [s.kind for s in steps]
         assert kinds[:2] == ["prefill", "prefill"] and set(kinds[2:]) == {"token"}
         assert result.completion_tokens == 3 and result.finish_reason == "length", result
-        assert eng._busy == [False, False] and eng._prompt[1] == []  # one job used one slot
+        slots = eng.pool.slots
+        assert [s.busy for s in slots] == [False, False] and slots[1].tokens == []  # one job used one slot
     finally:
         eng.close()
-    assert eng._contexts == [None, None]
+    assert [s.state for s in eng.pool.slots] == [None, None]
 
 
 def test_greedy_answer_does_not_depend_on_what_the_slot_served_before(edge_home):
@@ -155,6 +152,7 @@ def test_llama_cpp_logits_do_not_depend_on_how_the_prompt_is_batched(chat_model_
     """The engine reuses any cached prompt prefix and relies on this: the last logits of a 600-token text
     are bit-identical in one batch or split into batches of two or more tokens (a token evaluated alone,
     as decoding does, takes another kernel; the engine never reuses those)."""
+    import llama_cpp
     import numpy as np
     from edge.chat.engine import open_llama
 
@@ -166,7 +164,7 @@ def test_llama_cpp_logits_do_not_depend_on_how_the_prompt_is_batched(chat_model_
         llm.reset()
         for a, b in zip([0, *cuts], [*cuts, len(tokens)]):
             llm.eval(tokens[a:b])
-        return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm.ctx), shape=(llm.n_vocab(),)).copy()
 
     whole = last_logits([])
     for cuts in ([100, 356], [256, 512], [37], list(range(2, 598, 2))):

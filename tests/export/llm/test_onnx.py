@@ -8,22 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import THREADS
+from support import THREADS, drain
 
 from edge.chat.onnx_engine import OnnxChatEngine
 from edge.chat.request import ChatRequest
 from export.llm import check, onnx_file
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.", "Name three colours."]
-
-
-def drain(gen):
-    steps = []
-    try:
-        while True:
-            steps.append(next(gen))
-    except StopIteration as stop:
-        return steps, stop.value
 
 
 def test_tiny_onnx_greedy_equals_generate(tiny_onnx, tiny_llama, tiny_llama_torch):
@@ -101,7 +92,7 @@ def test_engine_streams_and_reuses_prefix(engine):
     # second turn: the slot holding turn one is reused, only the new tokens are prefilled
     prompt2 = engine.encode(engine.render(msgs + [{"role": "assistant", "content": res.text},
                                                   {"role": "user", "content": "again"}]), add_bos=True)
-    slot = max(engine._slots, key=lambda s: len(s.tokens))  # noqa: SLF001
+    slot = max(engine.pool.slots, key=lambda s: len(s.tokens))
     assert slot.tokens[:10] == prompt2[:10]
 
 
@@ -122,8 +113,43 @@ def test_engine_bad_input(engine):
 
     with pytest.raises(BadRequest, match="json_schema"):
         drain(engine.chat_steps(ChatRequest(messages=[{"role": "user", "content": "x"}], json_schema={})))
-    with pytest.raises(ContextTooLong):
-        drain(engine.chat_steps(ChatRequest(messages=[{"role": "user", "content": "word " * 400}])))
+    # edge/chat/slots.py's one message: both numbers and the fix, capped by the model's context_length (1024)
+    for words, fix in ((150, "Shorten the conversation (/reset) or load with a larger context (--ctx 1024)."),
+                       (600, "Shorten the conversation (/reset): this model is made for at most 1024 tokens.")):
+        msgs = [{"role": "user", "content": "word " * words}]
+        n = len(engine.encode(engine.render(msgs), add_bos=True))
+        assert 256 < n < 1024 if words == 150 else n >= 1024, n
+        with pytest.raises(ContextTooLong) as err:
+            drain(engine.chat_steps(ChatRequest(messages=msgs)))
+        assert err.value.message == f"the prompt is {n} tokens but the context window is 256. {fix}"
+
+
+def test_engine_slots_follow_their_conversations(tiny_onnx):
+    """Two conversations on two slots (edge/chat/slots.py): each next turn goes to the slot holding its own
+    conversation, and only the new tokens are prefilled there."""
+    eng = OnnxChatEngine(tiny_onnx, threads=THREADS, slots=2, n_ctx=1024)
+    try:
+        a = [{"role": "user", "content": "The cat sat on the mat. " * 40 + "Name a red fruit."}]
+        b = [{"role": "user", "content": "A small bird flew over the sea. " * 40 + "Which bird is blue?"}]
+        gen_a = eng.chat_steps(ChatRequest(messages=a, max_tokens=4, temperature=0))
+        assert next(gen_a).kind == "prefill"  # A holds a slot while B runs
+        slot_a = next(s for s in eng.pool.slots if s.busy)
+        _, res_b = drain(eng.chat_steps(ChatRequest(messages=b, max_tokens=4, temperature=0)))
+        _, res_a = drain(gen_a)
+        slot_b = next(s for s in eng.pool.slots if s is not slot_a)
+        tokens_a = list(slot_a.tokens)
+        assert slot_b.tokens[:len(eng.encode(eng.render(b), add_bos=True))] == eng.encode(eng.render(b), add_bos=True)
+        b2 = [*b, {"role": "assistant", "content": res_b.text}, {"role": "user", "content": "And a red one?"}]
+        a2 = [*a, {"role": "assistant", "content": res_a.text}, {"role": "user", "content": "And a yellow one?"}]
+        with eng.pool.take(eng.encode(eng.render(b2), add_bos=True)) as slot:
+            assert slot is slot_b
+        with eng.pool.take(eng.encode(eng.render(a2), add_bos=True)) as slot:
+            assert slot is slot_a
+        steps, _ = drain(eng.chat_steps(ChatRequest(messages=b2, max_tokens=4, temperature=0)))
+        assert [s.kind for s in steps].count("prefill") == 1  # one chunk: the new turn, not the 300-token story
+        assert slot_a.tokens == tokens_a
+    finally:
+        eng.close()
 
 
 def test_runtime_chat_with_onnx_model(tiny_onnx, tmp_path):
