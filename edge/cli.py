@@ -1,4 +1,11 @@
-"""edge-run: the command line. Thin: parses arguments, calls edge.api.Runtime, prints."""
+"""edge-run: the command line. Thin: parses arguments, calls edge.api.Runtime, prints.
+
+The contract: every command is ``run(args) -> int`` (set as the parser's ``func``); a command that needs
+a Runtime builds it itself with ``Runtime(settings=Settings.from_args(args))``. Workload commands
+(chat, imagine, segment) come from the modules registered in edge/engines.py (``WORKLOADS[...].cli``),
+tool commands from :data:`TOOL_CLIS`; each such module has ``add_parser(subparsers)``, and every
+parser it adds gets the settings flags. Nothing below edge/cli.py imports it.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +18,10 @@ from pathlib import Path
 
 from edge import __version__
 from edge.config import Settings, add_settings_flags
+from edge.engines import WORKLOADS
 from edge.errors import BadRequest, EdgeError
 
-WORKLOAD_CLIS = ("edge.image.cli", "edge.segment.cli", "export.distill.cli", "edge.devices_cli")
+TOOL_CLIS = ("export.distill.cli", "edge.devices_cli")  # commands that are not a workload
 
 
 # -- settings ----------------------------------------------------------------------------------
@@ -22,17 +30,11 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings.from_args(args)
 
 
-def make_runtime(args: argparse.Namespace, **kw):
-    from edge.api import Runtime
-
-    return Runtime(settings=Settings.from_args(args), **kw)
-
-
 # -- commands ------------------------------------------------------------------------------------
 def cmd_models(args) -> int:
     from edge.registry import Catalog, Store
 
-    s = settings_from_args(args)
+    s = Settings.from_args(args)
     store = Store(s)
     cat = Catalog(s.user_lock)
     rows = [(e.id, e.task, e.format, f"{e.size / 2**20:.1f} MiB", "yes" if store.is_installed(e) else "no",
@@ -56,7 +58,7 @@ def cmd_models(args) -> int:
 def cmd_pull(args) -> int:
     from edge.registry import Catalog, Store
 
-    s = settings_from_args(args)
+    s = Settings.from_args(args)
     cat = Catalog(s.user_lock)
     for mid in args.ids:
         m = Store(s).pull(cat.get(mid), force=args.force)
@@ -67,17 +69,11 @@ def cmd_pull(args) -> int:
 def cmd_rm(args) -> int:
     from edge.registry import Catalog, Store
 
-    s = settings_from_args(args)
+    s = Settings.from_args(args)
     for mid in args.ids:
         removed = Store(s).rm(Catalog(s.user_lock).get(mid))
         print(f"{mid}: {'removed' if removed else 'was not installed'}")
     return 0
-
-
-def cmd_chat(args) -> int:
-    from edge.chat.cli import run_chat
-
-    return run_chat(args)
 
 
 def cmd_serve(args) -> int:
@@ -143,18 +139,26 @@ def _with_nested(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
     return out
 
 
+def _add_module_commands(sub, modules: list[str]) -> None:
+    """Let each command module add its parsers; every parser it adds (nested ones too, e.g.
+    `edge-run distill lcm ... --home X`) gets the settings flags."""
+    for module in modules:
+        before = set(sub.choices)
+        importlib.import_module(module).add_parser(sub)
+        for name in set(sub.choices) - before:
+            for parser_ in _with_nested(sub.choices[name]):
+                add_settings_flags(parser_)
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="edge-run", description="Offline on-device inference: chat, images, "
                                 "segmentation behind one scheduler.")
     p.add_argument("--version", action="version", version=f"edge-run {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    c = sub.add_parser("chat", help="chat with a model in the terminal (or answer once with -p)")
-    from edge.chat.cli import add_chat_arguments
-
-    add_chat_arguments(c)
-    add_settings_flags(c)
-    c.set_defaults(func=cmd_chat)
+    # the order of `edge-run --help`: chat, the built-in commands, the other workloads, the tools
+    workload_clis = [w.cli for w in WORKLOADS.values() if w.cli]
+    _add_module_commands(sub, workload_clis[:1])
 
     m = sub.add_parser("models", help="list models.lock entries and whether they are installed")
     m.add_argument("--json", action="store_true", help="print JSON")
@@ -213,19 +217,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
             add_settings_flags(ep)
             ep.set_defaults(func=cmd_export)
 
-    for module in WORKLOAD_CLIS:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as err:
-            if err.name != module:
-                raise
-            continue
-        before = set(sub.choices)
-        mod.add_parser(sub)
-        for name in set(sub.choices) - before:
-            for parser_ in _with_nested(sub.choices[name]):  # e.g. `edge-run distill lcm ... --home X`
-                add_settings_flags(parser_)
-            sub.choices[name].set_defaults(_workload=True)
+    _add_module_commands(sub, [*workload_clis[1:], *TOOL_CLIS])
     return p
 
 
@@ -237,11 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        if getattr(args, "_workload", False):  # workload CLIs take (args, runtime)
-            with make_runtime(args) as rt:
-                code = args.func(args, rt)
-        else:
-            code = args.func(args)
+        code = args.func(args)
     except EdgeError as e:
         print(f"edge-run: error: {e.message}", file=sys.stderr)
         return e.exit_code

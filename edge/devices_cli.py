@@ -19,17 +19,7 @@ def add_parser(subparsers) -> None:
 
 def model_components(model) -> list[Path]:
     """The ONNX files an installed model loads (NPU components first, from the manifest)."""
-    m = model.manifest or {}
-    files: list[str] = []
-    if m.get("npu", {}).get("components"):
-        default = m.get("precision")
-        for rel, comp in m["npu"]["components"].items():
-            if "/" not in rel or rel.split("/")[0] in (default, "cpu") or comp.get("quant") == default:
-                files.append(rel)
-    elif m.get("precisions"):
-        files = list(m["precisions"].get(m.get("precision", "fp32"), {}).values())
-    else:
-        files = [n for n in model.files if n.endswith(".onnx")]
+    files = model.manifest.onnx_files() or [n for n in model.files if n.endswith(".onnx")]
     return [Path(model.dir) / f for f in dict.fromkeys(files)]
 
 
@@ -60,8 +50,11 @@ def collect(settings) -> dict:
     return out
 
 
-def run(args: argparse.Namespace, runtime) -> int:
-    info = collect(runtime.settings)
+def run(args: argparse.Namespace) -> int:
+    """Print (or --json) the providers and each installed model's placement; loads no model."""
+    from edge.config import Settings
+
+    info = collect(Settings.from_args(args))
     if args.json:
         print(json.dumps(info, indent=1))
         return 0

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from edge.chat.request import ChatRequest
 from edge.errors import BadRequest, Cancelled, EdgeError
 
 HELP = """commands:
@@ -15,6 +16,13 @@ HELP = """commands:
   /help    this text
   /exit    leave (Ctrl-D works too)
 Ctrl-C stops the answer being written, not the session."""
+
+
+def add_parser(subparsers) -> None:
+    """`edge-run chat`: registered for the chat workload in edge/engines.py."""
+    p = subparsers.add_parser("chat", help="chat with a model in the terminal (or answer once with -p)")
+    add_chat_arguments(p)
+    p.set_defaults(func=run)
 
 
 def add_chat_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,6 +53,22 @@ def _load_schema(path: str | None) -> dict | None:
     if not isinstance(schema, dict):
         raise BadRequest(f"--json-schema {path!r} must hold a JSON object (a JSON Schema).", param="--json-schema")
     return schema
+
+
+FLAGS = {"temperature": "--temp", "top_p": "--top-p", "top_k": "--top-k", "max_tokens": "--max-tokens",
+         "seed": "--seed", "json_schema": "--json-schema"}
+"""ChatRequest fields -> the flags that set them, so a refused value is named as the user typed it."""
+
+
+def _check_sampling(args: argparse.Namespace, schema: dict | None) -> None:
+    """The flags through ChatRequest.check (the one place chat values are checked), before any model
+    loads; a refusal names the flag instead of the field."""
+    try:
+        ChatRequest(messages=[{"role": "user", "content": "."}], max_tokens=args.max_tokens, temperature=args.temp,
+                    top_p=args.top_p, top_k=args.top_k, seed=args.seed, json_schema=schema).check()
+    except BadRequest as e:
+        flag = FLAGS.get(e.param or "", e.param)
+        raise BadRequest(e.message.replace(f"`{e.param}`", str(flag)), param=flag) from None
 
 
 def _answer(rt, history: list[dict], args, schema: dict | None, out=sys.stdout) -> str | None:
@@ -81,16 +105,14 @@ def _answer(rt, history: list[dict], args, schema: dict | None, out=sys.stdout) 
     return "".join(parts)
 
 
-def run_chat(args: argparse.Namespace) -> int:
-    from edge.cli import make_runtime
+def run(args: argparse.Namespace) -> int:
+    """Answer once (-p or piped stdin) or chat interactively; builds its Runtime from the settings flags."""
+    from edge.api import Runtime
+    from edge.config import Settings
 
     # 1. check inputs before loading anything
     schema = _load_schema(args.json_schema)
-    for name, v, lo, hi in (("--temp", args.temp, 0, 2), ("--top-p", args.top_p, 0, 1)):
-        if not lo <= v <= hi:
-            raise BadRequest(f"{name} must be between {lo} and {hi}, got {v}.", param=name)
-    if args.max_tokens is not None and args.max_tokens < 1:
-        raise BadRequest(f"--max-tokens must be at least 1, got {args.max_tokens}.", param="--max-tokens")
+    _check_sampling(args, schema)
     prompt = args.prompt
     if prompt is None and not sys.stdin.isatty():
         prompt = sys.stdin.read()
@@ -98,7 +120,7 @@ def run_chat(args: argparse.Namespace) -> int:
             raise BadRequest("stdin was empty: pipe a question in, or use -p \"question\".", param="stdin")
     system = [{"role": "system", "content": args.system}] if args.system else []
 
-    with make_runtime(args) as rt:
+    with Runtime(settings=Settings.from_args(args)) as rt:
         # 2. resolve and install the model (pulls on first use, with a progress bar)
         model_id = rt.resolve_model(args.model, task="chat")
         args.model = model_id

@@ -48,8 +48,12 @@ def output_paths(out: str, n: int) -> list[Path]:
     return [path.with_name(f"{path.stem}-{i + 1}{path.suffix}") for i in range(n)]
 
 
-def run(args: argparse.Namespace, runtime) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Generate and write the images; builds its Runtime from the settings flags."""
     from tqdm import tqdm
+
+    from edge.api import Runtime
+    from edge.config import Settings
 
     # 1. check outputs before any work
     paths = output_paths(args.out, args.n)
@@ -59,22 +63,23 @@ def run(args: argparse.Namespace, runtime) -> int:
                          param="--init-image")
 
     # 2. submit and follow the steps
-    handle = runtime.imagine_job(args.prompt, model=args.model, size=args.size, steps=args.steps, n=args.n,
-                                 seed=args.seed, guidance_scale=args.guidance, init_image=init,
-                                 strength=args.strength, decoder=args.decoder)
-    bar = tqdm(total=None, unit="step", desc="imagine", disable=args.no_progress, file=sys.stderr)
-    try:
-        for step in handle.events():
-            if step.total and bar.total != step.total:
-                bar.total = step.total
-            bar.set_postfix_str(step.kind)
-            bar.update(1)
-        images = handle.result()
-    except KeyboardInterrupt:
-        handle.cancel()
-        raise
-    finally:
-        bar.close()
+    with Runtime(settings=Settings.from_args(args)) as runtime:
+        handle = runtime.imagine_job(args.prompt, model=args.model, size=args.size, steps=args.steps, n=args.n,
+                                     seed=args.seed, guidance_scale=args.guidance, init_image=init,
+                                     strength=args.strength, decoder=args.decoder)
+        bar = tqdm(total=None, unit="step", desc="imagine", disable=args.no_progress, file=sys.stderr)
+        try:
+            for step in handle.events():
+                if step.total and bar.total != step.total:
+                    bar.total = step.total
+                bar.set_postfix_str(step.kind)
+                bar.update(1)
+            images = handle.result()
+        except KeyboardInterrupt:
+            handle.cancel()
+            raise
+        finally:
+            bar.close()
 
     # 3. write
     for img, path in zip(images, paths):

@@ -46,7 +46,11 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace, runtime) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Segment and write the requested outputs; builds its Runtime from the settings flags."""
+    from edge.api import Runtime
+    from edge.config import Settings
+
     # 1. check inputs and outputs before any work
     points = [_numbers(t, "--point", (2, 3), "320,240 or 100,80,0") for t in args.point]
     box = _numbers(args.box, "--box", (4,), "10,10,200,220") if args.box else None
@@ -58,7 +62,8 @@ def run(args: argparse.Namespace, runtime) -> int:
     img = pre.load_image(Path(args.image))
 
     # 2. segment
-    res = runtime.segment(img, points=points, box=box, multimask=args.multimask, model=args.model)
+    with Runtime(settings=Settings.from_args(args)) as runtime:
+        res = runtime.segment(img, points=points, box=box, multimask=args.multimask, model=args.model)
 
     # 3. write
     best = res.masks[res.best]

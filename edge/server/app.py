@@ -7,7 +7,6 @@ every route; errors are typed (edge/errors.py) and answered in OpenAI's shape, 5
 from __future__ import annotations
 
 import hmac
-import importlib
 import logging
 import math
 import time
@@ -21,14 +20,15 @@ from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edge import __version__
+from edge.engines import WORKLOADS, resolve
 from edge.errors import BadRequest, Busy, EdgeError, NotFound
 from edge.server.bodies import validation_error
 from edge.server.guard import Auth, BodyLimit, HostGuard
 from edge.server.schemas import ERROR_RESPONSES
 
 log = logging.getLogger("edge.server")
-WORKLOAD_ROUTES = ("edge.server.chat_routes", "edge.server.image_routes", "edge.server.segment_routes",
-                   "edge.server.progress_routes")
+WORKLOAD_ROUTES = (*(w.routes for w in WORKLOADS.values() if w.routes), "edge.server.progress_routes")
+"""The routers served: each workload's (edge/engines.py registers them), then GET /v1/jobs."""
 DRAIN_SECONDS = 5.0
 """On SIGTERM: running jobs are cancelled at once, open responses get this long to finish, then exit 0."""
 
@@ -171,13 +171,7 @@ def create_app(runtime, *, api_key: str | None = None, allowed_hosts: tuple[str,
         return render_metrics(app.state.runtime) + "\n".join(lines) + "\n"
 
     for module in WORKLOAD_ROUTES:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue
-        app.include_router(mod.router)
+        app.include_router(resolve(module).router)
 
     web = Path(__file__).resolve().parent.parent / "web"
     if (web / "index.html").is_file():
@@ -281,10 +275,11 @@ def serve(args) -> int:
 
     import uvicorn
 
-    from edge.cli import make_runtime
+    from edge.api import Runtime
+    from edge.config import Settings
 
     api_key = args.api_key or os.environ.get("EDGE_API_KEY") or None
-    rt = make_runtime(args, auto_pull=bool(getattr(args, "allow_pull", False)))
+    rt = Runtime(settings=Settings.from_args(args), auto_pull=bool(getattr(args, "allow_pull", False)))
     allowed = tuple(getattr(args, "allow_host", None) or ())
     if args.host not in ("0.0.0.0", "::", ""):
         allowed += (args.host,)

@@ -58,8 +58,8 @@ def summary(out, report: dict) -> str:
     return "\n".join(rows)
 
 
-def run(args: argparse.Namespace, runtime=None) -> int:
-    """Run the chosen recipe (the Runtime edge-run passes to workload commands is not needed)."""
+def run(args: argparse.Namespace) -> int:
+    """Run the chosen recipe (`edge-run distill` and `python -m export.distill`)."""
     import importlib.util  # noqa: F401 - used by _check_extras
     import json
 
