@@ -116,7 +116,7 @@ class Runtime:
 
     def manifest(self, model_id: str) -> mf.Manifest:
         """The typed edge-model.json of an installed model, as read when it was verified."""
-        return _typed_manifest(self.ensure(model_id))
+        return self.ensure(model_id).manifest
 
     def pull(self, model_id: str, *, force: bool = False) -> InstalledModel:
         entry = self.catalog.get(model_id)
@@ -171,7 +171,7 @@ class Runtime:
         # (and read its manifest) before submitting; a job submitted directly may reach here first.
         verified = self._verified.get(model_id)
         if verified is not None:
-            size = _typed_manifest(verified[0]).loaded_bytes() or size
+            size = verified[0].manifest.loaded_bytes() or size
         elif (self.store.model_dir(model_id) / mf.MANIFEST_FILE).is_file():
             size = mf.read(self.store.model_dir(model_id), model_id=model_id).loaded_bytes() or size
         if entry.task == "chat":
@@ -342,12 +342,3 @@ class Runtime:
         return self.submit(JobSpec(model_id=model_id, work=lambda engine: engine.stats_steps(),
                                    priority=Priority.INTERACTIVE, label="segment_stats")).result()
 
-
-def _typed_manifest(model: InstalledModel) -> mf.Manifest:
-    doc = model.manifest
-    if isinstance(doc, mf.Manifest):
-        return doc
-    # TODO(manifest): InstalledModel.manifest becomes the typed Manifest (helper B); drop this then
-    if not doc:
-        return mf.Manifest.default(model.task, model.format)
-    return type(mf.Manifest.default(model.task)).from_dict(doc, f"model {model.id!r}: {mf.MANIFEST_FILE}")

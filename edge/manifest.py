@@ -23,6 +23,7 @@ reads with :func:`load` / :func:`read` once per model load and hands engines the
     Manifest.from_dict(doc, origin) / .to_dict()            the JSON object <-> the typed manifest
     Manifest.default(task, format) -> Manifest              what a model without a manifest (a GGUF
                                                             file) gets: every field at its default
+    Manifest.loaded_bytes() / .onnx_files()                 RAM and files of the default precision
 
 Checks: the file is at most ``MAX_BYTES``, valid JSON without NaN/Infinity, an object; every known
 field has its type (and range); a field the file lacks gets its default here. A failed check is a
@@ -218,6 +219,15 @@ class Manifest(_Doc):
         v = self.load_bytes.get(self.precision) if self.precision else None
         return int(v) if v else None
 
+    def onnx_files(self) -> list[str]:
+        """The files (relative paths) the default precision loads, NPU components first; [] when the
+        manifest does not list them (then every .onnx file of the model is one)."""
+        if self.npu is None or not self.npu.components:
+            return []
+        default = self.precision
+        return list(dict.fromkeys(rel for rel, comp in self.npu.components.items()
+                                  if "/" not in rel or rel.split("/")[0] in (default, "cpu") or comp.quant == default))
+
 
 @dataclass
 class ChatManifest(Manifest):
@@ -258,6 +268,9 @@ class ImageManifest(Manifest):
     default_decoder: str = "vae"
     size_multiple: int = field(default=SIZE_MULTIPLE, metadata={"min": 1})
     default_size: int = field(default=DEFAULT_SIZE, metadata={"min": 1})
+
+    def onnx_files(self) -> list[str]:
+        return super().onnx_files() or list(dict.fromkeys(self.precisions.get(self.precision or "fp32", {}).values()))
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Fuzz edge-model.json reading: any bytes give a manifest dict or a BadRequest naming the file.
+"""Fuzz edge-model.json reading: any bytes give a typed manifest or a BadRequest naming the file.
 
     python fuzz/fuzz_manifest.py -runs=1000000    # seeds: fuzz/corpus/manifest
 """
@@ -9,16 +9,16 @@ from _common import main
 
 with atheris.instrument_imports(include=["edge"]):
     from edge.errors import BadRequest
-    from edge.registry.manifest import load_bytes, parse_manifest
+    from edge.manifest import Manifest, parse
 
 
 def test_one_input(data: bytes) -> None:
     try:
-        doc = parse_manifest(data, "fuzz/edge-model.json")
+        doc = parse(data, "fuzz/edge-model.json")
     except BadRequest:
         return
-    assert isinstance(doc, dict)
-    n = load_bytes(doc)
+    assert isinstance(doc, Manifest)
+    n = doc.loaded_bytes()
     assert n is None or n > 0
 
 

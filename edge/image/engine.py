@@ -3,7 +3,6 @@ runs image jobs against. ``generate_steps(request)`` is the step generator (see 
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 from pathlib import Path
@@ -13,10 +12,9 @@ from edge.errors import BadRequest, ModelNotInstalled
 from edge.image.pipeline import Components, Decoder, ImageRequest, LCMPipeline, OnnxModel
 from edge.image.tokenizer import ClipTokenizer
 from edge.jobs import StepGen
+from edge.manifest import MANIFEST_FILE, ImageManifest
 
 log = logging.getLogger("edge.image")
-
-MANIFEST = "edge-model.json"
 
 
 class LazyModel:
@@ -41,26 +39,30 @@ class LazyModel:
         self._model = None
 
 
-def read_manifest(folder: Path) -> dict:
-    path = Path(folder) / MANIFEST
-    if not path.exists():
-        raise ModelNotInstalled(f"{path} is missing; the folder is not an exported LCM model. "
-                                "Export one with `edge-run export lcm ...`.")
-    return json.loads(path.read_text())
+def components_from_manifest(manifest: ImageManifest | dict, folder: Path, *, precision: str | None = None,
+                             threads: int = 1, device: str = "auto") -> Components:
+    """Components over the ONNX files an lcm export wrote (``precision`` defaults to the manifest's).
 
-
-def components_from_manifest(manifest: dict, folder: Path, *, precision: str | None = None, threads: int = 1,
-                             device: str = "auto") -> Components:
-    """Components over the ONNX files an lcm export wrote (``precision`` defaults to the manifest's)."""
+    ``manifest`` is the typed manifest (InstalledModel.manifest, edge.manifest.read); a dict is checked
+    into one first.
+    """
     from edge.devices import make_session
 
     folder = Path(folder)
-    precision = precision or manifest.get("precision", "fp32")
-    table = manifest.get("precisions", {})
-    if precision not in table:
-        raise BadRequest(f"precision {precision!r} is not in this model; it has {', '.join(sorted(table))}.",
+    if not isinstance(manifest, ImageManifest):
+        manifest = ImageManifest.from_dict(manifest, str(folder / MANIFEST_FILE))
+    m = manifest
+    precision = precision or m.precision or "fp32"
+    if not m.precisions:
+        raise ModelNotInstalled(f"{m.origin or folder}: lists no ONNX files (`precisions`); the folder is not an "
+                                "exported LCM model. Export one with `edge-run export lcm ...`.", param="model")
+    if precision not in m.precisions:
+        raise BadRequest(f"precision {precision!r} is not in this model; it has {', '.join(sorted(m.precisions))}.",
                          param="precision")
-    files = {k: folder / v for k, v in table[precision].items()}
+    if m.unet.time_cond_proj_dim is None:
+        raise BadRequest(f"{m.origin or folder}: `unet.time_cond_proj_dim` is missing; LCM UNets need it. Re-export "
+                         "the model (`edge-run export lcm ... --add`).", param=MANIFEST_FILE)
+    files = {k: folder / v for k, v in m.precisions[precision].items()}
     missing = [str(p) for k, p in files.items() if not p.exists()]
     if missing:
         raise ModelNotInstalled(f"model files missing: {', '.join(missing)}. Re-install the model (edge-run pull).")
@@ -68,24 +70,25 @@ def components_from_manifest(manifest: dict, folder: Path, *, precision: str | N
     def eager(name: str) -> OnnxModel:
         return OnnxModel(make_session(files[name], threads=threads, device=device, batch=True))  # image jobs are batch
 
+    vae = m.decoders.get("vae")
     decoders = {"vae": Decoder(LazyModel(files["vae_decoder"], threads, device),
-                               manifest["decoders"]["vae"]["scaling_factor"])}
-    if "taesd_decoder" in files and "taesd" in manifest.get("decoders", {}):
+                               vae.scaling_factor if vae else m.vae.scaling_factor)}
+    if "taesd_decoder" in files and "taesd" in m.decoders:
         decoders["taesd"] = Decoder(LazyModel(files["taesd_decoder"], threads, device),
-                                    manifest["decoders"]["taesd"]["scaling_factor"])
+                                    m.decoders["taesd"].scaling_factor)
     return Components(
-        tokenizer=ClipTokenizer(folder / manifest.get("tokenizer", "tokenizer/tokenizer.json")),
+        tokenizer=ClipTokenizer(folder / m.tokenizer),
         text_encoder=eager("text_encoder"),
         unet=eager("unet"),
         decoders=decoders,
-        scheduler_config=manifest["scheduler"],
-        time_cond_proj_dim=int(manifest["unet"]["time_cond_proj_dim"]),
+        scheduler_config=m.scheduler,
+        time_cond_proj_dim=m.unet.time_cond_proj_dim,
         vae_encoder=LazyModel(files["vae_encoder"], threads, device) if "vae_encoder" in files else None,
-        vae_scaling_factor=float(manifest["vae"]["scaling_factor"]),
-        vae_scale_factor=int(manifest["vae"]["scale_factor"]),
-        latent_channels=int(manifest["vae"].get("latent_channels", 4)),
-        default_decoder=manifest.get("default_decoder", "vae"),
-        size_multiple=int(manifest.get("size_multiple", 8)),
+        vae_scaling_factor=m.vae.scaling_factor,
+        vae_scale_factor=m.vae.scale_factor,
+        latent_channels=m.vae.latent_channels,
+        default_decoder=m.default_decoder,
+        size_multiple=m.size_multiple,
     )
 
 
@@ -103,7 +106,8 @@ class ImageEngine:
 
     slots: int = 1
 
-    def __init__(self, components: Components, *, model_id: str, manifest: dict, ram_budget: int | None = None):
+    def __init__(self, components: Components, *, model_id: str, manifest: ImageManifest,
+                 ram_budget: int | None = None):
         self.components = components
         self.model_id = model_id
         self.manifest = manifest
@@ -112,8 +116,12 @@ class ImageEngine:
     @classmethod
     def load(cls, model: Any, *, threads: int, device: str, precision: str | None = None,
              ram_budget: int | None = None) -> "ImageEngine":
-        """Open the ONNX sessions of an installed model (edge.registry.InstalledModel)."""
-        manifest = model.manifest or read_manifest(model.dir)
+        """Open the ONNX sessions of an installed model (edge.registry.InstalledModel, its typed manifest)."""
+        manifest = model.manifest
+        if not isinstance(manifest, ImageManifest):
+            raise ModelNotInstalled(f"model {model.id!r} has no image {MANIFEST_FILE} (task {manifest.task!r}); the "
+                                    "folder is not an exported LCM model. Export one with `edge-run export lcm ...`.",
+                                    param="model")
         comps = components_from_manifest(manifest, Path(model.dir), precision=precision, threads=threads,
                                          device=device)
         return cls(comps, model_id=model.id, manifest=manifest,
@@ -121,16 +129,12 @@ class ImageEngine:
 
     @property
     def default_size(self) -> int:
-        return int(self.manifest.get("default_size", 512))
+        return self.manifest.default_size
 
     def generate_steps(self, request: ImageRequest) -> StepGen[list]:
         """Step generator: Step after text encode, (image encode,) each UNet step and each decode;
         returns a list of PIL images with prompt/seed/steps/model in ``.info``."""
         return self.pipeline.generate_steps(request)
-
-    def check(self, request: ImageRequest) -> None:
-        """Validate a request without running it (front doors call this to fail fast)."""
-        self.pipeline.check(request)
 
     def close(self) -> None:
         """Release the ONNX sessions now."""

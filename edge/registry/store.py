@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge import manifest as manifests
 from edge.config import Settings
 from edge.errors import BadRequest, DiskFull, IntegrityError, ModelNotInstalled, OfflineError
 from edge.registry import sources
@@ -29,14 +30,15 @@ MARKERS = ".verified"
 
 @dataclass
 class InstalledModel:
-    """A model whose files are present and verified."""
+    """A model whose files are present and verified, with its typed manifest (read once, at install check;
+    a model without ``edge-model.json``, a GGUF file, gets its task's defaults)."""
 
     id: str
     task: str
     format: str
     dir: Path
     files: dict[str, Path]
-    manifest: dict[str, Any] = field(default_factory=dict)
+    manifest: manifests.Manifest = field(default_factory=manifests.Manifest)
     entry: ModelEntry | None = None
 
     @property
@@ -124,12 +126,9 @@ class Store:
         for fe in entry.files:
             self.verify_file(entry, fe)
         d = self.model_dir(entry.id)
-        from edge.registry.manifest import read_manifest
-
-        manifest = read_manifest(d / "edge-model.json", model_id=entry.id)
         return InstalledModel(id=entry.id, task=entry.task, format=entry.format, dir=d,
                               files={fe.name: self.file_path(entry, fe) for fe in entry.files},
-                              manifest=manifest, entry=entry)
+                              manifest=read_manifest(d, entry), entry=entry)
 
     # -- pull / rm --------------------------------------------------------------------------
     def pull(self, entry: ModelEntry, *, force: bool = False) -> InstalledModel:
@@ -179,6 +178,13 @@ class Store:
             return False
         shutil.rmtree(d)
         return True
+
+
+def read_manifest(folder: Path, entry: ModelEntry) -> manifests.Manifest:
+    """The checked manifest of an installed model; its task's defaults when it has none."""
+    if not (folder / manifests.MANIFEST_FILE).is_file():
+        return manifests.Manifest.default(entry.task, entry.format)
+    return manifests.read(folder, model_id=entry.id, task=entry.task if entry.task in manifests.TASKS else None)
 
 
 def _inside(path: Path, root: Path) -> bool:

@@ -10,41 +10,20 @@ runs only the decoder; ``encoder_calls`` counts real encoder runs.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edge.errors import BadRequest
 from edge.jobs import Step, StepGen
+from edge.manifest import SegmentManifest
 from edge.segment import postprocess as post
 from edge.segment import preprocess as pre
 from edge.segment.cache import Embedding, EmbeddingCache
 from edge.segment.predictor import OnnxSamPredictor
+from edge.segment.request import DecodeRequest, EmbeddingMissing
 
 DEFAULT_CACHE_BYTES = 256 << 20  # 64 embeddings of 4 MiB
 FILES = ("encoder.onnx", "decoder.onnx")
-
-
-class EmbeddingMissing(BadRequest):
-    """The image id is not (or no longer) in the embedding cache."""
-
-    code = "image_not_cached"
-
-
-@dataclass
-class DecodeRequest:
-    """One click: prompts in original-image pixels, for an image already embedded."""
-
-    image_id: str
-    points: list | None = None
-    box: Any = None
-    multimask: bool | None = None       # None = auto: True for a single point without a box
-    prev_mask: Any = None
-
-    def wants_multimask(self) -> bool:
-        if self.multimask is not None:
-            return bool(self.multimask)
-        return self.box is None and len(self.points or []) == 1
 
 
 def cache_budget(ram_budget: int | None = None) -> int:
@@ -65,11 +44,11 @@ class SegmentEngine:
 
     slots: int = 4
 
-    def __init__(self, predictor: OnnxSamPredictor, *, model_id: str = "", manifest: dict | None = None,
+    def __init__(self, predictor: OnnxSamPredictor, *, model_id: str = "", manifest: SegmentManifest | None = None,
                  cache_bytes: int | None = None):
         self.predictor = predictor
         self.model_id = model_id
-        self.manifest = manifest or {}
+        self.manifest = manifest or SegmentManifest()
         self.cache = EmbeddingCache(cache_budget() if cache_bytes is None else cache_bytes)
 
     @classmethod
@@ -87,7 +66,9 @@ class SegmentEngine:
                                                 device=device)
         if cache_bytes is None and ram_budget is not None:
             cache_bytes = cache_budget(ram_budget)
-        return cls(predictor, model_id=model.id, manifest=getattr(model, "manifest", {}), cache_bytes=cache_bytes)
+        manifest = getattr(model, "manifest", None)
+        return cls(predictor, model_id=model.id, manifest=manifest if isinstance(manifest, SegmentManifest) else None,
+                   cache_bytes=cache_bytes)
 
     @classmethod
     def from_folder(cls, folder: str | Path, *, threads: int = 1, device: str = "auto",
@@ -137,8 +118,7 @@ class SegmentEngine:
         # 1. find the embedding
         emb = self.cache.get(req.image_id)
         if emb is None:
-            raise EmbeddingMissing(f"`image_id` {req.image_id!r} is not in the embedding cache (never sent, "
-                                   "or evicted); send the image itself again.", param="image_id")
+            raise EmbeddingMissing.for_image(req.image_id)
         # 2. check prompts against the image's original size
         prompt = pre.parse_prompt(req.points, req.box, emb.original_size, emb.scale)
         mask_in = pre.mask_input(req.prev_mask, emb.size)
@@ -150,14 +130,6 @@ class SegmentEngine:
         return post.SegmentResult(image_id=emb.image_id, masks=masks, best=best, size=emb.size,
                                   original_size=emb.original_size, scale=emb.scale, encoder_ran=False,
                                   timings={"decode_s": dt})
-
-    def segment_steps(self, image: pre.LoadedImage, req: DecodeRequest) -> StepGen[post.SegmentResult]:
-        """Encode (if needed) and decode in one job, for callers that do not need separate priorities."""
-        emb, ran = yield from self.embed_steps(image)
-        result = yield from self.decode_steps(DecodeRequest(image_id=emb.image_id, points=req.points, box=req.box,
-                                                            multimask=req.multimask, prev_mask=req.prev_mask))
-        result.encoder_ran = ran
-        return result
 
     def stats_steps(self) -> StepGen[dict[str, int]]:
         """Counters, through the scheduler (no compute)."""

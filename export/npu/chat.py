@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from edge.errors import BadRequest
+from edge.manifest import MANIFEST_FILE, ChatManifest, KvLayout, read
 from export.npu import quant
 from export.npu.convert import prepare
 
@@ -34,15 +36,25 @@ def _tokenizer(folder: Path):
     return Tokenizer.from_file(str(folder / "tokenizer.json"))
 
 
+def _read(folder: Path) -> ChatManifest:
+    """The ONNX chat export's typed manifest; it must say its KV layout."""
+    m = read(folder, task="chat")
+    assert isinstance(m, ChatManifest)
+    if m.kv is None:
+        raise BadRequest(f"{m.origin}: `kv` is missing; an ONNX chat export says its KV layout. Re-export it with "
+                         "`edge-run export llm-onnx ... --quant fp32`.", param="source")
+    return m
+
+
 def _step_feeds(n_layers: int, n_kv: int, head_dim: int) -> dict[str, np.ndarray]:
     return {f"past_key_values.{i}.{kv}": np.zeros((1, n_kv, 0, head_dim), np.float32)
             for i in range(n_layers) for kv in ("key", "value")}
 
 
-def drive(session, tokens: list[int], kv: dict, extra: int = 0) -> tuple[list[np.ndarray], list[int]]:
+def drive(session, tokens: list[int], kv: KvLayout, extra: int = 0) -> tuple[list[np.ndarray], list[int]]:
     """Run a decoder-with-past ``session`` one token at a time over ``tokens`` and then ``extra`` greedy
     tokens; returns the logits after every token and the greedy continuation."""
-    past = _step_feeds(kv["num_layers"], kv["num_kv_heads"], kv["head_dim"])
+    past = _step_feeds(kv.num_layers, kv.num_kv_heads, kv.head_dim)
     names = [o.name for o in session.get_outputs()]
     logits_seq, answer, seq = [], [], list(tokens)
     i = 0
@@ -80,12 +92,11 @@ def convert(src: Path, out: Path, schemes: list[str], default: str, *, context: 
             calib_limit: int = 8, gelu: str = "native") -> dict[str, Any]:
     import onnxruntime as ort
 
-    from edge.errors import BadRequest
     from edge.npu.adapters import StaticKVDecoder
 
-    manifest = json.loads((src / "edge-model.json").read_text())
-    model_file = manifest.get("model_file", "model.onnx")
-    L = int(context or min(DEFAULT_CONTEXT, int(manifest.get("context_length") or DEFAULT_CONTEXT)))
+    manifest = _read(src)
+    model_file = manifest.model_file
+    L = int(context or min(DEFAULT_CONTEXT, manifest.context_length or DEFAULT_CONTEXT))
     if L < 8:
         raise BadRequest(f"`--context` must be at least 8 tokens, got {L}.", param="context")
     work = out / ".work"
@@ -101,7 +112,7 @@ def convert(src: Path, out: Path, schemes: list[str], default: str, *, context: 
     tok = _tokenizer(src)
     for prompt in CALIB_PROMPTS[:max(1, calib_limit)]:
         ids = tok.encode(prompt).ids[: L - ANSWER_TOKENS - 1]
-        drive(static, ids, manifest["kv"], extra=ANSWER_TOKENS)
+        drive(static, ids, manifest.kv, extra=ANSWER_TOKENS)
     # 3. quantize per scheme; copy tokenizer / config files
     components = {}
     for scheme in schemes:
@@ -111,7 +122,7 @@ def convert(src: Path, out: Path, schemes: list[str], default: str, *, context: 
         components[rel] = {"role": "decoder", "quant": scheme, "static": True, "device": "npu",
                            "inputs": prep.inputs, "adapter": "static_kv_decoder", "context": L}
     for p in src.iterdir():
-        if p.is_file() and p.name not in (model_file, model_file + ".data", "edge-model.json", "report.json"):
+        if p.is_file() and p.name not in (model_file, model_file + ".data", MANIFEST_FILE, "report.json"):
             shutil.copyfile(p, out / p.name)
     for p in work.iterdir():
         p.unlink()
@@ -134,16 +145,16 @@ def verify(src: Path, out: Path, schemes: list[str], default: str, *, devices: l
     scheme/device vs the fp32 export on the CPU."""
     from edge.devices import make_session
 
-    m = json.loads((src / "edge-model.json").read_text())
+    m = _read(src)
     ids = _tokenizer(src).encode(VERIFY_TEXT).ids[:tokens]
-    ref_sess = make_session(src / m.get("model_file", "model.onnx"), threads=threads, device="cpu")
-    ref_logits, ref_answer = drive(ref_sess, ids, m["kv"], extra=ANSWER_TOKENS)
+    ref_sess = make_session(src / m.model_file, threads=threads, device="cpu")
+    ref_logits, ref_answer = drive(ref_sess, ids, m.kv, extra=ANSWER_TOKENS)
     results = {}
     for scheme in schemes:
-        rel = m.get("model_file", "model.onnx") if scheme == default else f"{scheme}/{m.get('model_file', 'model.onnx')}"
+        rel = m.model_file if scheme == default else f"{scheme}/{m.model_file}"
         for device in devices:
             sess = make_session(out / rel, threads=threads, device=device)
-            logits, answer = drive(sess, ids, m["kv"], extra=ANSWER_TOKENS)
+            logits, answer = drive(sess, ids, m.kv, extra=ANSWER_TOKENS)
             n = len(ids)                          # teacher-forced part: both saw the same tokens
             top1 = float(np.mean([int(np.argmax(a) == np.argmax(b)) for a, b in zip(logits[:n], ref_logits[:n])]))
             p = dict(getattr(sess, "placement", {}) or {})

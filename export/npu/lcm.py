@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from edge.manifest import ImageManifest, read
 from export.npu import quant
 from export.npu.convert import prepare
 
@@ -28,13 +29,13 @@ CALIB_PROMPTS = ("a lighthouse at dusk, oil painting", "a red car in the rain", 
 VERIFY_PROMPTS = ("a small boat on a calm lake at sunrise", "a city street at night with neon signs")
 
 
-def _components(manifest: dict, folder: Path, precision: str, threads: int, device: str):
+def _components(manifest: ImageManifest | dict, folder: Path, precision: str, threads: int, device: str):
     from edge.image.engine import components_from_manifest
 
     return components_from_manifest(manifest, folder, precision=precision, threads=threads, device=device)
 
 
-def record_feeds(src: Path, manifest: dict, size: int, steps: int, threads: int,
+def record_feeds(src: Path, manifest: ImageManifest | dict, size: int, steps: int, threads: int,
                  prompts: tuple[str, ...] = CALIB_PROMPTS) -> dict[str, list[dict[str, np.ndarray]]]:
     """Inputs of every component while the fp32 pipeline renders ``prompts`` at ``size``."""
     from edge.image.pipeline import Decoder, ImageRequest, LCMPipeline
@@ -69,10 +70,11 @@ def convert(src: Path, out: Path, schemes: list[str], default: str, *, size: int
             threads: int, gelu: str = "native", calib_limit: int = 8) -> dict[str, Any]:
     from edge.errors import BadRequest
 
-    manifest = json.loads((src / "edge-model.json").read_text())
-    fp32 = manifest["precisions"]["fp32"]
-    size = int(size or manifest.get("default_size", 512))
-    f = int(manifest["vae"]["scale_factor"])
+    manifest = read(src, task="image")
+    assert isinstance(manifest, ImageManifest)
+    fp32 = manifest.precisions["fp32"]
+    size = int(size or manifest.default_size)
+    f = manifest.vae.scale_factor
     if size % (f * 2):
         raise BadRequest(f"`--size` must be a multiple of {f * 2} for this model, got {size}.", param="size")
     lat = size // f
@@ -109,8 +111,7 @@ def convert(src: Path, out: Path, schemes: list[str], default: str, *, size: int
             components[f"cpu/{name}.onnx"] = {"role": name, "quant": "fp32", "static": False, "device": "cpu"}
             for scheme in schemes:
                 table[scheme][name] = f"cpu/{name}.onnx"
-    shutil.copytree(src / Path(manifest.get("tokenizer", "tokenizer/tokenizer.json")).parent,
-                    out / Path(manifest.get("tokenizer", "tokenizer/tokenizer.json")).parent)
+    shutil.copytree(src / Path(manifest.tokenizer).parent, out / Path(manifest.tokenizer).parent)
     for p in work.iterdir():
         p.unlink()
     work.rmdir()
@@ -134,8 +135,7 @@ def verify(src: Path, out: Path, schemes: list[str], *, devices: list[str], size
     from edge.image.pipeline import ImageRequest, LCMPipeline
     from export import verify as V
 
-    src_m = json.loads((src / "edge-model.json").read_text())
-    out_m = json.loads((out / "edge-model.json").read_text())
+    src_m, out_m = read(src, task="image"), read(out, task="image")
     ref = _components(src_m, src, "fp32", threads, "cpu")
 
     def render(comps, prompt: str, seed: int, decoder: str) -> np.ndarray:

@@ -10,12 +10,13 @@ test_devices.py compares the HTP with onnxruntime's own QDQ kernels (the same gr
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
 
 from edge.errors import BadRequest
+from edge.manifest import read
+from support import drain
 from tests.npu.conftest import SAM_ID, SIZE, THREADS, needs_qnn
 
 pytestmark = needs_qnn
@@ -74,23 +75,19 @@ def test_sam_encoder_and_decoder_run_on_the_npu_close_to_fp32(sam_fp32, npu_runt
 def _render(comps, prompt: str, seed: int = 3, size: int = SIZE) -> np.ndarray:
     from edge.image.pipeline import ImageRequest, LCMPipeline
 
-    gen = LCMPipeline(comps, model_id="t").generate_steps(ImageRequest(prompt=prompt, width=size, height=size,
-                                                                       steps=2, seed=seed))
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        return np.asarray(stop.value[0])
+    _, images = drain(LCMPipeline(comps, model_id="t").generate_steps(
+        ImageRequest(prompt=prompt, width=size, height=size, steps=2, seed=seed)))
+    return np.asarray(images[0])
 
 
 def test_lcm_pipeline_runs_on_the_npu_close_to_fp32(lcm_fp32, lcm_npu):
     from edge.image.engine import components_from_manifest
     from export import verify as V
 
-    ref = components_from_manifest(json.loads((lcm_fp32 / "edge-model.json").read_text()), lcm_fp32,
-                                   precision="fp32", threads=THREADS, device="cpu")
-    manifest = json.loads((lcm_npu / "edge-model.json").read_text())
-    assert manifest["precision"] == "a16w8" and manifest["default_size"] == SIZE
+    ref = components_from_manifest(read(lcm_fp32, task="image"), lcm_fp32, precision="fp32", threads=THREADS,
+                                   device="cpu")
+    manifest = read(lcm_npu, task="image")
+    assert manifest.precision == "a16w8" and manifest.default_size == SIZE
     npu = components_from_manifest(manifest, lcm_npu, threads=THREADS, device="npu")
     prompt = "a small boat on a calm lake at sunrise"
     img_ref, img_npu = _render(ref, prompt), _render(npu, prompt)

@@ -21,7 +21,7 @@ import edge.errors as errors_mod
 from edge.config import Settings
 from edge.errors import BadRequest, EdgeError, IntegrityError, ModelNotInstalled
 from edge.registry import Catalog, Store, parse_lock
-from edge.registry.manifest import parse_manifest
+from edge.manifest import parse as parse_manifest
 
 MEMBER = "pkg/model.bin"
 PAYLOAD = os.urandom(1 << 20)
