@@ -1,8 +1,9 @@
-"""The latent-consistency (LCM) scheduler in numpy: the same maths as diffusers' ``LCMScheduler``
+"""The latent-consistency (LCM) noise schedule in numpy (not to be confused with edge.scheduler, the job
+scheduler): the same maths as diffusers' ``LCMScheduler``
 (skipping-step timestep schedule over ``original_inference_steps``, boundary-condition scalings
 ``c_skip``/``c_out``, noise re-injection between steps), without torch.
 
-Tested step by step against diffusers in tests/image/test_scheduler.py.
+Tested step by step against diffusers in tests/image/test_lcm_schedule.py.
 """
 
 from __future__ import annotations

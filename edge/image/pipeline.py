@@ -18,7 +18,7 @@ from PIL import Image
 
 from edge.image.png import png_info, save_png  # noqa: F401  (re-exported until edge/image/cli.py imports edge.image.png)
 from edge.image.request import BYTES_PER_PIXEL, ImageRequest, load_init_image
-from edge.image.scheduler import LCMScheduler, NoiseSource, guidance_scale_embedding
+from edge.image.lcm_schedule import LCMScheduler, NoiseSource, guidance_scale_embedding
 from edge.image.tokenizer import ClipTokenizer
 from edge.jobs import Step, StepGen
 

@@ -8,7 +8,7 @@ import torch
 from diffusers import LatentConsistencyModelPipeline
 from diffusers import LCMScheduler as DiffusersLCM
 
-from edge.image.scheduler import LCMScheduler, guidance_scale_embedding
+from edge.image.lcm_schedule import LCMScheduler, guidance_scale_embedding
 from export.lcm.reference import torch_noise
 
 CASES = [(1, 1.0), (2, 1.0), (4, 1.0), (8, 1.0), (4, 0.6), (3, 0.3), (2, 0.05)]
