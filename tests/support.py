@@ -14,8 +14,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -25,6 +28,16 @@ SEG_MODEL = "mobilesam-tiny-test"
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("EDGE_TEST_CACHE", Path.home() / ".cache" / "edge-run-tests"))
 THREADS = 2
+
+
+def drain(gen) -> tuple[list, object]:
+    """Run a step generator (an engine's or a pipeline's job) to the end: (the steps it yielded, its value)."""
+    steps = []
+    try:
+        while True:
+            steps.append(next(gen))
+    except StopIteration as stop:
+        return steps, stop.value
 
 
 def free_port() -> int:
@@ -77,8 +90,9 @@ class ServerProcess:
 def _export_key(files: tuple[str, ...]) -> str:
     """Exports are cached between runs, keyed by the code that builds them and the exporting libraries."""
     h = hashlib.sha256()
-    for p in files:
-        h.update((ROOT / p).read_bytes())
+    for p in files:  # a file, or a folder: its .py files
+        for f in sorted((ROOT / p).rglob("*.py")) if (ROOT / p).is_dir() else [ROOT / p]:
+            h.update(f.read_bytes())
     for dist in ("torch", "onnx", "onnxruntime", "diffusers", "transformers", "mobilesam-mirror"):
         try:
             h.update(f"{dist}={importlib.metadata.version(dist)}".encode())
@@ -87,23 +101,35 @@ def _export_key(files: tuple[str, ...]) -> str:
     return h.hexdigest()[:16]
 
 
-def _build_lcm(out: Path) -> None:
-    """`edge-run export lcm --random-init tiny --precisions fp32` (the recipe verifies itself)."""
+def export_lcm(out: Path, precisions: str, *extra: str) -> Path:
+    """`edge-run export lcm --random-init tiny --precisions PRECISIONS` (the recipe verifies itself)."""
     from export.recipes import lcm_onnx
 
     p = argparse.ArgumentParser()
     lcm_onnx.add_arguments(p)
-    lcm_onnx.run(p.parse_args(["--random-init", "tiny", "--out", str(out), "--precisions", "fp32",
-                               "--threads", str(THREADS), "--no-progress"]))
+    return lcm_onnx.run(p.parse_args(["--random-init", "tiny", "--out", str(out), "--precisions", precisions,
+                                      "--threads", str(THREADS), "--no-progress", *extra]))
+
+
+def _build_lcm(out: Path) -> None:
+    export_lcm(out, "fp32")
+
+
+def export_sam(sam, out: Path, precision: str, *extra: str) -> Path:
+    """`edge-run export sam --random-init tiny --precision PRECISION` over an already built ``sam``."""
+    from export.recipes import sam_onnx
+
+    p = argparse.ArgumentParser()
+    sam_onnx.add_arguments(p)
+    args = p.parse_args(["--random-init", "tiny", "--precision", precision, "--out", str(out),
+                         "--verify-images", "1", *extra])
+    return sam_onnx.run(args, sam=sam)
 
 
 def _build_sam(out: Path) -> None:
-    spec = importlib.util.spec_from_file_location("edge_tests_segment_conftest", ROOT / "tests" / "segment" / "conftest.py")
-    seg = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(seg)
     from export.recipes.sam_onnx import build_sam
 
-    seg._export(build_sam("tiny", seed=0), out, "fp32")
+    export_sam(build_sam("tiny", seed=0), out, "fp32")
 
 
 def tiny_exports_cached() -> dict[str, Path]:
@@ -115,8 +141,9 @@ def tiny_exports_cached() -> dict[str, Path]:
     out = {}
     root = CACHE / "tiny-exports"
     for name, build, code in (
-            ("lcm", _build_lcm, ("export/recipes/lcm_onnx.py", "export/artifacts.py")),
-            ("sam", _build_sam, ("export/recipes/sam_onnx.py", "export/artifacts.py", "tests/segment/conftest.py"))):
+            ("lcm", _build_lcm, ("export/recipes/lcm_onnx.py", "export/lcm", "export/artifacts.py", "edge/manifest.py")),
+            ("sam", _build_sam, ("export/recipes/sam_onnx.py", "export/artifacts.py", "edge/manifest.py",
+                                 "tests/support.py"))):
         cache = root / f"{name}-{_export_key(code)}"
         final = cache / name
         if not (final / "edge-model.json").is_file():
@@ -145,14 +172,8 @@ def chat_model_cached() -> Path:
 
 def make_workloads_home(home: Path, exports: dict[str, Path], chat_model_path: Path) -> Path:
     """An EDGE_HOME with all three workloads installed through the registry."""
-    from edge.config import Settings
-    from edge.registry import add_local_model
-
-    s = Settings.from_env(env={}, home=home)
-    add_local_model(s, exports["lcm"], model_id=IMAGE_MODEL, task="image", fmt="onnx", license="Apache-2.0",
-                    source={"recipe": "lcm", "random_init": "tiny", "seed": 0})
-    add_local_model(s, exports["sam"], model_id=SEG_MODEL, task="segment", fmt="onnx", license="Apache-2.0",
-                    source={"recipe": "sam", "random_init": "tiny", "seed": 0})
+    install_local(home, exports["lcm"], IMAGE_MODEL, "image", {"recipe": "lcm", "random_init": "tiny", "seed": 0})
+    install_local(home, exports["sam"], SEG_MODEL, "segment", {"recipe": "sam", "random_init": "tiny", "seed": 0})
     dest = home / "models" / CHAT_MODEL
     dest.mkdir(parents=True, exist_ok=True)
     try:
@@ -161,6 +182,50 @@ def make_workloads_home(home: Path, exports: dict[str, Path], chat_model_path: P
         shutil.copy(chat_model_path, dest / "model.gguf")
     return home
 
+
+def install_local(home: Path, folder: Path, model_id: str, task: str, source: dict) -> Path:
+    """Install an export ``folder`` into the EDGE_HOME ``home`` through the registry (hashed, locked)."""
+    from edge.config import Settings
+    from edge.registry import add_local_model
+
+    add_local_model(Settings.from_env(env={}, home=home), folder, model_id=model_id, task=task, fmt="onnx",
+                    license="Apache-2.0", source=source)
+    return home
+
+
+@contextmanager
+def open_runtime(home: Path, **kw) -> Iterator:
+    """A Runtime over ``home`` as the suites use it: THREADS threads, offline, models kept loaded."""
+    from edge.api import Runtime
+
+    rt = Runtime(home=str(home), threads=THREADS, offline=True, keep_alive=-1, **kw)
+    try:
+        yield rt
+    finally:
+        rt.close()
+
+
+@contextmanager
+def serve_in_thread(runtime) -> Iterator[str]:
+    """A real uvicorn server on a free port, in this process, over ``runtime`` (so tests can also look
+    at the engines' counters); yields its base URL."""
+    import uvicorn
+
+    from edge.server.app import create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(runtime), host="127.0.0.1", port=free_port(),
+                                           log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 # -- the export and distillation suites (tests/export/llm, tests/export/distill) ------------------------
 DISTILL_CONFIGS = ROOT / "export" / "distill" / "configs"

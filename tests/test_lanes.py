@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from support import IMAGE_MODEL, SEG_MODEL, THREADS
+from support import IMAGE_MODEL, SEG_MODEL, THREADS, drain
 
 SIZE = "768x768"  # the tiny UNet's step takes seconds here (attention over 96x96 latents)
 
@@ -96,12 +96,7 @@ def test_segment_engine_runs_clicks_on_one_thread_when_told_and_gives_the_same_m
         req = DecodeRequest(image_id=img.image_id, points=[(300.0, 200.0, 1), (100.0, 50.0, 0)])
 
         def click():
-            gen = engine.decode_steps(req)
-            try:
-                while True:
-                    next(gen)
-            except StopIteration as stop:
-                return stop.value
+            return drain(engine.decode_steps(req))[1]
 
         two = click()
         engine.set_threads(1)

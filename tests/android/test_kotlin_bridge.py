@@ -9,7 +9,6 @@ against Python's own view of the same server.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import random
@@ -20,13 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from support import IMAGE_MODEL, SEG_MODEL, ServerProcess, edge_env, free_port, make_workloads_home
+
 ROOT = Path(__file__).resolve().parents[2]
 BRIDGE = ROOT / "android-bridge"
 BUILD_SH = BRIDGE / "build.sh"
 RUNNER = "dev.edgerun.bridge.test.RunTestsKt"
 API_KEY = "bridge-test-key"
-IMAGE_MODEL = "lcm-tiny-random"  # tests/conftest.py IMAGE_MODEL / SEG_MODEL
-SEGMENT_MODEL = "mobilesam-tiny-test"
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("java") is None or shutil.which("npm") is None,
@@ -37,14 +36,6 @@ pytestmark = [
 ]
 
 
-def _shared_conftest():
-    """tests/conftest.py loaded by path (its ServerProcess / edge_env helpers; `import conftest` is ambiguous)."""
-    spec = importlib.util.spec_from_file_location("edge_tests_shared_conftest", ROOT / "tests" / "conftest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def bridge(tiny_exports, chat_model_path, tmp_path_factory):
     """Build the bridge (in the background) while the tiny models export; then start the server.
@@ -53,8 +44,7 @@ def bridge(tiny_exports, chat_model_path, tmp_path_factory):
                              stderr=subprocess.STDOUT, text=True)
     # 1. a test EDGE_HOME: SmolLM2 + the tiny LCM and MobileSAM exports shared with the other suites
     try:
-        shared = _shared_conftest()
-        home = shared.make_workloads_home(tmp_path_factory.mktemp("edge-home-android"), tiny_exports, chat_model_path)
+        home = make_workloads_home(tmp_path_factory.mktemp("edge-home-android"), tiny_exports, chat_model_path)
     except BaseException:
         build.kill()
         raise
@@ -63,8 +53,7 @@ def bridge(tiny_exports, chat_model_path, tmp_path_factory):
     assert build.returncode == 0, f"android-bridge/build.sh failed:\n{out}"
     cp = subprocess.run([str(BUILD_SH), "classpath"], capture_output=True, text=True, check=True).stdout.strip()
     # 3. the real server, key-protected
-    srv = shared.ServerProcess(home, "--api-key", API_KEY,
-                               env=shared.edge_env(home, EDGE_OFFLINE="1", EDGE_KEEP_ALIVE="-1"))
+    srv = ServerProcess(home, "--api-key", API_KEY, env=edge_env(home, EDGE_OFFLINE="1", EDGE_KEEP_ALIVE="-1"))
     yield cp, srv.url
     srv.stop()
 
@@ -172,7 +161,7 @@ def test_image_round_trip(live, bridge):
 def test_segment_round_trip(live, bridge):
     _, url = bridge
     _, models = _http(url + "/v1/models")
-    assert SEGMENT_MODEL in {m["id"] for m in models["data"] if m["task"] == "segment"}
+    assert SEG_MODEL in {m["id"] for m in models["data"] if m["task"] == "segment"}
     _assert_ok(live, "live/segment round trip")
 
 
@@ -189,8 +178,7 @@ def test_example_program(bridge):
     assert answer.strip()
     assert f"chars: {len(answer)}" in lines
 
-    shared = _shared_conftest()
-    closed = f"http://127.0.0.1:{shared.free_port()}"
+    closed = f"http://127.0.0.1:{free_port()}"
     r = subprocess.run([str(BUILD_SH), "run-example", closed], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 3, r.stdout + r.stderr
     assert f"edge-run is not reachable at {closed}" in r.stderr

@@ -14,7 +14,8 @@ from PIL import Image
 
 from edge.errors import BadRequest, Cancelled
 
-MODEL_ID = "lcm-tiny-random"
+from support import IMAGE_MODEL as MODEL_ID
+from support import drain
 
 
 def pixels(img) -> np.ndarray:
@@ -34,13 +35,8 @@ def test_api_imagine_returns_images_with_metadata(api_images, make_components):
     assert [i.info["seed"] for i in api_images] == ["7", "8"]
     assert api_images[0].info["model"] == MODEL_ID and api_images[0].info["steps"] == "2"
     # the scheduler ran exactly what the pipeline computes for the model's default precision (int8)
-    gen = LCMPipeline(make_components("int8")).generate_steps(
-        ImageRequest("a lighthouse at dusk", 64, 64, steps=2, n=2, seed=7))
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        direct = stop.value
+    _, direct = drain(LCMPipeline(make_components("int8")).generate_steps(
+        ImageRequest("a lighthouse at dusk", 64, 64, steps=2, n=2, seed=7)))
     assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(api_images, direct))
     assert not np.array_equal(pixels(api_images[0]), pixels(api_images[1]))
 

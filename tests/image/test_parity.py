@@ -14,22 +14,14 @@ from edge.image.pipeline import ImageRequest, LCMPipeline
 from export.artifacts import sha256_file
 from export.lcm.reference import diffusers_pipeline, torch_noise
 from export.verify import psnr
+from support import drain
 
 PROMPT = "a lighthouse at dusk, oil painting"
 SEED = 3
 
 
-def run_steps(gen):
-    steps = []
-    try:
-        while True:
-            steps.append(next(gen))
-    except StopIteration as stop:
-        return stop.value, steps
-
-
 def edge_images(components, req: ImageRequest, seeds):
-    images, _ = run_steps(LCMPipeline(components).generate_steps(req, noise=[torch_noise(s) for s in seeds]))
+    _, images = drain(LCMPipeline(components).generate_steps(req, noise=[torch_noise(s) for s in seeds]))
     return [np.asarray(i) for i in images]
 
 
@@ -98,7 +90,7 @@ def test_taesd_decoder_matches_diffusers(tiny_src, tokenizer_dir, fp32_component
 
 
 def test_steps_are_reported_in_order(fp32_components, init_image):
-    _, steps = run_steps(LCMPipeline(fp32_components).generate_steps(
+    steps, _ = drain(LCMPipeline(fp32_components).generate_steps(
         ImageRequest(PROMPT, 64, 64, steps=3, n=2, seed=1, init_image=init_image)))
     assert [s.kind for s in steps] == ["text_encode", "image_encode", "unet", "unet", "unet", "decode", "decode"]
     assert [s.index for s in steps] == list(range(1, 8)) and {s.total for s in steps} == {7}
@@ -106,9 +98,9 @@ def test_steps_are_reported_in_order(fp32_components, init_image):
 
 def test_numpy_seeds_are_per_image(fp32_components):
     pipe = LCMPipeline(fp32_components, model_id="m")
-    two, _ = run_steps(pipe.generate_steps(ImageRequest(PROMPT, 64, 64, steps=2, n=2, seed=7)))
-    one, _ = run_steps(pipe.generate_steps(ImageRequest(PROMPT, 64, 64, steps=2, n=1, seed=8)))
-    again, _ = run_steps(pipe.generate_steps(ImageRequest(PROMPT, 64, 64, steps=2, n=1, seed=7)))
+    _, two = drain(pipe.generate_steps(ImageRequest(PROMPT, 64, 64, steps=2, n=2, seed=7)))
+    _, one = drain(pipe.generate_steps(ImageRequest(PROMPT, 64, 64, steps=2, n=1, seed=8)))
+    _, again = drain(pipe.generate_steps(ImageRequest(PROMPT, 64, 64, steps=2, n=1, seed=7)))
     assert np.array_equal(np.asarray(two[1]), np.asarray(one[0]))  # image i of seed s == image 0 of seed s+i
     assert np.array_equal(np.asarray(two[0]), np.asarray(again[0]))
     assert not np.array_equal(np.asarray(two[0]), np.asarray(two[1]))

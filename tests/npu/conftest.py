@@ -13,17 +13,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("EDGE_TEST_CACHE", Path.home() / ".cache" / "edge-run-tests"))
-THREADS = 2
+from support import CACHE, THREADS, open_runtime, serve_in_thread  # noqa: F401 (THREADS: the npu tests import it here)
+
 SAM_ID = "mobilesam-tiny-npu"
 LCM_ID = "lcm-tiny-npu"
 CRASH_ID = "lcm-tiny-npu-crashing"
@@ -31,6 +27,16 @@ CHAT_ID = "tiny-llama-npu"
 CONTEXT = 64       # the tiny chat model's static context
 SIZE = 64          # the tiny LCM's static image side
 CALIB = 3          # calibration images (sam) / prompts (lcm): enough for these tiny models, quick
+
+
+def export_npu(src: Path, out: Path, *extra: str) -> Path:
+    """`edge-run export npu SRC --out OUT --quant a16w8 --verify-devices none ...`, the command a user runs."""
+    from edge.cli import main
+
+    code = main(["export", "npu", str(src), "--out", str(out), "--quant", "a16w8", "--verify-devices", "none",
+                 "--threads", str(THREADS), *extra])
+    assert code == 0, f"edge-run export npu {src} failed ({code})"
+    return out
 
 
 def have_qnn() -> bool:
@@ -79,9 +85,7 @@ def sam_fp32(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def sam_npu(sam_fp32, tmp_path_factory) -> Path:
-    from export.npu import tiny
-
-    return tiny.to_npu(sam_fp32, tmp_path_factory.mktemp("npu-sam") / "npu", "--calib-limit", str(CALIB))
+    return export_npu(sam_fp32, tmp_path_factory.mktemp("npu-sam") / "npu", "--calib-limit", str(CALIB))
 
 
 @pytest.fixture(scope="session")
@@ -97,10 +101,8 @@ def lcm_fp32(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def lcm_npu(lcm_fp32, tmp_path_factory) -> Path:
-    from export.npu import tiny
-
-    return tiny.to_npu(lcm_fp32, tmp_path_factory.mktemp("npu-lcm") / "npu", "--size", str(SIZE), "--calib-limit",
-                       str(CALIB))
+    return export_npu(lcm_fp32, tmp_path_factory.mktemp("npu-lcm") / "npu", "--size", str(SIZE), "--calib-limit",
+                      str(CALIB))
 
 
 @pytest.fixture(scope="session")
@@ -113,10 +115,8 @@ def chat_fp32(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def chat_npu(chat_fp32, tmp_path_factory) -> Path:
-    from export.npu import tiny
-
-    return tiny.to_npu(chat_fp32, tmp_path_factory.mktemp("npu-chat") / "npu", "--context", str(CONTEXT),
-                       "--calib-limit", str(CALIB))
+    return export_npu(chat_fp32, tmp_path_factory.mktemp("npu-chat") / "npu", "--context", str(CONTEXT),
+                      "--calib-limit", str(CALIB))
 
 
 # -- an EDGE_HOME with both installed, a Runtime on --device npu and a server over it ---------------
@@ -143,33 +143,14 @@ def npu_home(sam_npu, lcm_npu, lcm_npu_crashing, chat_npu, chat_fp32, tmp_path_f
 
 @pytest.fixture(scope="session")
 def npu_runtime(npu_home):
-    from edge.api import Runtime
-
-    rt = Runtime(home=str(npu_home), threads=THREADS, offline=True, keep_alive=-1, device="npu")
-    yield rt
-    rt.close()
+    with open_runtime(npu_home, device="npu") as rt:
+        yield rt
 
 
 @pytest.fixture(scope="session")
 def npu_server(npu_runtime):
-    import uvicorn
-
-    from edge.server.app import create_app
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(npu_runtime), host="127.0.0.1", port=port,
-                                           log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with serve_in_thread(npu_runtime) as url:
+        yield url
 
 
 # -- small graphs for the device / cache / crash tests ----------------------------------------------
@@ -185,7 +166,7 @@ def qdq_artifact(folder: Path, fp32_model, feeds: list[dict], name: str = "model
     onnx.save(fp32_model, str(folder / "fp32.onnx"))
     quantize_qdq(folder / "fp32.onnx", folder / name, feeds, scheme)
     (folder / "fp32.onnx").unlink()
-    (folder / "edge-model.json").write_text(json.dumps({"task": "test", "format": "onnx", "npu": {
+    (folder / "edge-model.json").write_text(json.dumps({"task": "segment", "format": "onnx", "npu": {
         "schema": 1, "components": {name: {"role": "test", "quant": scheme, "static": True, "device": "npu"}}}}))
     return folder / name
 

@@ -22,8 +22,8 @@ from edge.segment import postprocess as post
 from edge.segment import preprocess as pre
 from edge.segment.predictor import OnnxSamPredictor
 
-MODEL_ID = "mobilesam-tiny-test"  # as installed by conftest.seg_home
-THREADS = 2
+from support import SEG_MODEL as MODEL_ID  # as installed by conftest.seg_home
+from support import THREADS
 
 
 @pytest.fixture(scope="module")

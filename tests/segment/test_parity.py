@@ -13,7 +13,8 @@ from edge.segment.predictor import OnnxSamPredictor
 from export.recipes.sam_onnx import prompt_cases, torch_predict
 from export.verify import iou
 
-THREADS = 2
+from support import THREADS
+
 CASES = {c["name"]: c for c in prompt_cases(1, 1)}
 
 

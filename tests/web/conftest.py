@@ -1,34 +1,23 @@
 """Fixtures for the playground's browser tests: one real `edge-run serve` process whose EDGE_HOME holds
 the real SmolLM2 chat model plus the tiny seeded LCM and MobileSAM exports (built through the real
-recipes, with the helpers of tests/image and tests/segment), and a real headless Debian Chromium
+recipes by tests/support.py), and a real headless Debian Chromium
 driven by Python playwright (never a downloaded browser)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
 import pytest
 
-TESTS = Path(__file__).resolve().parents[1]
-ROOT = TESTS.parent
+from support import ServerProcess, edge_env
+
 ARTIFACTS = Path(os.environ.get("EDGE_WEB_ARTIFACTS", Path(__file__).resolve().parent / "artifacts"))
 CHROMIUM = os.environ.get("EDGE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
-def _load(name: str, path: Path):
-    """Import another test folder's conftest under its own name (they are not a package)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-root_conftest = _load("edge_tests_root_conftest", TESTS / "conftest.py")
-CHAT_MODEL, IMAGE_MODEL, SEG_MODEL = root_conftest.CHAT_MODEL, root_conftest.IMAGE_MODEL, root_conftest.SEG_MODEL
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +29,7 @@ def web_home(workloads_home) -> Path:
 @pytest.fixture(scope="session")
 def web_server(web_home):
     """A real `edge-run serve` process (offline) over web_home."""
-    srv = root_conftest.ServerProcess(web_home, env=root_conftest.edge_env(
+    srv = ServerProcess(web_home, env=edge_env(
         web_home, EDGE_OFFLINE="1", EDGE_KEEP_ALIVE="-1", EDGE_MAX_QUEUE="64"))
     yield srv
     srv.stop()

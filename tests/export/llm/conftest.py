@@ -3,13 +3,11 @@ loaded into transformers (dequantized; cached between runs, it takes ~1 min of C
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-from support import llm_recipe_args
 
-CACHE = Path(os.environ.get("EDGE_TEST_CACHE", Path.home() / ".cache" / "edge-run-tests"))
+from support import CACHE, llm_recipe_args
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ def parse(*argv):
 
     p = argparse.ArgumentParser()
     lcm_onnx.add_arguments(p)
-    return lcm_onnx, p.parse_args(list(argv))
+    return lcm_onnx, lcm_onnx.Config.from_args(p.parse_args(list(argv)))
 
 
 @pytest.mark.parametrize("argv,message", [
