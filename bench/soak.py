@@ -9,7 +9,9 @@ image generations, and health/model polls. Every request is accounted for: an an
 Retry-After (the client waits that long, at most 5 s), or the client's own cancel; anything else
 (5xx, another 4xx, a dropped connection) is counted as a failure. The server's RSS, threads and file
 descriptors are sampled every 5 s; growth is measured from the end of the warm-up (the first 20 % of
-the run) to the end. Only 127.0.0.1 is ever contacted.
+the run) to the end. Before the clients start, the warm-up loads every model and fills the server's
+bounded embedding cache (its budget / one embedding's bytes, plus a few), so a cache filling up to its
+cap is not counted as growth. Only 127.0.0.1 is ever contacted.
 """
 
 from __future__ import annotations
@@ -134,18 +136,36 @@ async def one(action: str, c: httpx.AsyncClient, stats: Stats, cached: list[str]
     return 0.0
 
 
-async def prepare(url: str) -> list[str]:
-    """Embed a few images so clicks can hit the cache by image_id."""
+def embeddings_to_fill(home: Path, env: dict[str, str]) -> int:
+    """Distinct images that fill the server's bounded embedding cache (its budget over one embedding's
+    bytes, read from the installed encoder's output shape), plus a few to make it evict."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from edge.config import Settings
+    from edge.segment.engine import cache_budget
+
+    budget = cache_budget(Settings.from_env(env={k: v for k, v in env.items() if k.startswith("EDGE_")},
+                                            home=home).ram_budget)
+    enc = next((home / "models").rglob("encoder.onnx"))
+    shape = ort.InferenceSession(str(enc), providers=["CPUExecutionProvider"]).get_outputs()[0].shape
+    per = int(np.prod([d if isinstance(d, int) else 1 for d in shape])) * 4
+    return budget // per + 8
+
+
+async def prepare(url: str, fill: int) -> list[str]:
+    """Warm-up: load every model, embed a few images clicks can hit by image_id, and fill the bounded
+    embedding cache (``fill`` distinct images) so the growth measured afterwards is not the cache filling."""
     ids = []
     async with httpx.AsyncClient(base_url=url, timeout=300) as c:
-        for k in range(4):
+        for k in range(fill):
             r = await c.post("/v1/segment", json={"image": png_b64((64, 48), k), "points": [[10, 10, 1]]})
             r.raise_for_status()
             ids.append(r.json()["image_id"])
         (await c.post("/v1/chat/completions", json={"model": CHAT, "messages": [{"role": "user", "content": "hi"}],
                                                     "max_tokens": 2})).raise_for_status()
         (await c.post("/v1/images/generations", json={"prompt": "x", "size": "64x64", "steps": 1})).raise_for_status()
-    return ids
+    return ids[-4:]  # the most recent: still cached when the clients start
 
 
 async def sample(proc: psutil.Process, out: list, stop: asyncio.Event, every: float = 5.0) -> None:
@@ -161,8 +181,8 @@ async def sample(proc: psutil.Process, out: list, stop: asyncio.Event, every: fl
             pass
 
 
-async def soak(url: str, pid: int, clients: int, seconds: float, seed: int) -> dict:
-    cached = await prepare(url)
+async def soak(url: str, pid: int, clients: int, seconds: float, seed: int, fill: int = 4) -> dict:
+    cached = await prepare(url, fill)
     stats, samples, stop = Stats(), [], asyncio.Event()
     sampler = asyncio.create_task(sample(psutil.Process(pid), samples, stop))
     deadline = time.monotonic() + seconds
@@ -190,7 +210,8 @@ async def soak(url: str, pid: int, clients: int, seconds: float, seed: int) -> d
         "rss_mb_max": round(max(s[1] for s in samples) / 2**20, 1),
         "threads_after_warmup": warm[0][2], "threads_end": samples[-1][2], "threads_max": max(s[2] for s in samples),
         "fds_after_warmup": warm[0][3], "fds_end": samples[-1][3], "fds_max": max(s[3] for s in samples),
-        "alive_after": alive,
+        "alive_after": alive, "warmup_images": fill,
+        "samples": [(round(t, 1), round(r / 2**20, 1), th, fd) for t, r, th, fd in samples],
     }
 
 
@@ -212,9 +233,11 @@ def main(argv: list[str] | None = None) -> int:
         home = CACHE / "soak-home"
         shutil.rmtree(home, ignore_errors=True)
         home = make_workloads_home(home, tiny_exports_cached(), chat_model_cached())
-    srv = ServerProcess(home, env=edge_env(home, EDGE_OFFLINE="1", EDGE_KEEP_ALIVE="-1", EDGE_CHAT_SLOTS="4"))
+    env = edge_env(home, EDGE_OFFLINE="1", EDGE_KEEP_ALIVE="-1", EDGE_CHAT_SLOTS="4")
+    fill = embeddings_to_fill(home, env)
+    srv = ServerProcess(home, env=env)
     try:
-        res = asyncio.run(soak(srv.url, srv.proc.pid, args.clients, args.seconds, args.seed))
+        res = asyncio.run(soak(srv.url, srv.proc.pid, args.clients, args.seconds, args.seed, fill))
     finally:
         srv.stop()
     print(f"soak: {args.clients} clients x {args.seconds:.0f} s against edge-run serve on 127.0.0.1")
