@@ -143,7 +143,7 @@ class LlamaChatEngine:
                     slot.tokens = tokens[:start + PREFILL_CHUNK]
                     yield Step("prefill", index=c + 1, total=n_chunks + 1)
                 # 3. decode, one streamed piece per step
-                counter = _TokenCounter(stopping)
+                counter = _TokenCounter(stopping, limit=limit)
                 completion = llm.create_completion(
                     prompt=tokens, stream=True, max_tokens=limit, temperature=req.temperature,
                     top_p=req.top_p, top_k=req.top_k, min_p=req.min_p, repeat_penalty=req.repeat_penalty,
@@ -165,6 +165,8 @@ class LlamaChatEngine:
                         finish = choice["finish_reason"]
                     yield Step("token", data=text, tokens=counter.take())
                 # 4. result
+                if counter.at_limit:  # stopped by the counter (the criterion's "stop" is a length finish)
+                    finish = "length"
                 return ChatResult(text="".join(parts), prompt_tokens=len(tokens),
                                   completion_tokens=counter.completion_tokens(finish, bool(req.stop)),
                                   finish_reason=finish, model=self.model_id)
@@ -235,16 +237,29 @@ def token_text(llm, token: int) -> str:
 
 
 class _TokenCounter:
-    """A stopping criterion that never stops by itself: it counts sampled tokens (and delegates)."""
+    """A stopping criterion that counts sampled tokens (and delegates), and stops at ``limit`` answer tokens.
 
-    def __init__(self, inner=None):
+    llama-cpp-python checks max_tokens only after a token's text is complete: while the text ends in an
+    unfinished UTF-8 sequence it skips that check, so a model repeating such a byte token (e.g. with
+    repeat_penalty < 1) would decode until the context is full and llama_decode fails. The criterion runs
+    for every sampled token, so the limit holds whatever the text is."""
+
+    def __init__(self, inner=None, limit: int | None = None):
         self.inner = inner
+        self.limit = limit
         self.total = 0
         self._since = 0
+
+    @property
+    def at_limit(self) -> bool:
+        """The answer reached ``limit`` tokens (the criterion's extra call after the loop counts one more)."""
+        return self.limit is not None and self.total > self.limit
 
     def __call__(self, input_ids, logits) -> bool:
         self.total += 1
         self._since += 1
+        if self.at_limit:
+            return True
         return bool(self.inner(input_ids, logits)) if self.inner is not None else False
 
     def completion_tokens(self, finish: str, user_stops: bool) -> int:
@@ -253,6 +268,8 @@ class _TokenCounter:
         The criterion runs once per sampled token plus once after the loop; an end-of-generation
         token is sampled but not part of the answer (a stop string's last token is, so with user
         stop strings a "stop" finish is counted as a stop-string finish)."""
+        if self.at_limit:
+            return self.limit
         sampled = max(0, self.total - 1)
         return sampled - 1 if finish == "stop" and not user_stops and sampled else sampled
 

@@ -186,3 +186,16 @@ def test_a_completion_longer_than_the_context_stops_at_the_window(edge_home):
     assert res.finish_reason == "length", res.finish_reason
     assert res.prompt_tokens + res.completion_tokens <= 256
     assert res.completion_tokens > 200
+
+
+def test_max_tokens_holds_while_the_answer_is_unfinished_utf8(edge_home):
+    """llama-cpp-python skips its max_tokens check while the text ends in an unfinished UTF-8 sequence;
+    with repeat_penalty < 1 SmolLM2 repeats such a byte token, so the answer ran on until the context was
+    full and llama_decode failed (the /v1/completions 500 schemathesis found, seed 17). The engine's own
+    counter stops it at max_tokens."""
+    from edge.api import Runtime
+
+    with Runtime(home=str(edge_home), threads=THREADS, offline=True, ctx=256, chat_slots=1) as rt:
+        res = rt.complete_job("\x99\xefD\x8e\xf3\xb1\U000e7797", max_tokens=8, repeat_penalty=0.5, top_k=13886,
+                              min_p=0.23, seed=0).result(timeout=120)
+    assert (res.finish_reason, res.completion_tokens) == ("length", 8)
