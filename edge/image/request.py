@@ -14,6 +14,8 @@ from PIL import Image
 from edge.errors import BadRequest, check_range
 
 MAX_STEPS = 8
+MAX_PROMPT_CHARS = 4000
+"""Characters of prompt accepted (the CLIP tokenizer keeps 77 tokens of it; longer text is cut with a warning)."""
 MAX_N = 10
 MIN_SIDE, MAX_SIDE = 64, 2048
 SEED_LIMIT = 2**63 - MAX_N
@@ -94,6 +96,9 @@ class ImageRequest:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise BadRequest(f"`prompt` is empty ({self.prompt!r}). Describe the image, e.g. \"a lighthouse at "
                              "dusk\".", param="prompt")
+        if len(self.prompt) > MAX_PROMPT_CHARS:
+            raise BadRequest(f"`prompt` is {len(self.prompt):,} characters; at most {MAX_PROMPT_CHARS:,} are accepted "
+                             "(the model reads its first 77 tokens). Shorten it.", param="prompt")
         # 2. the init image (decoded once, here) and the size: the init image's, rounded down to the size
         #    multiple, or the model's default
         if self.is_img2img:

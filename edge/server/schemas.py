@@ -3,14 +3,15 @@
 Ranges come from the workloads' request modules (edge/chat/request.py, edge/image/request.py,
 edge/segment/request.py), whose check() runs once, in the Runtime: the schema documents the ranges,
 the checks word the errors. Unknown fields are ignored (OpenAI clients send fields edge-run does not use).
-Numbers must be finite: NaN and infinities are refused with a 400 naming the field.
+Numbers must be finite: NaN and infinities are refused with a 400 naming the field; true / false are
+not numbers (JSON Schema keeps booleans and numbers apart, pydantic's lax mode would read true as 1).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
 
 from edge.chat import request as chat_limits
 from edge.image import request as IMG
@@ -20,8 +21,23 @@ KEEP_ALIVE = (-1.0, 10_000_000.0)
 """Seconds (-1 = keep loaded forever); ~115 days is the largest finite value accepted."""
 
 
+def _mentions(annotation: Any, kinds: tuple[type, ...]) -> bool:
+    """True when ``annotation`` (with its Optional / Union / Annotated / list arguments) names one of ``kinds``."""
+    return annotation in kinds or any(_mentions(a, kinds) for a in get_args(annotation))
+
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False, populate_by_name=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _booleans_are_not_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """A JSON true / false where a number belongs is refused (pydantic would read it as 1 / 0)."""
+        if isinstance(value, bool) and info.field_name is not None:
+            annotation = cls.model_fields[info.field_name].annotation
+            if _mentions(annotation, (int, float)) and not _mentions(annotation, (bool,)):
+                raise ValueError(f"must be a number, not {str(value).lower()}")
+        return value
 
 
 class ErrorDetail(BaseModel):
@@ -120,7 +136,7 @@ class CompletionBody(SamplingFields):
 class ImageGenerationBody(_Body):
     """OpenAI's images API body plus edge-run's LCM fields (steps, seed, guidance_scale, decoder)."""
 
-    prompt: str = Field(json_schema_extra={"minLength": 1, "maxLength": 4000})
+    prompt: str = Field(json_schema_extra={"minLength": 1, "maxLength": IMG.MAX_PROMPT_CHARS})
     n: int = Range(1, 1, IMG.MAX_N)
     size: Annotated[str, Field(pattern=r"^[0-9]{1,5}(x[0-9]{1,5})?$")] | None = Field(
         None, description=f"WIDTHxHEIGHT, multiples of 8 from {IMG.MIN_SIDE} to {IMG.MAX_SIDE}; default: the model's")

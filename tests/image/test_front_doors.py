@@ -77,6 +77,7 @@ def test_cancel_mid_generation(image_runtime):
     (dict(size="big"), "`size` 'big' is not WIDTHxHEIGHT"),
     (dict(n=0), "`n` must be between 1 and 10"),
     (dict(prompt="   "), "`prompt` is empty"),
+    (dict(prompt="a" * 4001), "`prompt` is 4,001 characters; at most 4,000"),  # the schema's maxLength
     (dict(decoder="sdxl"), "`decoder` 'sdxl' is not available"),
     (dict(init_image=b"not an image"), "`init_image` 12 bytes is not a readable image"),
     (dict(init_image=Image.new("RGB", (64, 64)), strength=0.0), "`strength` must be in (0, 1], got 0.0"),
@@ -175,6 +176,8 @@ def test_server_bad_input_is_400_and_server_stays_up(image_server):
         client.images.generate(prompt="a cat", size="64x64", response_format="url")
     with pytest.raises(openai.BadRequestError, match="prompt"):
         client.images.generate(prompt="", size="64x64")
+    with pytest.raises(openai.BadRequestError, match="at most 4,000"):  # the documented maxLength holds
+        client.images.generate(prompt="a" * 4001, size="64x64")
     ok = client.images.generate(prompt="still up", size="64x64", extra_body={"steps": 1, "seed": 1})
     assert len(ok.data) == 1
 

@@ -230,6 +230,7 @@ def test_a_million_points_is_refused_without_stalling_health(srv):
     ("top_k", 2 ** 40), ("seed", 2 ** 64), ("seed", -5), ("keep_alive", float("nan")), ("temperature", float("-inf")),
     ("max_tokens", 0), ("top_p", float("nan")), ("stream", 0),  # found by bench/fuzz_api.py: 0 was read as false
     ("max_completion_tokens", 0),  # found by schemathesis: `0 or max_tokens` let it through unchecked
+    ("keep_alive", True), ("top_k", False),  # bench/fuzz_api.py --workloads: pydantic read true as 1
 ])
 def test_out_of_range_numbers_are_400s_naming_the_field(srv, field, value):
     body = json.dumps({"model": CHAT_MODEL, "messages": Q, "max_tokens": 4, field: value})  # NaN/Infinity literals
