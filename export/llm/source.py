@@ -89,6 +89,15 @@ def resolve(source: str | None) -> Path:
                      "*.safetensors, tokenizer.json) or a hub id.", param="source")
 
 
+def one_source(source: str | None, random_init: str | None) -> "Source | None":
+    """The checked Hugging Face source of an llm recipe, or None for ``--random-init``; BadRequest unless
+    exactly one of the two is given."""
+    if (source is None) == (random_init is None):
+        raise BadRequest("give exactly one source: a Hugging Face model folder / hub id, or --random-init "
+                         f"{'|'.join(PRESETS)}.", param="source")
+    return None if source is None else check_source(resolve(source))
+
+
 def check_source(folder: Path, origin: dict[str, Any] | None = None) -> Source:
     """Check architecture, weights and tokenizer files; one clear error for the first problem found."""
     cfg_path = folder / "config.json"

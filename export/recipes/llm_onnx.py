@@ -101,14 +101,10 @@ def run(cfg: Config) -> Path:
     # 1. check inputs
     cfg = _common.typed(Config, cfg)
     precision = check_precision(cfg.quant)
-    if (cfg.source is None) == (cfg.random_init is None):
-        raise BadRequest("give exactly one source: a Hugging Face model folder / hub id, or --random-init "
-                         f"{'|'.join(S.PRESETS)}.", param="source")
+    src = S.one_source(cfg.source, cfg.random_init)
     threads = cfg.settings.threads
     out = Path(cfg.out).absolute()
-    src = None
-    if cfg.source is not None:
-        src = S.check_source(S.resolve(cfg.source))
+    if src is not None:
         check_disk(out.parent, weights_bytes(src.folder) // 2, ["f32", "f32"])  # fp32 graph + its quantized copy
     t0 = time.perf_counter()
 

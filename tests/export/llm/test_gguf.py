@@ -195,3 +195,15 @@ def test_failure_midway_leaves_nothing(tiny_llama, tmp_path, capsys):
     code, line = _run_main(capsys, [str(src), "--quant", "f32", "--out", str(tmp_path / "o")])
     assert code != 0 and "mystery" in line
     _assert_nothing_left(tmp_path / "o")
+
+
+@pytest.mark.parametrize("recipe", ["llm", "llm-onnx"])
+def test_an_llm_recipe_needs_exactly_one_source(recipe, tmp_path, capsys):
+    """Both llm recipes check their source in one place (export/llm/source.py one_source) before any work."""
+    from edge.cli import main
+
+    assert main(["export", recipe, "--out", str(tmp_path / "none")]) == 2
+    assert main(["export", recipe, "some/model", "--random-init", "tiny-llama", "--out", str(tmp_path / "both")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("give exactly one source: a Hugging Face model folder / hub id, or --random-init") == 2, err
+    assert not (tmp_path / "none").exists() and not (tmp_path / "both").exists()
