@@ -62,17 +62,31 @@ class RequestLog:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
 
+        started = False
+
+        def record(status: int) -> None:
+            path = scope.get("path", "")
+            self.logbook.append((scope.get("method", ""), path, status))
+            del self.logbook[:-1000]
+            route = getattr(scope.get("route"), "path", None)  # set by the router once matched
+            key = (route or (path if path in self.routes else "other"), status)
+            self.counts[key] = self.counts.get(key, 0) + 1
+
         async def send_and_record(message):
+            nonlocal started
             if message["type"] == "http.response.start":
-                path = scope.get("path", "")
-                self.logbook.append((scope.get("method", ""), path, message["status"]))
-                del self.logbook[:-1000]
-                route = getattr(scope.get("route"), "path", None)  # set by the router once matched
-                key = (route or (path if path in self.routes else "other"), message["status"])
-                self.counts[key] = self.counts.get(key, 0) + 1
+                started = True
+                record(message["status"])
             await send(message)
 
-        await self.app(scope, receive, send_and_record)
+        try:
+            await self.app(scope, receive, send_and_record)
+        except Exception:
+            # an unexpected error is answered by Starlette's outermost ServerErrorMiddleware (the
+            # Exception handler), which no user middleware wraps: count its 500 here, before it goes on
+            if not started:
+                record(500)
+            raise
 
 
 def _authorized(request: Request, api_key: str | None) -> bool:
