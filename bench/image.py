@@ -79,9 +79,10 @@ def worker_edge(a) -> dict:
     with PeakRSS() as rss:
         from edge.image.engine import components_from_manifest
         from edge.image.pipeline import ImageRequest, LCMPipeline
+        from edge.manifest import read
 
         folder = Path(a.export_dir)
-        manifest = json.loads((folder / "edge-model.json").read_text())
+        manifest = read(folder, task="image")
         t0 = time.perf_counter()
         comps = components_from_manifest(manifest, folder, precision=a.precision, threads=a.threads, device="cpu")
         pipe = LCMPipeline(comps)

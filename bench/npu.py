@@ -122,18 +122,19 @@ def sam_rows(fp32: Path, npu: Path, threads: int, runs: int) -> tuple[list, dict
 
 
 def lcm_rows(fp32: Path, npu: Path, threads: int, runs: int) -> tuple[list, dict]:
+    from edge.manifest import read
     from export.npu import lcm
 
-    m = json.loads((npu / "edge-model.json").read_text())
-    src_m = json.loads((fp32 / "edge-model.json").read_text())
-    feeds = lcm.record_feeds(fp32, src_m, m["default_size"], 2, threads, prompts=lcm.VERIFY_PROMPTS[:1])
+    m = read(npu, task="image")
+    src_m = read(fp32, task="image")
+    feeds = lcm.record_feeds(fp32, src_m, m.default_size, 2, threads, prompts=lcm.VERIFY_PROMPTS[:1])
     rows = []
-    for name, rel in m["precisions"][m["precision"]].items():
+    for name, rel in m.precisions[m.precision].items():
         if name not in feeds:
             continue
-        rows.append(component_row(f"lcm {name}", npu / rel, fp32 / src_m["precisions"]["fp32"][name], feeds[name][0],
+        rows.append(component_row(f"lcm {name}", npu / rel, fp32 / src_m.precisions["fp32"][name], feeds[name][0],
                                   threads, runs))
-    acc = lcm.verify(fp32, npu, [m["precision"]], devices=["cpu", "npu"], size=m["default_size"], threads=threads)
+    acc = lcm.verify(fp32, npu, [m.precision], devices=["cpu", "npu"], size=m.default_size, threads=threads)
     return rows, {k: f"image PSNR {v['min_psnr']:.1f} dB, text embedding rel err {v['text_embedding_rel_err']:.3f}"
                   for k, v in acc.items()}
 

@@ -206,14 +206,14 @@ def open_runtime(home: Path, **kw) -> Iterator:
 
 
 @contextmanager
-def serve_in_thread(runtime) -> Iterator[str]:
+def serve_in_thread(runtime, app=None) -> Iterator[str]:
     """A real uvicorn server on a free port, in this process, over ``runtime`` (so tests can also look
-    at the engines' counters); yields its base URL."""
+    at the engines' counters), serving ``app`` (default: create_app(runtime)); yields its base URL."""
     import uvicorn
 
     from edge.server.app import create_app
 
-    server = uvicorn.Server(uvicorn.Config(create_app(runtime), host="127.0.0.1", port=free_port(),
+    server = uvicorn.Server(uvicorn.Config(app or create_app(runtime), host="127.0.0.1", port=free_port(),
                                            log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

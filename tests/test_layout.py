@@ -15,6 +15,7 @@ Each registered module is imported here too, so a registry entry naming nothing 
 from __future__ import annotations
 
 import ast
+import functools
 import pkgutil
 import re
 import subprocess
@@ -33,7 +34,8 @@ TREES = {p: ast.parse(p.read_text(encoding="utf-8"), str(p)) for p in (ROOT / "t
          if p.name != Path(__file__).name}
 
 
-def _strings() -> set[str]:
+@functools.cache
+def _strings() -> frozenset[str]:
     """Every string literal in the tests (f-strings: their leading literal part)."""
     out: set[str] = set()
     for tree in TREES.values():
@@ -42,7 +44,7 @@ def _strings() -> set[str]:
                 out.add(node.value)
             elif isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant):
                 out.add(str(node.values[0].value))
-    return out
+    return frozenset(out)
 
 
 def _used_imports(module: str, name: str | None = None) -> list[Path]:

@@ -39,18 +39,13 @@ class LazyModel:
         self._model = None
 
 
-def components_from_manifest(manifest: ImageManifest | dict, folder: Path, *, precision: str | None = None,
+def components_from_manifest(manifest: ImageManifest, folder: Path, *, precision: str | None = None,
                              threads: int = 1, device: str = "auto") -> Components:
-    """Components over the ONNX files an lcm export wrote (``precision`` defaults to the manifest's).
-
-    ``manifest`` is the typed manifest (InstalledModel.manifest, edge.manifest.read); a dict is checked
-    into one first.
-    """
+    """Components over the ONNX files an lcm export wrote (``precision`` defaults to the manifest's);
+    ``manifest`` is the typed manifest (InstalledModel.manifest, edge.manifest.read)."""
     from edge.devices import make_session
 
     folder = Path(folder)
-    if not isinstance(manifest, ImageManifest):
-        manifest = ImageManifest.from_dict(manifest, str(folder / MANIFEST_FILE))
     m = manifest
     precision = precision or m.precision or "fp32"
     if not m.precisions:

@@ -37,4 +37,4 @@ def runtime_components(manifest: ImageManifest, folder: Path, precision: str, th
     """edge/image Components over the exported ONNX files (what the runtime will run)."""
     from edge.image.engine import components_from_manifest
 
-    return components_from_manifest(manifest.to_dict(), folder, precision=precision, threads=threads, device="cpu")
+    return components_from_manifest(manifest, folder, precision=precision, threads=threads, device="cpu")

@@ -29,13 +29,13 @@ CALIB_PROMPTS = ("a lighthouse at dusk, oil painting", "a red car in the rain", 
 VERIFY_PROMPTS = ("a small boat on a calm lake at sunrise", "a city street at night with neon signs")
 
 
-def _components(manifest: ImageManifest | dict, folder: Path, precision: str, threads: int, device: str):
+def _components(manifest: ImageManifest, folder: Path, precision: str, threads: int, device: str):
     from edge.image.engine import components_from_manifest
 
     return components_from_manifest(manifest, folder, precision=precision, threads=threads, device=device)
 
 
-def record_feeds(src: Path, manifest: ImageManifest | dict, size: int, steps: int, threads: int,
+def record_feeds(src: Path, manifest: ImageManifest, size: int, steps: int, threads: int,
                  prompts: tuple[str, ...] = CALIB_PROMPTS) -> dict[str, list[dict[str, np.ndarray]]]:
     """Inputs of every component while the fp32 pipeline renders ``prompts`` at ``size``."""
     from edge.image.pipeline import Decoder, ImageRequest, LCMPipeline

@@ -226,10 +226,8 @@ def test_fifty_concurrent_streams_match_their_solo_answers(edge_home):
 def test_an_unexpected_error_is_a_counted_500_with_an_incident_id(runtime):
     """Starlette answers an unexpected exception from its outermost middleware, which no user middleware
     wraps: the request log still counts that 500 in /metrics (bench/fuzz_api.py's 5xx figure reads it)."""
-    import uvicorn
-
     from edge.server.app import create_app
-    from support import free_port
+    from support import serve_in_thread
 
     app = create_app(runtime)
 
@@ -237,19 +235,9 @@ def test_an_unexpected_error_is_a_counted_500_with_an_incident_id(runtime):
     def boom():
         raise RuntimeError("a bug")
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="critical"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.time() + 30
-        while not server.started and time.time() < deadline:
-            time.sleep(0.05)
-        url = f"http://127.0.0.1:{server.config.port}"
+    with serve_in_thread(runtime, app=app) as url:
         r = httpx.get(url + "/v1/boom", timeout=30)
         assert r.status_code == 500 and r.json()["error"]["code"] == "internal_error"
         assert "a bug" not in r.text and "incident" in r.json()["error"]["message"]
         assert 'edge_http_responses_total{route="/v1/boom",status="500"} 1' in httpx.get(url + "/metrics").text
         assert httpx.get(url + "/health").status_code == 200
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
