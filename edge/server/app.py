@@ -161,10 +161,14 @@ def create_app(runtime, *, api_key: str | None = None, allowed_hosts: tuple[str,
 
     @app.get("/v1/models", responses=ERROR_RESPONSES)
     def models():
+        """Every model this runtime knows: the pinned entries (installed or not) and then the recipes not
+        exported here yet (``"recipe": true``). A model that is not installed carries ``pull``: the one
+        command that installs it (the playground shows it; `serve` itself never downloads)."""
         rt = app.state.runtime
+        cat = rt.catalog  # read from the lock files on each access: read once per answer
         loaded = {m["id"]: m for m in rt.ps()}
         data = []
-        for e in rt.catalog:
+        for e in cat:
             row = {"id": e.id, "object": "model", "created": 0, "owned_by": "edge-run", "task": e.task,
                    "format": e.format, "size_bytes": e.size, "license": e.license,
                    "installed": rt.store.is_installed(e), "loaded": e.id in loaded}
@@ -172,7 +176,14 @@ def create_app(runtime, *, api_key: str | None = None, allowed_hosts: tuple[str,
                 m = loaded[e.id]
                 row.update(ram_bytes=m["ram_bytes"], running=m["running"], idle_seconds=m["idle_seconds"],
                            expires_in=m["expires_in"], pinned=m["pinned"])
+            if not row["installed"]:
+                row["pull"] = f"edge-run pull {e.id}"
             data.append(row)
+        for r in cat.recipes.values():
+            if r.id not in cat.entries:  # once exported (--add), the entry above stands for it
+                data.append({"id": r.id, "object": "model", "created": 0, "owned_by": "edge-run", "task": r.task,
+                             "format": r.format, "license": r.license, "installed": False, "loaded": False,
+                             "recipe": True, "pull": f"edge-run pull {r.id}"})
         return {"object": "list", "data": data,
                 "ram_budget_bytes": rt.settings.ram_budget, "ram_used_bytes": rt.scheduler.ram_used()}
 
