@@ -184,7 +184,8 @@ def create_app(runtime, *, api_key: str | None = None, allowed_hosts: tuple[str,
                 data.append({"id": r.id, "object": "model", "created": 0, "owned_by": "edge-run", "task": r.task,
                              "format": r.format, "license": r.license, "installed": False, "loaded": False,
                              "recipe": True, "pull": f"edge-run pull {r.id}"})
-        return {"object": "list", "data": data,
+        # pull_on_request: `serve --allow-pull` downloads a pinned model (not a recipe) on its first request
+        return {"object": "list", "data": data, "pull_on_request": bool(getattr(rt, "auto_pull", False)),
                 "ram_budget_bytes": rt.settings.ram_budget, "ram_used_bytes": rt.scheduler.ram_used()}
 
     @app.get("/metrics", response_class=PlainTextResponse, responses=ERROR_RESPONSES)

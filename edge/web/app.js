@@ -101,7 +101,7 @@ const Status = {
       $("status-queue").textContent = metrics.edge_queue_depth ?? "?";
       $("status-running").textContent = metrics.edge_running_jobs ?? "?";
       $("status-conn").textContent = "";
-      fillModelSelects(this.models);
+      fillModelSelects(this.models, !!models.pull_on_request);
     } catch (e) {
       $("status-conn").textContent = e instanceof ApiError ? e.message : "server unreachable";
       $("status-conn").className = "item bad";
@@ -115,25 +115,104 @@ const Status = {
   },
 };
 
-function fillModelSelects(models) {
-  for (const task of ["chat", "image", "segment"]) {
-    const sel = $((task === "image" ? "imagine" : task) + "-model");
-    const rows = models.filter((m) => m.task === task);
-    const want = rows.map((m) => m.id + (m.installed ? "" : " (not installed)")).join("|");
-    if (sel.dataset.options === want) continue;
-    const keep = sel.value;
-    sel.replaceChildren(...rows.map((m) => {
-      const o = document.createElement("option");
-      o.value = m.id;
-      o.textContent = m.id + (m.installed ? "" : " (not installed)");
-      return o;
-    }));
-    sel.dataset.options = want;
-    const firstInstalled = rows.find((m) => m.installed);
-    if (rows.some((m) => m.id === keep)) sel.value = keep;
-    else if (firstInstalled) sel.value = firstInstalled.id;
+const TASKS = {   // task -> the tab that runs it and how the page names its models
+  chat: { tab: "chat", noun: "chat model" },
+  image: { tab: "imagine", noun: "image model" },
+  segment: { tab: "segment", noun: "segmentation model" },
+};
+
+/** Whether each task has an installed model: null until /v1/models first answers (then the tabs keep
+ * today's look rather than flashing "missing"), true / false after. */
+const Ready = { chat: null, image: null, segment: null };
+
+/** The menus list installed models only (as Ollama's UIs list what is pulled); a task with none gets a
+ * panel at the top of its tab with the one command that installs one, and its controls are disabled. */
+function fillModelSelects(models, pullOnRequest = false) {
+  for (const [task, { tab, noun }] of Object.entries(TASKS)) {
+    const sel = $(tab + "-model");
+    let rows = models.filter((m) => m.task === task && m.installed), later = "";
+    if (!rows.length && pullOnRequest) {
+      // `serve --allow-pull`: a pinned model (not a recipe: those need an export) downloads on first use
+      rows = models.filter((m) => m.task === task && !m.recipe);
+      later = " (downloads on first use)";
+    }
+    const want = rows.map((m) => m.id + later).join("|");
+    if (sel.dataset.options !== want) {
+      const keep = sel.value;
+      const options = rows.map((m) => new Option(m.id + later, m.id));
+      sel.replaceChildren(...(options.length ? options : [new Option("none installed", "")]));
+      sel.dataset.options = want;
+      if (rows.some((m) => m.id === keep)) sel.value = keep;
+    }
+    // the command to show: the first pullable model of the task (the bundled default comes first)
+    const pullable = models.find((m) => m.task === task && !m.installed && m.pull);
+    setReady(task, rows.length > 0, pullable ? pullable.pull : null, noun);
   }
 }
+
+function setReady(task, ready, pull, noun) {
+  const tab = TASKS[task].tab;
+  Ready[task] = ready;
+  $(tab + "-missing").hidden = ready;
+  $(tab + "-model").disabled = !ready;
+  if (!ready) {
+    $(tab + "-missing-title").textContent = `No ${noun} installed.`;
+    $(tab + "-missing-run").textContent = pull ? "Run:" : "See what can be installed:";
+    $(tab + "-pull").textContent = pull || "edge-run models";
+  }
+  // what cannot work without a model looks inactive (busy states still win: see each tab's busy())
+  for (const el of $("panel-" + tab).querySelectorAll(".controls input, .controls select, .controls textarea, .controls fieldset")) {
+    if (el.closest("[data-always]")) continue;
+    el.disabled = !ready;
+  }
+  if (task === "chat") Chat.busy(!!Chat.controller);
+  if (task === "image") Imagine.busy(!!Imagine.controller);
+  if (task === "segment") Segment.buttons();
+}
+
+/** Copy a pull command: the Clipboard API where the page is a secure context (localhost), else select it
+ * so the user can copy it themselves (http://<lan-ip> is not a secure context). */
+async function copyCommand(tab) {
+  const code = $(tab + "-pull"), btn = $(tab + "-copy");
+  try {
+    await navigator.clipboard.writeText(code.textContent);
+    btn.textContent = "Copied";
+  } catch (_) {
+    const range = document.createRange();
+    range.selectNodeContents(code);
+    getSelection().removeAllRanges();
+    getSelection().addRange(range);
+    btn.textContent = Touch.on ? "Selected: copy it" : "Selected: press Ctrl+C";
+  }
+  setTimeout(() => { btn.textContent = "Copy"; }, 2000);
+}
+
+// ---------------------------------------------------------------------------------------------- touch wording
+/** Small screens and touch devices get "tap" / "long-press" where a mouse gets "click" / "right-click";
+ * the Segment canvas accepts both on every device (see Segment.pointerDown). */
+const Touch = {
+  query: window.matchMedia("(pointer: coarse), (max-width: 599.98px)"),
+  get on() { return this.query.matches; },
+
+  apply() {
+    const on = this.on;
+    document.documentElement.dataset.pointer = on ? "touch" : "mouse";
+    for (const el of document.querySelectorAll("[data-touch-text]")) {
+      if (!el.dataset.mouseText) el.dataset.mouseText = el.textContent;
+      el.textContent = on ? el.dataset.touchText : el.dataset.mouseText;
+    }
+    for (const el of document.querySelectorAll("[data-touch-placeholder]")) {
+      if (!el.dataset.mousePlaceholder) el.dataset.mousePlaceholder = el.placeholder;
+      el.placeholder = on ? el.dataset.touchPlaceholder : el.dataset.mousePlaceholder;
+    }
+    Segment.info();
+  },
+
+  start() {
+    this.apply();
+    this.query.addEventListener("change", () => this.apply());
+  },
+};
 
 // ---------------------------------------------------------------------------------------------- chat
 const Chat = {
@@ -156,13 +235,14 @@ const Chat = {
   },
 
   busy(on) {
-    $("chat-send").disabled = on;
+    $("chat-send").disabled = on || Ready.chat === false;
+    $("chat-input").disabled = Ready.chat === false;
     $("chat-stop").disabled = !on;
   },
 
   async send() {
     const text = $("chat-input").value.trim();
-    if (!text || this.controller) return;
+    if (!text || this.controller || Ready.chat === false) return;
     showError($("chat-error"), "");
     $("chat-input").value = "";
     const userBody = this.bubble("user", text);
@@ -307,7 +387,7 @@ const Imagine = {
   lastB64: null,
 
   busy(on) {
-    $("imagine-go").disabled = on;
+    $("imagine-go").disabled = on || Ready.image === false;
     $("imagine-cancel").disabled = !on;
   },
 
@@ -345,7 +425,7 @@ const Imagine = {
   },
 
   async go() {
-    if (this.controller) return;
+    if (this.controller || Ready.image === false) return;
     showError($("imagine-error"), "");
     const steps = numberOrRaw($("imagine-steps"));
     const w = numberOrRaw($("imagine-width")), h = numberOrRaw($("imagine-height"));
@@ -395,6 +475,8 @@ const Imagine = {
 };
 
 // ---------------------------------------------------------------------------------------------- segment
+const LONG_PRESS_MS = 500;   // a touch held this long without moving adds a background point
+
 const Segment = {
   dataUrl: null,     // the photo as sent to the server (first call only)
   imageId: null,     // the server's id for its cached embedding
@@ -407,6 +489,7 @@ const Segment = {
   decodes: 0,
   lastMask: null,
   drag: null,
+  idle: false,       // segment-info holds the "click / tap on the photo" prompt (no answer shown yet)
 
   async load(dataUrl) {
     showError($("segment-error"), "");
@@ -434,7 +517,8 @@ const Segment = {
     $("segment-stage").style.setProperty("--ar", String(this.width / this.height));
     $("segment-stage").hidden = false;
     $("segment-empty").hidden = true;
-    $("segment-info").textContent = `${this.width}×${this.height} · click on the photo`;
+    this.idle = true;
+    this.info();
     this.drawMarks();
     this.buttons();
   },
@@ -465,10 +549,21 @@ const Segment = {
     this.load(c.toDataURL("image/png"));
   },
 
+  /** The prompt under the buttons before the first answer: what to do with the photo, in this device's words. */
+  info() {
+    if (!this.idle || !this.dataUrl) return;
+    $("segment-info").textContent = Ready.segment === false
+      ? `${this.width}×${this.height} · no segmentation model installed (see above)`
+      : `${this.width}×${this.height} · ${Touch.on ? "tap" : "click"} on the photo`;
+  },
+
   buttons() {
     const has = this.points.length > 0 || this.box !== null;
-    $("segment-undo").disabled = this.undoStack.length === 0;
-    $("segment-clear").disabled = !has;
+    const off = Ready.segment === false;   // nothing to undo or clear when no model can answer
+    $("segment-undo").disabled = off || this.undoStack.length === 0;
+    $("segment-clear").disabled = off || !has;
+    $("panel-segment").dataset.ready = off ? "0" : "1";
+    this.info();
     const dl = $("segment-download");
     dl.classList.toggle("disabled", !this.lastMask);
     dl.setAttribute("aria-disabled", String(!this.lastMask));
@@ -484,35 +579,68 @@ const Segment = {
     return [Math.max(0, Math.min(this.width - 1, x)), Math.max(0, Math.min(this.height - 1, y))];
   },
 
+  /** Pointer events serve mouse, pen and touch alike: a click or tap adds a point (the mode's label), a
+   * right-click or a long-press (LONG_PRESS_MS without moving) a background point, a drag a box. */
   pointerDown(ev) {
-    if (!this.dataUrl || (ev.button !== 0 && ev.button !== 2)) return;
+    if (!this.dataUrl || Ready.segment === false || (ev.button !== 0 && ev.button !== 2)) return;
     ev.preventDefault();
     $("segment-marks").setPointerCapture(ev.pointerId);
-    this.drag = { start: this.toImage(ev), button: ev.button, x0: ev.clientX, y0: ev.clientY, moved: false, now: null };
+    const d = { start: this.toImage(ev), button: ev.button, x0: ev.clientX, y0: ev.clientY, moved: false, now: null,
+      pointerId: ev.pointerId, timer: null, done: false };
+    if (ev.button === 0) {
+      d.timer = setTimeout(() => {
+        if (this.drag !== d || d.moved) return;
+        d.done = true;   // the background point goes in now, while the finger is still down
+        if (navigator.vibrate) navigator.vibrate(30);
+        this.addPoint(d.start, 0);
+      }, LONG_PRESS_MS);
+    }
+    this.drag = d;
   },
 
   pointerMove(ev) {
     const d = this.drag;
-    if (!d) return;
-    if (Math.hypot(ev.clientX - d.x0, ev.clientY - d.y0) > 6) d.moved = true;
+    if (!d || d.done || ev.pointerId !== d.pointerId) return;
+    if (Math.hypot(ev.clientX - d.x0, ev.clientY - d.y0) > 6) {
+      d.moved = true;
+      clearTimeout(d.timer);
+    }
     d.now = this.toImage(ev);
     if (d.moved && d.button === 0) this.drawMarks([...d.start, ...d.now]);
   },
 
   pointerUp(ev) {
     const d = this.drag;
+    if (!d || ev.pointerId !== d.pointerId) return;
     this.drag = null;
-    if (!d) return;
+    clearTimeout(d.timer);
+    if (d.done) return;   // a long-press: its point is in already
     const here = this.toImage(ev);
-    this.undoStack.push({ points: this.points.slice(), box: this.box });
     if (d.moved && d.button === 0) {
+      this.undoStack.push({ points: this.points.slice(), box: this.box });
       const [x0, y0] = d.start, [x1, y1] = here;
       this.box = [Math.min(x0, x1), Math.min(y0, y1), Math.max(x0, x1), Math.max(y0, y1)].map(Math.round);
+      this.drawMarks();
+      this.buttons();
+      this.request();
     } else {
       const mode = Number(document.querySelector("input[name=segment-mode]:checked").value);
-      const label = d.button === 2 ? 0 : mode;
-      this.points.push([Math.round(here[0]), Math.round(here[1]), label]);
+      this.addPoint(here, d.button === 2 ? 0 : mode);
     }
+  },
+
+  /** The browser took the pointer (a scroll, a system gesture): forget the gesture, add nothing. */
+  pointerCancel(ev) {
+    const d = this.drag;
+    if (!d || ev.pointerId !== d.pointerId) return;
+    clearTimeout(d.timer);
+    this.drag = null;
+    this.drawMarks();
+  },
+
+  addPoint([x, y], label) {
+    this.undoStack.push({ points: this.points.slice(), box: this.box });
+    this.points.push([Math.round(x), Math.round(y), label]);
     this.drawMarks();
     this.buttons();
     this.request();
@@ -584,7 +712,8 @@ const Segment = {
   },
 
   async decodeOnce() {
-    if (!this.points.length && !this.box) return;
+    if ((!this.points.length && !this.box) || Ready.segment === false) return;
+    this.idle = false;
     showError($("segment-error"), "");
     const prompt = { model: $("segment-model").value || undefined, points: this.points.length ? this.points : undefined,
       box: this.box || undefined };
@@ -687,6 +816,7 @@ function init() {
   marks.addEventListener("pointerdown", (ev) => Segment.pointerDown(ev));
   marks.addEventListener("pointermove", (ev) => Segment.pointerMove(ev));
   marks.addEventListener("pointerup", (ev) => Segment.pointerUp(ev));
+  marks.addEventListener("pointercancel", (ev) => Segment.pointerCancel(ev));
   marks.addEventListener("contextmenu", (ev) => ev.preventDefault());
   const panel = $("panel-segment");
   panel.addEventListener("dragover", (ev) => ev.preventDefault());
@@ -701,6 +831,8 @@ function init() {
     if (f) Segment.loadFile(f);
   });
 
+  for (const tab of ["chat", "imagine", "segment"]) $(tab + "-copy").addEventListener("click", () => copyCommand(tab));
+  Touch.start();
   Status.start();
 }
 
