@@ -234,15 +234,23 @@ class Runtime:
         return resolve(WORKLOADS[task].api)
 
     def chat_job(self, messages: list[dict] | ChatRequest, *, model: str | None = None,
-                 max_tokens: int | None = None, temperature: float = 0.8, top_p: float = 0.95, top_k: int = 40,
-                 min_p: float = 0.05, seed: int | None = None, stop: list[str] | str | None = None,
-                 json_schema: dict | None = None, repeat_penalty: float = 1.0,
+                 max_tokens: int | None = None, temperature: float | None = None, top_p: float | None = None,
+                 top_k: int | None = None, min_p: float | None = None, seed: int | None = None,
+                 stop: list[str] | str | None = None, json_schema: dict | None = None,
+                 repeat_penalty: float | None = None, tools: list[dict] | None = None,
+                 tool_choice: str | dict | None = None,
                  priority: Priority = Priority.INTERACTIVE, keep_alive: float | None = None) -> JobHandle[ChatResult]:
         """Submit a chat turn (``messages``, or a ChatRequest whose fields replace the sampling keywords);
-        the handle's events are Step("prefill") and Step("token", data=text)."""
+        the handle's events are Step("prefill") and Step("token", data=text).
+
+        Sampling keywords left None take the model's recommended values (GGUF ``general.sampling.*``), else
+        0.8 / 0.95 / 40 / 0.05 / 1.0; no ``seed`` means a random one, reported as the result's ``.seed``.
+        ``tools`` (OpenAI function specs) and ``tool_choice`` ("auto" | "none" | "required" |
+        {"type": "function", "function": {"name": ...}}) may make the result a call: ``.tool_calls``."""
         req = messages if isinstance(messages, ChatRequest) else ChatRequest(
             messages=messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-            min_p=min_p, seed=seed, stop=stop, json_schema=json_schema, repeat_penalty=repeat_penalty)
+            min_p=min_p, seed=seed, stop=stop, json_schema=json_schema, repeat_penalty=repeat_penalty,
+            tools=tools, tool_choice=tool_choice)
         return self._workload("chat").chat_job(self, req, model=model, priority=priority, keep_alive=keep_alive)
 
     def complete_job(self, prompt: str | ChatRequest, *, model: str | None = None,
@@ -256,7 +264,8 @@ class Runtime:
     def chat(self, messages: list[dict], *, stream: bool = False, **kw) -> ChatResult | Iterator[str]:
         """Answer a conversation.
 
-        ``stream=False`` returns a ChatResult (``.text``, ``.usage()``, ``.finish_reason``);
+        ``stream=False`` returns a ChatResult (``.text``, ``.usage()``, ``.finish_reason``, ``.seed``,
+        ``.tool_calls``);
         ``stream=True`` returns an iterator of text pieces as they are generated (closing it early
         cancels the job). Keyword arguments are those of :meth:`chat_job`.
         """

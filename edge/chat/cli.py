@@ -29,13 +29,15 @@ def add_chat_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", default=None, help="model id from `edge-run models` (default: the default chat model)")
     p.add_argument("-p", "--prompt", default=None, help="answer this once and exit (stdin is read when not a terminal)")
     p.add_argument("--system", default=None, help="system prompt")
-    p.add_argument("--temp", type=float, default=0.8, help="sampling temperature, 0 = greedy (default 0.8)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling (default 0.95)")
-    p.add_argument("--top-k", type=int, default=40, help="top-k sampling, 0 = off (default 40)")
-    p.add_argument("--seed", type=int, default=None, help="sampling seed, for repeatable answers")
+    p.add_argument("--temp", type=float, default=None,
+                   help="sampling temperature, 0 = greedy (default: the model's recommended value, else 0.8)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling (default: the model's, else 0.95)")
+    p.add_argument("--top-k", type=int, default=None, help="top-k sampling, 0 = off (default: the model's, else 40)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="sampling seed, for repeatable answers (default: a random one, shown by --verbose)")
     p.add_argument("--max-tokens", type=int, default=None, help="stop after this many tokens")
     p.add_argument("--json-schema", default=None, metavar="FILE", help="constrain the answer to this JSON Schema")
-    p.add_argument("--verbose", action="store_true", help="print tokens/s after each answer (stderr)")
+    p.add_argument("--verbose", action="store_true", help="print the seed and tokens/s after each answer (stderr)")
 
 
 def _load_schema(path: str | None) -> dict | None:
@@ -101,7 +103,7 @@ def _answer(rt, history: list[dict], args, schema: dict | None, out=sys.stdout) 
         dt = time.monotonic() - first
         rate = (result.completion_tokens - 1) / dt if dt > 0 and result.completion_tokens > 1 else 0.0
         print(f"[{result.prompt_tokens} prompt tokens, {result.completion_tokens} generated, first token "
-              f"{(first - t0) * 1000:.0f} ms, {rate:.1f} tok/s]", file=sys.stderr)
+              f"{(first - t0) * 1000:.0f} ms, {rate:.1f} tok/s, seed {result.seed}]", file=sys.stderr)
     return "".join(parts)
 
 

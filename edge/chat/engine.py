@@ -23,7 +23,9 @@ import functools
 import threading
 from typing import Any
 
+from edge.chat import tools
 from edge.chat.request import ChatRequest, ChatResult
+from edge.chat.sampling import Sampling
 from edge.chat.slots import PREFILL_CHUNK, SlotPool, check_context
 from edge.errors import BadRequest, EdgeError
 from edge.jobs import Step, StepGen
@@ -48,6 +50,8 @@ class LlamaChatEngine:
         self.pool: SlotPool[Any] = SlotPool(self._new_context() for _ in range(slots))
         first = self._first_context()
         self.formatter = self._make_formatter(first)
+        self.native_tools = tools.template_knows_tools(self.formatter.template)
+        self.recommended = Sampling.from_gguf(first.metadata, source=model_id or model_path)
         self.eos_text = token_text(first, first.token_eos())
         self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(first.model)  # the window the model was trained for
 
@@ -99,10 +103,12 @@ class LlamaChatEngine:
             llm.n_threads = llm.n_threads_batch = n
 
     # -- prompt ---------------------------------------------------------------------------------
-    def tokenize_prompt(self, messages: list[dict]) -> tuple[list[int], Any]:
-        """Render the chat template and tokenize exactly as create_chat_completion does."""
+    def tokenize_prompt(self, messages: list[dict], toolset: tools.ToolSet | None = None) -> tuple[list[int], Any]:
+        """Render the chat template (with the tools: the template's own way, else edge.chat.tools' generic
+        system prompt) and tokenize exactly as create_chat_completion does."""
+        messages, specs = tools.prompt_messages(messages, toolset, native=self.native_tools)
         try:
-            rendered = self.formatter(messages=messages)
+            rendered = self.formatter(messages=messages, tools=specs)
         except Exception as e:  # the template's raise_exception(), jinja errors
             raise BadRequest(f"the model's chat template rejected these messages: {e}", param="messages") from None
         tokens = self._first_context().tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special,
@@ -113,8 +119,14 @@ class LlamaChatEngine:
     def chat_steps(self, req: ChatRequest) -> StepGen[ChatResult]:
         """Answer ``req`` (checked by ChatRequest.check at the door): yields Step("prefill") per chunk and
         Step("token", data=text) per streamed piece."""
-        tokens, rendered = self.tokenize_prompt(req.messages)
-        return (yield from self._generate_steps(tokens, req, rendered.stopping_criteria))
+        tokens, rendered = self.tokenize_prompt(req.messages, req.toolset)
+        result = yield from self._generate_steps(tokens, req, rendered.stopping_criteria)
+        toolset = req.toolset
+        if toolset is not None and toolset.active and result.finish_reason != "length":
+            result.tool_calls = tools.parse_calls(result.text, toolset)
+            if result.tool_calls:
+                result.finish_reason = "tool_calls"
+        return result
 
     def complete_steps(self, prompt: str, req: ChatRequest) -> StepGen[ChatResult]:
         """Raw text completion of ``prompt`` (no chat template), as /v1/completions needs; ``prompt`` and
@@ -126,6 +138,7 @@ class LlamaChatEngine:
         # 1. check the prompt fits (the one check only the engine can make: it needs the tokens)
         limit = check_context(len(tokens), self.n_ctx, req.max_tokens, model_ctx=self.n_ctx_train)
         grammar = self._grammar(req)
+        sampling = req.sampling(self.recommended)
         completion = None
         with self.pool.take(tokens) as slot:
             llm = slot.state
@@ -145,9 +158,10 @@ class LlamaChatEngine:
                 # 3. decode, one streamed piece per step
                 counter = _TokenCounter(stopping, limit=limit)
                 completion = llm.create_completion(
-                    prompt=tokens, stream=True, max_tokens=limit, temperature=req.temperature,
-                    top_p=req.top_p, top_k=req.top_k, min_p=req.min_p, repeat_penalty=req.repeat_penalty,
-                    seed=req.seed, stop=list(req.stop) + ([self.eos_text] if self.eos_text else []),
+                    prompt=tokens, stream=True, max_tokens=limit, temperature=sampling.temperature,
+                    top_p=sampling.top_p, top_k=sampling.top_k, min_p=sampling.min_p,
+                    repeat_penalty=sampling.repeat_penalty, seed=req.seed,
+                    stop=list(req.stop) + ([self.eos_text] if self.eos_text else []),
                     stopping_criteria=self._llama_cpp.StoppingCriteriaList([counter]), grammar=grammar)
                 parts: list[str] = []
                 finish = "stop"
@@ -169,23 +183,25 @@ class LlamaChatEngine:
                     finish = "length"
                 return ChatResult(text="".join(parts), prompt_tokens=len(tokens),
                                   completion_tokens=counter.completion_tokens(finish, bool(req.stop)),
-                                  finish_reason=finish, model=self.model_id)
+                                  finish_reason=finish, model=self.model_id, seed=req.seed)
             finally:
                 if completion is not None:
                     completion.close()
 
     @staticmethod
     def _grammar(req: ChatRequest):
-        """llama.cpp's grammar for ``req.json_schema``: the GBNF ChatRequest.check built and checked in Python
-        (edge.chat.grammar), never a raw schema."""
-        if req.json_schema is None:
+        """llama.cpp's grammar for ``req.json_schema`` or a required tool call: the GBNF ChatRequest.check built
+        and checked in Python (edge.chat.grammar, edge.chat.tools), never a raw schema."""
+        if (req.json_schema is not None and req.grammar is None) or \
+                ((req.tools is not None or req.tool_choice is not None) and req.toolset is None):
+            raise EdgeError("a chat request reached the engine unchecked; call ChatRequest.check() first "
+                            "(Runtime and the server do).")
+        gbnf = req.grammar if req.json_schema is not None else (req.toolset.grammar if req.toolset else None)
+        if gbnf is None:
             return None
-        if req.grammar is None:
-            raise EdgeError("a chat request with `json_schema` reached the engine unchecked; call "
-                            "ChatRequest.check() first (Runtime and the server do).")
         from llama_cpp import LlamaGrammar
 
-        return LlamaGrammar.from_string(req.grammar, verbose=False)
+        return LlamaGrammar.from_string(gbnf, verbose=False)
 
 
 _open_lock = threading.Lock()

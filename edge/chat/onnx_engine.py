@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edge.chat.request import ChatRequest, ChatResult
+from edge.chat.sampling import Sampling
 from edge.chat.slots import MAX_CTX, PREFILL_CHUNK, Slot, SlotPool, check_context
 from edge.errors import BadRequest, EdgeError, ModelNotInstalled
 from edge.jobs import Step, StepGen
@@ -114,6 +115,9 @@ class OnnxChatEngine:
         if req.json_schema is not None:
             raise BadRequest("`json_schema` (grammar-constrained output) needs a GGUF model; this model is ONNX.",
                              param="json_schema")
+        if req.toolset is not None and req.toolset.active:
+            raise BadRequest("`tools` need a GGUF model (a tool call is constrained by a grammar, which this ONNX "
+                             "engine cannot apply); use a GGUF chat model, or tool_choice \"none\".", param="tools")
         tokens = self.encode(self.render(req.messages), add_bos=True)
         return (yield from self._generate_steps(tokens, req))
 
@@ -129,11 +133,12 @@ class OnnxChatEngine:
             logits = yield from self._prefill(slot, tokens)
             # 3. decode: sample, stream text (holding back partial UTF-8 and stop-string prefixes)
             rng = np.random.default_rng(req.seed)
+            sampling = req.sampling()
             out_ids: list[int] = []
             sent, finish, text = 0, "length", ""
             stops = [s for s in req.stop if s]
             while len(out_ids) < limit:
-                tok = self._sample(logits, req, rng, tokens + out_ids)
+                tok = self._sample(logits, sampling, rng, tokens + out_ids)
                 if tok in self.eos_ids:
                     finish = "stop"
                     break
@@ -158,7 +163,8 @@ class OnnxChatEngine:
                 yield Step("token", data=text[sent:], tokens=0)
             # 4. result
             return ChatResult(text=text, prompt_tokens=len(tokens),
-                              completion_tokens=len(out_ids), finish_reason=finish, model=self.model_id)
+                              completion_tokens=len(out_ids), finish_reason=finish, model=self.model_id,
+                              seed=req.seed)
 
     # -- KV cache -------------------------------------------------------------------------------
     def _prefill(self, slot: Slot[Past], tokens: list[int]):
@@ -193,7 +199,7 @@ class OnnxChatEngine:
 
     # -- sampling (llama.cpp's order: repeat penalty, top-k, top-p, min-p, temperature) -----------
     @staticmethod
-    def _sample(logits: np.ndarray, req: ChatRequest, rng: np.random.Generator, history: list[int]) -> int:
+    def _sample(logits: np.ndarray, req: Sampling, rng: np.random.Generator, history: list[int]) -> int:
         x = logits.astype(np.float64).copy()
         if req.repeat_penalty and req.repeat_penalty != 1.0 and history:
             ids = np.unique(np.asarray(history[-REPEAT_LAST_N:]))

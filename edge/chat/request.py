@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from edge.chat.sampling import Sampling
 from edge.errors import BadRequest, ContextTooLong, check_range
+
+if TYPE_CHECKING:
+    from edge.chat.tools import ToolSet
 
 ROLES = ("system", "user", "assistant", "tool")
 # Ranges shared by ChatRequest.check() and the server's pydantic bodies (so OpenAPI shows them).
@@ -28,22 +33,29 @@ so longer prompts are refused at the door instead of being tokenized in the sche
 @dataclass
 class ChatRequest:
     """One chat turn to answer (or, with ``prompt``, a raw text completion of ``prompt`` without the chat
-    template, as /v1/completions asks). Defaults follow llama-cpp-python's create_chat_completion."""
+    template, as /v1/completions asks).
+
+    Sampling fields left None take the model's recommended values (its GGUF ``general.sampling.*``
+    keys), else llama-cpp-python's create_chat_completion defaults (:meth:`sampling`). A None ``seed``
+    becomes a random uint32 in :meth:`check`, so every answer reports the seed that reproduces it."""
 
     messages: list[dict[str, Any]]
     max_tokens: int | None = None
-    temperature: float = 0.8
-    top_p: float = 0.95
-    top_k: int = 40
-    min_p: float = 0.05
-    repeat_penalty: float = 1.0
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     json_schema: dict | None = None
     n: int = 1  # answers per request: only 1 (OpenAI's field)
     prompt: str | None = None  # raw completion text; None = a chat turn over ``messages``
     max_completion_tokens: int | None = None  # OpenAI's newer name for max_tokens: wins when both are given
+    tools: list[dict[str, Any]] | None = None  # OpenAI's function tools (edge.chat.tools)
+    tool_choice: str | dict[str, Any] | None = None  # "auto" | "none" | "required" | {type, function: {name}}
     grammar: str | None = field(default=None, repr=False)  # GBNF built from json_schema by check()
+    toolset: "ToolSet | None" = field(default=None, repr=False)  # the checked tools, built by check()
 
     @classmethod
     def completion(cls, prompt: str, **sampling: Any) -> "ChatRequest":
@@ -62,15 +74,16 @@ class ChatRequest:
         if len(self.messages) > MAX_MESSAGES:
             raise BadRequest(f"`messages` has {len(self.messages)} entries; at most {MAX_MESSAGES} are accepted. "
                              "Drop the oldest turns.", param="messages")
+        from edge.chat.tools import check_message
+
         chars = 0
         for i, m in enumerate(self.messages):
             if not isinstance(m, dict) or m.get("role") not in ROLES:
                 role = m.get("role") if isinstance(m, dict) else m
                 raise BadRequest(f"`messages[{i}].role` must be one of {', '.join(ROLES)}, got "
                                  f"{str(role)[:40]!r}.", param=f"messages[{i}].role")
-            if not isinstance(m.get("content", ""), str):
-                raise BadRequest(f"`messages[{i}].content` must be a string.", param=f"messages[{i}].content")
-            chars += len(m.get("content") or "")
+            self.messages[i] = m = check_message(i, m)
+            chars += len(m["content"]) + len(json.dumps(m.get("tool_calls", [])))
         if chars > MAX_PROMPT_CHARS:
             raise ContextTooLong(f"the messages hold {chars:,} characters; at most {MAX_PROMPT_CHARS:,} are accepted "
                                  "(no model edge-run loads has a context that long). Shorten the conversation.",
@@ -78,13 +91,19 @@ class ChatRequest:
         # 2. sampling: finite numbers in range (NaN, inf and out-of-range integers never reach llama.cpp)
         if self.n != 1:
             raise BadRequest(f"`n` must be 1, got {self.n}. Send several requests for several answers.", param="n")
-        check_range("temperature", self.temperature, *TEMPERATURE, "Use 0 for greedy, 0.7 for varied answers.")
-        check_range("top_p", self.top_p, *TOP_P, "Use e.g. 0.95.")
-        check_range("min_p", self.min_p, *MIN_P, "Use e.g. 0.05.")
-        _check_int("top_k", self.top_k, TOP_K, "Use 0 (off) or e.g. 40.")
-        check_range("repeat_penalty", self.repeat_penalty, *REPEAT_PENALTY, "1.0 is off; use e.g. 1.1.")
-        if self.seed is not None:
-            _check_int("seed", self.seed, SEED, "Use e.g. 42, or omit it for a random seed.")
+        if self.temperature is not None:
+            check_range("temperature", self.temperature, *TEMPERATURE, "Use 0 for greedy, 0.7 for varied answers.")
+        if self.top_p is not None:
+            check_range("top_p", self.top_p, *TOP_P, "Use e.g. 0.95.")
+        if self.min_p is not None:
+            check_range("min_p", self.min_p, *MIN_P, "Use e.g. 0.05.")
+        if self.top_k is not None:
+            _check_int("top_k", self.top_k, TOP_K, "Use 0 (off) or e.g. 40.")
+        if self.repeat_penalty is not None:
+            check_range("repeat_penalty", self.repeat_penalty, *REPEAT_PENALTY, "1.0 is off; use e.g. 1.1.")
+        if self.seed is None:  # like llama.cpp and Ollama: a fresh seed per request, reported with the answer
+            self.seed = secrets.randbits(32)
+        _check_int("seed", self.seed, SEED, "Use e.g. 42, or omit it for a random seed.")
         if self.max_tokens is not None:
             _check_int("max_tokens", self.max_tokens, MAX_TOKENS, "Omit it to answer until the model stops.")
         if self.max_completion_tokens is not None:
@@ -109,7 +128,23 @@ class ChatRequest:
             from edge.chat.grammar import build_grammar
 
             self.grammar = build_grammar(self.json_schema)
+        # 4. tools -> checked function specs and, when a call is required, its grammar (edge.chat.tools)
+        if self.tools is not None or self.tool_choice is not None:
+            from edge.chat.tools import check_tools
+
+            if self.prompt is not None:
+                raise BadRequest("`tools` apply to chat turns, not to raw completions.", param="tools")
+            if self.json_schema is not None:
+                raise BadRequest("`tools` and `response_format` (json_schema) cannot be combined: a tool call has "
+                                 "its own grammar. Drop one of them.", param="tools")
+            self.toolset = check_tools(self.tools, self.tool_choice)
         return self
+
+    def sampling(self, recommended: Sampling | None = None) -> Sampling:
+        """The sampling values to use: the request's, then the model's ``recommended`` ones, then the defaults
+        of llama-cpp-python's create_chat_completion (fields are None when unset)."""
+        return Sampling.merge(Sampling(self.temperature, self.top_p, self.top_k, self.min_p, self.repeat_penalty),
+                              recommended)
 
 
 def _check_int(name: str, value: Any, bounds: tuple[int, int], fix: str) -> None:
@@ -127,8 +162,10 @@ class ChatResult:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str  # "stop" | "length"
+    finish_reason: str  # "stop" | "length" | "tool_calls"
     model: str = ""
+    seed: int | None = None  # the sampling seed used: pass it back to get the same answer
+    tool_calls: list[dict[str, Any]] | None = None  # OpenAI's tool_calls (then ``text`` is the raw call text)
 
     def usage(self) -> dict[str, int]:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
