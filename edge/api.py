@@ -22,6 +22,8 @@ from edge.engines import WORKLOADS, engine_class, resolve
 from edge.errors import BadRequest, EdgeError, IntegrityError, ModelLoadError, ModelNotInstalled, check_range
 from edge.jobs import JobChain, JobSpec, Priority
 from edge.registry import Catalog, InstalledModel, Store
+from edge.registry.hub import is_hub_ref
+from edge.registry.pull import pull, pull_hub
 from edge.scheduler import JobHandle, Scheduler
 
 if TYPE_CHECKING:
@@ -73,13 +75,19 @@ class Runtime:
         return Catalog(self.settings.user_lock)
 
     def resolve_model(self, model: str | None, *, task: str) -> str:
-        """The model id to use for ``task``: the given one (checked) or the task's default."""
+        """The model id to use for ``task``: the given one (checked; a hub name hf.co/OWNER/REPO[:QUANT] maps to
+        the id it was pulled as, and is pulled first when ``auto_pull`` allows) or the task's default."""
         cat = self.catalog
         if model is None:
             entry = cat.default_for(task)
             if entry is None:
-                raise ModelNotInstalled(f"no {task} model is known. Export one with `edge-run export ... --add` "
-                                        "or add it to models.lock.", param="model")
+                recipe = cat.recipe_for(task)
+                how = (f"Run `edge-run pull {recipe.id}` (downloads {recipe.upstream} and exports it here)"
+                       if recipe is not None else "Export one with `edge-run export ... --add`")
+                raise ModelNotInstalled(f"no {task} model is installed. {how}.", param="model")
+        elif is_hub_ref(model) and cat.by_hub_ref(model) is None and self.auto_pull:
+            with self._model_lock(model):
+                entry = pull_hub(self.settings, model, say=lambda line: None).entry
         else:
             entry = cat.get(model)
         if entry.task != task:
@@ -118,11 +126,14 @@ class Runtime:
         """The typed edge-model.json of an installed model, as read when it was verified."""
         return self.ensure(model_id).manifest
 
-    def pull(self, model_id: str, *, force: bool = False) -> InstalledModel:
-        entry = self.catalog.get(model_id)
+    def pull(self, model_id: str, *, force: bool = False, say=lambda line: None) -> InstalledModel:
+        """Download and verify ``model_id``: a pinned id, a recipe (downloaded and exported here: needs the
+        export extra) or a hub name hf.co/OWNER/REPO[:QUANT|:FILE] (pinned in the user lock)."""
         with self._model_lock(model_id):
             self._verified.pop(model_id, None)
-            return self.store.pull(entry, force=force)
+            model = pull(self.settings, model_id, force=force, say=say)
+            self._verified.pop(model.id, None)
+            return model
 
     def _stamps(self, entry: "ModelEntry") -> dict[str, dict | None]:
         stamps: dict[str, dict | None] = {}

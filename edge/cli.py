@@ -39,13 +39,16 @@ def cmd_models(args) -> int:
     cat = Catalog(s.user_lock)
     rows = [(e.id, e.task, e.format, f"{e.size / 2**20:.1f} MiB", "yes" if store.is_installed(e) else "no",
              e.license) for e in cat]
-    rows += [(r.id, r.task, r.format, "-", "no (export: see --json)", r.license.split(" (")[0])
+    rows += [(r.id, r.task, r.format, "-", "no (edge-run pull)", r.license.split(" (")[0])
              for r in cat.recipes.values() if r.id not in cat.entries]
     if args.json:
         out = [dict(zip(("id", "task", "format", "size", "installed", "license"), r)) for r in rows]
         for row in out:
-            if row["id"] in cat.recipes and row["id"] not in cat.entries:
-                row["export"] = cat.recipes[row["id"]].export
+            recipe = cat.recipes.get(row["id"])
+            if recipe is not None and row["id"] not in cat.entries:
+                row.update(installed="no", pull=f"edge-run pull {recipe.id}", source=recipe.upstream)
+                if recipe.export:
+                    row["export"] = recipe.export_command
         print(json.dumps(out, indent=1))
         return 0
     head = ("ID", "TASK", "FORMAT", "SIZE", "INSTALLED", "LICENSE")
@@ -56,13 +59,13 @@ def cmd_models(args) -> int:
 
 
 def cmd_pull(args) -> int:
-    from edge.registry import Catalog, Store
+    from edge.registry.pull import pull
 
     s = Settings.from_args(args)
-    cat = Catalog(s.user_lock)
-    for mid in args.ids:
-        m = Store(s).pull(cat.get(mid), force=args.force)
-        print(f"{m.id}: installed and verified ({m.size / 2**20:.1f} MiB) in {m.dir}")
+    for name in args.ids:
+        m = pull(s, name, force=args.force, say=lambda line: print(line, flush=True))
+        print(f"{m.id}: installed and verified ({m.size / 2**20:.1f} MiB) in {m.dir}"
+              + (f"\n  use it as: --model {m.id}" if m.id != name else ""))
     return 0
 
 
@@ -165,8 +168,9 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     add_settings_flags(m)
     m.set_defaults(func=cmd_models)
 
-    pl = sub.add_parser("pull", help="download and verify models")
-    pl.add_argument("ids", nargs="+", metavar="ID")
+    pl = sub.add_parser("pull", help="download and verify models: an id from `edge-run models` (recipes are "
+                                     "downloaded and exported here) or any hub GGUF as hf.co/OWNER/REPO[:QUANT]")
+    pl.add_argument("ids", nargs="+", metavar="ID", help="a model id, a recipe id, or hf.co/OWNER/REPO[:QUANT|:FILE]")
     pl.add_argument("--force", action="store_true", help="fetch again even if installed")
     add_settings_flags(pl)
     pl.set_defaults(func=cmd_pull)

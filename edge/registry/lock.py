@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.errors import BadRequest, ModelNotFound
+from edge.registry.hub import is_hub_ref
 
 TASKS = ("chat", "image", "segment")
 FORMATS = ("gguf", "onnx")
@@ -65,14 +66,33 @@ class ModelEntry:
 
 @dataclass(frozen=True)
 class RecipeEntry:
-    """An upstream model to export on the user's machine (no file hashes until it is exported)."""
+    """A model `edge-run pull` builds on the user's machine: no file hashes until it is pulled.
+
+    A chat recipe names a hub GGUF (``source = {kind = "hf", repo, quant | file}``); `pull` pins the resolved
+    commit, file, size and sha256 in the user lock. An image/segment recipe names an upstream checkpoint
+    (``hf`` repo + revision + files, or an ``https`` url) and the ``export`` arguments (recipe name first);
+    `pull` downloads it, runs the export, verifies, and pins the result together with the upstream
+    commit and every upstream file's sha256 (``upstream`` in the user lock)."""
 
     id: str
     task: str
     format: str
     license: str
     source: dict[str, Any]
-    export: str
+    export: tuple[str, ...] = ()
+    description: str = ""
+    estimate: dict[str, float] = field(default_factory=dict, compare=False)
+
+    @property
+    def export_command(self) -> str:
+        """The export `pull` runs, as a person would type it (SOURCE = the downloaded checkpoint)."""
+        return " ".join(["edge-run export", self.export[0], "SOURCE", *self.export[1:]]) if self.export else ""
+
+    @property
+    def upstream(self) -> str:
+        """Where the recipe's files come from, for messages: repo@revision or the url."""
+        s = self.source
+        return s.get("url") or f"hf.co/{s.get('repo')}" + (f"@{s['revision']}" if s.get("revision") else "")
 
 
 def _bad(origin: str, msg: str) -> BadRequest:
@@ -113,24 +133,45 @@ def _load(text: str, origin: str) -> dict:
         raise _bad(origin, f"not valid TOML ({e}).") from None
 
 
+def _parse_recipe(origin: str, raw: dict) -> RecipeEntry:
+    missing = [k for k in ("id", "task", "format", "source") if k not in raw]
+    if missing:
+        raise _bad(origin, f"recipe {raw.get('id')!r} lacks {', '.join(missing)}.")
+    try:
+        rid = check_model_id(raw["id"])
+    except BadRequest as e:
+        raise _bad(origin, e.message) from None
+    src, export = raw["source"], raw.get("export", [])
+    if raw["task"] not in TASKS or raw["format"] not in FORMATS:
+        raise _bad(origin, f"recipe {rid!r}: task must be one of {', '.join(TASKS)} and format one of "
+                           f"{', '.join(FORMATS)}.")
+    if not isinstance(src, dict) or src.get("kind") not in ("hf", "https"):
+        raise _bad(origin, f"recipe {rid!r}: `source` must be a table of kind \"hf\" (repo = ...) or \"https\" "
+                           "(url = ...).")
+    if src["kind"] == "hf" and not isinstance(src.get("repo"), str):
+        raise _bad(origin, f"recipe {rid!r}: an hf source needs `repo` (OWNER/NAME).")
+    if src["kind"] == "https" and not str(src.get("url", "")).startswith(("https://", "http://")):
+        raise _bad(origin, f"recipe {rid!r}: an https source needs `url`.")
+    if not isinstance(export, list) or not all(isinstance(a, str) for a in export):
+        raise _bad(origin, f"recipe {rid!r}: `export` must be a list of strings: the export recipe's name and its "
+                           "options, e.g. [\"lcm\", \"--precisions\", \"fp32,int8\"].")
+    if raw["format"] == "onnx" and not export:
+        raise _bad(origin, f"recipe {rid!r}: an onnx recipe needs `export` (how `pull` builds it).")
+    if raw["format"] == "gguf" and (export or src["kind"] != "hf"):
+        raise _bad(origin, f"recipe {rid!r}: a gguf recipe is a hub GGUF (source kind \"hf\", no `export`).")
+    estimate = raw.get("estimate", {})
+    if not isinstance(estimate, dict) or not all(isinstance(v, (int, float)) for v in estimate.values()):
+        raise _bad(origin, f"recipe {rid!r}: `estimate` must be a table of numbers.")
+    return RecipeEntry(id=rid, task=raw["task"], format=raw["format"], license=str(raw.get("license", "unknown")),
+                       source=dict(src), export=tuple(export), description=str(raw.get("description", "")),
+                       estimate=dict(estimate))
+
+
 def parse_recipes(text: str, origin: str = "models.lock") -> list[RecipeEntry]:
-    out = []
     recipes = _load(text, origin).get("recipe", [])
     if not isinstance(recipes, list) or not all(isinstance(r, dict) for r in recipes):
         raise _bad(origin, "`recipe` must be an array of tables ([[recipe]]).")
-    for raw in recipes:
-        missing = [k for k in ("id", "task", "format", "source", "export") if k not in raw]
-        if missing:
-            raise _bad(origin, f"recipe {raw.get('id')!r} lacks {', '.join(missing)}.")
-        try:
-            check_model_id(raw["id"])
-        except BadRequest as e:
-            raise _bad(origin, e.message) from None
-        if not isinstance(raw["source"], dict) or not isinstance(raw["export"], str):
-            raise _bad(origin, f"recipe {raw['id']!r}: `source` must be a table and `export` a command string.")
-        out.append(RecipeEntry(id=raw["id"], task=raw["task"], format=raw["format"],
-                               license=raw.get("license", "unknown"), source=dict(raw["source"]), export=raw["export"]))
-    return out
+    return [_parse_recipe(origin, raw) for raw in recipes]
 
 
 def parse_lock(text: str, origin: str = "models.lock") -> list[ModelEntry]:
@@ -196,12 +237,33 @@ class Catalog:
             from edge.errors import ModelNotInstalled
 
             r = self.recipes[model_id]
-            where = r.source.get("url") or f"{r.source.get('repo')}@{r.source.get('revision', 'main')}"
-            raise ModelNotInstalled(f"model {model_id!r} is built on your machine from {where} and has not been "
-                                    f"exported here yet. Run: {r.export}", param="model")
+            raise ModelNotInstalled(f"model {model_id!r} is not installed: it is built on this machine from "
+                                    f"{r.upstream}. Run: edge-run pull {model_id}", param="model")
+        if is_hub_ref(model_id):
+            hub = self.by_hub_ref(model_id)
+            if hub is not None:
+                return hub
+            from edge.errors import ModelNotInstalled
+
+            raise ModelNotInstalled(f"{model_id} has not been pulled here. Run: edge-run pull {model_id}",
+                                    param="model")
         close = difflib.get_close_matches(model_id, list(self.entries) + list(self.recipes), n=3, cutoff=0.4)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ModelNotFound(f"unknown model {model_id!r}.{hint} See `edge-run models` for the list.", param="model")
+
+    def by_hub_ref(self, name: str) -> ModelEntry | None:
+        """The pinned entry a hub name (hf.co/OWNER/REPO[:TAG]) was pulled as, if any."""
+        from edge.registry.hub import parse_ref
+
+        ref = parse_ref(name)
+        for e in self.entries.values():
+            if e.extra.get("hub") == str(ref) or e.id == ref.model_id:
+                return e
+        return None
+
+    def recipe_for(self, task: str) -> RecipeEntry | None:
+        """The first recipe of ``task`` (what `pull` offers when no such model is installed)."""
+        return next((r for r in self.recipes.values() if r.task == task), None)
 
     def default_for(self, task: str) -> ModelEntry | None:
         cands = [e for e in self.entries.values() if e.task == task]

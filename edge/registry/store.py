@@ -198,10 +198,11 @@ def _inside(path: Path, root: Path) -> bool:
 
 def add_local_model(settings: Settings, folder: str | Path, *, model_id: str, task: str, fmt: str,
                     license: str = "unknown", source: dict[str, Any] | None = None,
-                    description: str = "") -> ModelEntry:
+                    description: str = "", extra: dict[str, Any] | None = None) -> ModelEntry:
     """Copy an exported artifact folder into the store and pin it in the user lock ($EDGE_HOME/models.lock).
 
-    Every file's sha256 is computed here from the file itself.
+    Every file's sha256 is computed here from the file itself; ``extra`` adds tables to the entry (e.g. the
+    ``upstream`` pins `edge-run pull` records for a recipe).
     """
     folder = Path(folder)
     store = Store(settings)
@@ -226,6 +227,6 @@ def add_local_model(settings: Settings, folder: str | Path, *, model_id: str, ta
         shutil.rmtree(dest)
     os.replace(tmp, dest)
     entry = {"id": model_id, "task": task, "format": fmt, "license": license, "description": description,
-             "files": files}
+             **(extra or {}), "files": files}
     append_entry(settings.user_lock, entry)
     return Catalog(settings.user_lock).get(model_id)

@@ -15,8 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, f
 
 from edge.chat import request as chat_limits
 from edge.image import request as IMG
+from edge.registry.hub import HUB_REF
 
 MODEL_ID = r"^[a-z0-9][a-z0-9._-]*$"
+CHAT_MODEL = rf"^(?:[a-z0-9][a-z0-9._-]*|{HUB_REF})$"
+"""A chat model: an id, or a hub GGUF name hf.co/OWNER/REPO[:QUANT|:FILE] (pulled with `edge-run pull NAME`)."""
 KEEP_ALIVE = (-1.0, 10_000_000.0)
 """Seconds (-1 = keep loaded forever); ~115 days is the largest finite value accepted."""
 
@@ -105,7 +108,7 @@ def Range(default: Any, lo: float, hi: float, description: str | None = None) ->
 
 
 class SamplingFields(_Body):
-    model: Annotated[str, Field(pattern=MODEL_ID, max_length=128)] | None = None
+    model: Annotated[str, Field(pattern=CHAT_MODEL, max_length=320)] | None = None
     stream: StrictBool = False  # strict: 0 / "yes" are refused, not read as booleans
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Range(None, *L.MAX_TOKENS)

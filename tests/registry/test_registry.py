@@ -13,7 +13,7 @@ import pytest
 from edge.config import Settings
 from edge.errors import BadRequest, DownloadError, IntegrityError, ModelNotFound, ModelNotInstalled, OfflineError
 from edge.registry import Catalog, Store, parse_lock
-from edge.registry.lock import append_entry
+from edge.registry.lock import append_entry, parse_recipes
 
 PAYLOAD = os.urandom(3 * (1 << 20) + 12345)
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
@@ -209,10 +209,23 @@ def test_bad_settings_are_rejected_with_the_variable_and_an_example():
         Settings.from_env(env={"EDGE_DEVICE": "gpu"})
 
 
-@pytest.mark.parametrize("rid, command", [("lcm-dreamshaper-v7-onnx", "edge-run export lcm"),
-                                          ("mobilesam-onnx", "edge-run export sam")])
-def test_recipe_entries_say_how_to_export_them(rid, command):
+@pytest.mark.parametrize("rid", ["lcm-dreamshaper-v7-onnx", "mobilesam-onnx", "qwen2.5-0.5b-instruct-q4_k_m"])
+def test_recipe_entries_name_the_one_pull_command(rid):
     cat = Catalog(None)
     assert rid in cat.recipes and rid not in cat.entries  # no unverified hashes in the lock
-    with pytest.raises(ModelNotInstalled, match=f"has not been exported here yet. Run: {command}"):
+    with pytest.raises(ModelNotInstalled, match=f"is not installed: it is built on this machine from .*"
+                                                f"Run: edge-run pull {rid}$"):
         cat.get(rid)
+
+
+@pytest.mark.parametrize("bad, msg", [
+    ('source = { kind = "ftp", repo = "a/b" }\nexport = ["lcm"]', 'kind \\"hf\\"'),
+    ('source = { kind = "hf" }\nexport = ["lcm"]', "needs `repo`"),
+    ('source = { kind = "hf", repo = "a/b" }\nexport = "edge-run export lcm"', "`export` must be a list"),
+    ('source = { kind = "hf", repo = "a/b" }', "an onnx recipe needs `export`"),
+    ('source = { kind = "hf", repo = "a/b" }\nexport = ["lcm"]\nestimate = { minutes = "ten" }', "table of numbers"),
+])
+def test_malformed_recipes_are_rejected_with_the_reason(bad, msg):
+    text = f'[[recipe]]\nid = "r1"\ntask = "image"\nformat = "onnx"\n{bad}\n'
+    with pytest.raises(BadRequest, match=msg):
+        parse_recipes(text)
