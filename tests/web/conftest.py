@@ -71,6 +71,15 @@ def browser_context(pw, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def desktop_context(pw, tmp_path_factory):
+    """Another desktop window, for pages of other servers than web_server (browser_context's requests
+    must all go to web_server: test_page_talks_to_no_other_host reads them)."""
+    ctx = _context(pw, tmp_path_factory.mktemp("chromium-desktop"), viewport={"width": 1280, "height": 900})
+    yield ctx
+    ctx.close()
+
+
+@pytest.fixture(scope="module")
 def phone_context(pw, tmp_path_factory):
     """A phone: 390 x 844 CSS px, a touch screen (touch events, no mouse), the mobile viewport rules."""
     ctx = _context(pw, tmp_path_factory.mktemp("chromium-phone"), viewport={"width": 390, "height": 844},

@@ -73,10 +73,10 @@ def test_models_lists_recipes_and_pull_commands(bare_server, web_server):
 
 # -- a home with no model installed ------------------------------------------------------------------
 
-def test_bare_home_shows_the_pull_command_and_disables_what_cannot_work(browser_context, bare_server, artifacts,
+def test_bare_home_shows_the_pull_command_and_disables_what_cannot_work(desktop_context, bare_server, artifacts,
                                                                          tiny_exports, open_page):
-    browser_context.grant_permissions(["clipboard-read", "clipboard-write"], origin=bare_server.url)
-    page = open_page(browser_context, bare_server.url)
+    desktop_context.grant_permissions(["clipboard-read", "clipboard-write"], origin=bare_server.url)
+    page = open_page(desktop_context, bare_server.url)
     seg_posts, img_posts = record_posts(page, "/v1/segment"), record_posts(page, "/v1/images/generations")
 
     # Imagine: the panel names the command; Generate, the menu and the form are off
@@ -134,7 +134,7 @@ def test_bare_home_shows_the_pull_command_and_disables_what_cannot_work(browser_
     page.close()
 
 
-def test_allow_pull_keeps_pinned_models_usable(browser_context, tmp_path, open_page):
+def test_allow_pull_keeps_pinned_models_usable(desktop_context, tmp_path, open_page):
     """`serve --allow-pull` downloads a pinned model on its first request: the Chat tab stays on (its menu
     says so); a recipe is never built on request, so Imagine still shows its pull command."""
     home = tmp_path / "home"
@@ -142,7 +142,7 @@ def test_allow_pull_keeps_pinned_models_usable(browser_context, tmp_path, open_p
     srv = ServerProcess(home, "--allow-pull", env=edge_env(home, EDGE_KEEP_ALIVE="-1"))
     try:
         assert get_models(srv.url)["pull_on_request"] is True
-        page = open_page(browser_context, srv.url)
+        page = open_page(desktop_context, srv.url)
         assert page.is_hidden("#chat-missing") and not page.is_disabled("#chat-send")
         assert page.locator("#chat-model option").first.inner_text() == f"{CHAT_MODEL} (downloads on first use)"
         assert page.locator("#imagine-model option").all_inner_texts() == ["none installed"]
@@ -202,5 +202,8 @@ def test_phone_says_tap_and_long_press_and_long_press_adds_a_background_point(ph
     page.wait_for_timeout(300)
     assert len(sent) == 2  # lifting the finger adds nothing more
     page.screenshot(path=str(artifacts / "segment-phone.png"), full_page=True)
+    foreign = [u for u in phone_context.requests
+               if not (u.startswith(web_server.url + "/") or u.startswith(("data:", "blob:")))]
+    assert not foreign, foreign
     no_page_errors(page)
     page.close()
