@@ -279,32 +279,49 @@ def call_grammar(tools: list[Tool]) -> str:
 
 # -- 4. the answer -----------------------------------------------------------------------------------
 def parse_calls(text: str, toolset: ToolSet) -> list[dict[str, Any]] | None:
-    """The OpenAI ``tool_calls`` of an answer that is one or more calls of known tools, else None (text)."""
+    """The OpenAI ``tool_calls`` of an answer that is one or more calls of known tools, else None (text).
+
+    Each call is read with a JSON decoder from where it starts (a string argument may hold "</tool_call>"),
+    leniently about raw control characters in strings (the grammar allows them; the arguments are written
+    back as strict JSON)."""
     names = {t.name for t in toolset.tools}
+    decoder = json.JSONDecoder(strict=False)
     body = text.strip()
-    if body.startswith(CALL_OPEN):
-        pieces = [p.split(CALL_CLOSE, 1)[0] for p in body.split(CALL_OPEN)[1:]]
-    elif body.startswith("{"):
-        pieces = [body]
-    else:
+    tagged = body.startswith(CALL_OPEN)
+    if not tagged and not body.startswith("{"):
         return None
-    calls = []
-    for piece in pieces:
+    calls, i = [], 0
+    while i < len(body):
+        if tagged:
+            if not body.startswith(CALL_OPEN, i):
+                return None
+            i += len(CALL_OPEN)
         try:
-            obj = json.loads(piece.strip())
+            obj, i = decoder.raw_decode(body, _skip_space(body, i))
         except ValueError:
             return None
         args = obj.get("arguments", obj.get("parameters")) if isinstance(obj, dict) else None
         if isinstance(args, str):  # some models write the arguments as a JSON string
             try:
-                args = json.loads(args)
+                args = decoder.decode(args)
             except ValueError:
                 return None
         if not isinstance(obj, dict) or obj.get("name") not in names or not isinstance(args, dict):
             return None
         calls.append({"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
                       "function": {"name": obj["name"], "arguments": json.dumps(args, ensure_ascii=False)}})
+        i = _skip_space(body, i)
+        if tagged and body.startswith(CALL_CLOSE, i):
+            i = _skip_space(body, i + len(CALL_CLOSE))
+        elif i < len(body):
+            return None  # text after the call: an answer that only starts like one
     return calls or None
+
+
+def _skip_space(text: str, i: int) -> int:
+    while i < len(text) and text[i].isspace():
+        i += 1
+    return i
 
 
 def may_be_call(text: str) -> bool | None:

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal, Union, get_args
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationInfo, field_validator
 
 from edge.chat import request as chat_limits
+from edge.chat import tools as TOOLS
 from edge.image import request as IMG
 from edge.registry.hub import HUB_REF
 
@@ -78,6 +79,25 @@ class Message(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = ""
+    tool_calls: list[dict[str, Any]] | None = Field(
+        None, description="An assistant turn's calls, as answered: [{id, type: \"function\", function: {name, "
+                          "arguments}}] (arguments: a JSON object as a string)")
+    tool_call_id: str | None = Field(None, description="A tool turn: the id of the call it answers")
+
+
+class FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str = Field(json_schema_extra={"pattern": TOOLS.NAME.pattern})
+    description: str | None = Field(None, json_schema_extra={"maxLength": TOOLS.MAX_DESCRIPTION_CHARS})
+    parameters: dict[str, Any] | None = Field(None, description="A JSON Schema of the arguments (it must become "
+                                                                "a grammar: see `response_format`)")
+    strict: StrictBool | None = None
+
+
+class ToolSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: Literal["function"] = "function"
+    function: FunctionSpec
 
 
 class JsonSchemaFormat(BaseModel):
@@ -113,23 +133,30 @@ class SamplingFields(_Body):
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Range(None, *L.MAX_TOKENS)
     max_completion_tokens: int | None = Range(None, *L.MAX_TOKENS)
-    temperature: float = Range(0.8, *L.TEMPERATURE)
-    top_p: float = Range(0.95, *L.TOP_P)
-    top_k: int = Range(40, *L.TOP_K, "0 = off")
-    min_p: float = Range(0.05, *L.MIN_P)
-    seed: int | None = Range(None, *L.SEED)
+    temperature: float | None = Range(None, *L.TEMPERATURE, "Default: the model's recommended value, else 0.8")
+    top_p: float | None = Range(None, *L.TOP_P, "Default: the model's recommended value, else 0.95")
+    top_k: int | None = Range(None, *L.TOP_K, "0 = off. Default: the model's recommended value, else 40")
+    min_p: float | None = Range(None, *L.MIN_P, "Default: the model's recommended value, else 0.05")
+    seed: int | None = Range(None, *L.SEED, "Default: a random seed, reported in `system_fingerprint` "
+                             "(edge-run-VERSION-seed-SEED)")
     stop: Union[Annotated[str, Field(max_length=L.MAX_STOP_CHARS)],
                 Annotated[list[Annotated[str, Field(max_length=L.MAX_STOP_CHARS)]], Field(max_length=L.MAX_STOP)],
                 None] = None
     n: int = Range(1, 1, 1, "Only 1: send several requests for several answers.")
     keep_alive: float | None = Range(None, *KEEP_ALIVE, "Seconds the model stays loaded after this job (-1 = "
                                      "forever); Ollama-style extension.")
-    repeat_penalty: float = Range(1.0, *L.REPEAT_PENALTY, "1.0 = off")
+    repeat_penalty: float | None = Range(None, *L.REPEAT_PENALTY, "1.0 = off. Default: the model's recommended "
+                                         "value, else 1.0")
 
 
 class ChatCompletionBody(SamplingFields):
     messages: list[Message] = Field(json_schema_extra={"minItems": 1, "maxItems": L.MAX_MESSAGES})
     response_format: ResponseFormat | None = None
+    tools: list[ToolSpec] | None = Field(None, json_schema_extra={"maxItems": TOOLS.MAX_TOOLS})
+    tool_choice: str | dict[str, Any] | None = Field(
+        None, description="\"auto\" (default with tools), \"none\", \"required\", or {\"type\": \"function\", "
+                          "\"function\": {\"name\": ...}}")
+    parallel_tool_calls: StrictBool | None = Field(None, description="Accepted; a required call is one call")
 
 
 class CompletionBody(SamplingFields):

@@ -145,5 +145,8 @@ def test_answers_are_parsed_as_calls_only_when_they_are_calls():
                       '<tool_call>{"name": "get_weather", "arguments": "{\\"city\\": \\"Rome\\"}"}</tool_call>', ts)
     assert [c["function"]["name"] for c in two] == ["add", "get_weather"]
     assert parse_calls('{"name": "add", "parameters": {"a": 1}}', ts)[0]["function"]["arguments"] == '{"a": 1}'
-    for text in ["Hello!", '{"name": "rm", "arguments": {}}', "<tool_call>{oops", '{"a": 1}']:
+    tricky = parse_calls('<tool_call>\n{"name": "get_weather", "arguments": {"city": "a}}\n</tool_call>\nb"}}\n'
+                         '</tool_call>', ts)  # a raw newline and the closing tag inside a string (grammar-valid)
+    assert json.loads(tricky[0]["function"]["arguments"]) == {"city": "a}}\n</tool_call>\nb"}
+    for text in ["Hello!", '<tool_call>{"name": "add", "arguments": {}}</tool_call> and more', '{"name": "rm", "arguments": {}}', "<tool_call>{oops", '{"a": 1}']:
         assert parse_calls(text, ts) is None, text
