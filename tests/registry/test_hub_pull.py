@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from hub_sim import HubSim
-from support import CHAT_MODEL, ROOT, chat_model_cached
+from support import CHAT_MODEL, ROOT, ServerProcess, chat_model_cached, edge_env
 
 from edge.registry.hub import HubRef, parse_ref, pick_file
 from edge.registry.lock import Catalog
@@ -87,6 +87,20 @@ def test_a_hub_gguf_is_pulled_pinned_and_chats_with_its_own_template(tmp_path, h
     before = len(hub.requests)
     assert edge_run(home, hub, "pull", name, "--offline").returncode == 0
     assert len(hub.requests) == before
+    # the server takes the same name as `model` (the real openai client); one not pulled is a 404 naming the pull
+    import openai
+
+    server = ServerProcess(home, env=edge_env(home, HF_ENDPOINT=hub.url, HF_HOME=str(home / "hf-home")))
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+        out = client.chat.completions.create(model=name, temperature=0, max_tokens=12,
+                                             messages=[{"role": "user", "content": "What is the capital of France?"}])
+        assert out.choices[0].message.content.strip() == r.stdout.strip()
+        assert out.model == "test-org--smollm2-135m-instruct-gguf--q4_1"
+        with pytest.raises(openai.NotFoundError, match=f"Run: edge-run pull hf.co/{REPO}:Q8_0"):
+            client.chat.completions.create(model=f"hf.co/{REPO}:Q8_0", messages=[{"role": "user", "content": "hi"}])
+    finally:
+        server.stop()
 
 
 def test_a_dropped_connection_resumes_where_it_stopped(tmp_path, hub):
