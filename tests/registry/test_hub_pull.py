@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -25,6 +26,11 @@ from edge.registry.hub import HubRef, parse_ref, pick_file
 from edge.registry.lock import Catalog
 
 REPO = "test-org/SmolLM2-135M-Instruct-GGUF"
+LCM_FILES = ["model_index.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
+             "text_encoder/model.safetensors", "tokenizer/merges.txt", "tokenizer/special_tokens_map.json",
+             "tokenizer/tokenizer_config.json", "tokenizer/vocab.json", "unet/config.json",
+             "unet/diffusion_pytorch_model.safetensors", "vae/config.json", "vae/diffusion_pytorch_model.safetensors"]
+"""What the lcm-dreamshaper-v7-onnx recipe downloads (the same list as models.lock's)."""
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +189,24 @@ def tiny_lcm_repo(tmp_path_factory) -> Path:
     repo = out / "repo"
     with torch.no_grad():
         pipe.save_pretrained(repo, safe_serialization=True)
+    # like SimianLuo/LCM_Dreamshaper_v7: model_index names a safety checker and feature extractor the recipe does
+    # not download, and the repo holds files the recipe leaves out (its ONNX export)
+    index = json.loads((repo / "model_index.json").read_text())
+    index.update(safety_checker=["stable_diffusion", "StableDiffusionSafetyChecker"],
+                 feature_extractor=["transformers", "CLIPImageProcessor"])
+    (repo / "model_index.json").write_text(json.dumps(index))
+    (repo / "unet" / "model.onnx").write_bytes(b"not downloaded")
+    # and its tokenizer folder as CLIPTokenizer wrote it then (vocab + merges, no tokenizer.json)
+    tok_out = repo / "tokenizer"
+    shutil.rmtree(tok_out)
+    tok_out.mkdir()
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(tok_dir / name, tok_out / name)
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+               "unk_token": "<|endoftext|>"}
+    (tok_out / "special_tokens_map.json").write_text(json.dumps(special))
+    (tok_out / "tokenizer_config.json").write_text(json.dumps({**special, "do_lower_case": True,
+                                                               "model_max_length": 77, "tokenizer_class": "CLIPTokenizer"}))
     return repo
 
 
@@ -208,7 +232,7 @@ id = "tiny-lcm-onnx"
 task = "image"
 format = "onnx"
 license = "Apache-2.0"
-source = {{ kind = "hf", repo = "test-org/tiny-lcm", revision = "main" }}
+source = {{ kind = "hf", repo = "test-org/tiny-lcm", revision = "main", files = {json.dumps(LCM_FILES)} }}
 export = ["lcm", "--precisions", "fp32", "--model-id", "tiny-lcm-onnx", "--verify-size", "64", "--no-progress"]
 estimate = {{ export_minutes = 1, peak_ram_gb = 1, artifact_gb = 0.01 }}
 
@@ -243,8 +267,8 @@ def test_recipe_pulls_end_in_working_imagine_and_segment(tmp_path, hub, tiny_lcm
     pins = {m["id"]: m for m in user_lock(home)["model"]}
     up = pins["tiny-lcm-onnx"]["upstream"]
     assert up["repo"] == "test-org/tiny-lcm" and up["revision"] == commit
-    assert {f["name"] for f in up["files"]} == {p.relative_to(tiny_lcm_repo).as_posix()
-                                                for p in tiny_lcm_repo.rglob("*") if p.is_file()}
+    assert {f["name"] for f in up["files"]} == set(LCM_FILES)
+    assert not any(p.endswith("model.onnx") for _, p, _ in hub.requests)
     assert all(len(f["sha256"]) == 64 for f in up["files"])
     assert pins["tiny-sam-onnx"]["upstream"]["files"][0]["name"] == "mobile_sam.pt"
     assert not (home / "cache" / "recipes").exists() or not any((home / "cache" / "recipes").iterdir())
