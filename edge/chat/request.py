@@ -157,6 +157,14 @@ def _check_int(name: str, value: Any, bounds: tuple[int, int], fix: str) -> None
         raise BadRequest(f"`{name}` must be between {lo} and {hi}, got {value}. {fix}", param=name)
 
 
+def fingerprint(seed: int | None) -> str:
+    """OpenAI's ``system_fingerprint`` of an answer: edge-run's version and the sampling seed it used
+    (``edge-run-0.1.0-seed-1234``); send that seed back to get the same answer."""
+    from edge import __version__
+
+    return f"edge-run-{__version__}-seed-{seed}"
+
+
 @dataclass
 class ChatResult:
     text: str

@@ -68,6 +68,11 @@ class ToolSet:
     def required(self) -> bool:
         return self.grammar is not None
 
+    def hold_back(self, text: str) -> bool:
+        """For streaming: True while the answer so far (``text``) is or may become a call, so it must not be
+        sent as content yet (a required call: always; "auto": see :func:`may_be_call`)."""
+        return self.required or may_be_call(text) is not False
+
 
 def _bad(param: str, msg: str) -> BadRequest:
     return BadRequest(f"`{param}` {msg}", param=param)

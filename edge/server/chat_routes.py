@@ -10,9 +10,7 @@ from typing import Any, AsyncIterator
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from edge import __version__
-from edge.chat.request import ChatRequest
-from edge.chat.tools import may_be_call
+from edge.chat.request import ChatRequest, fingerprint
 from edge.errors import BadRequest, EdgeError
 from edge.server.jobs import JobStreamingResponse, job_events, wait_result
 from edge.server.schemas import ERROR_RESPONSES, ChatCompletionBody, CompletionBody, SamplingFields
@@ -66,11 +64,6 @@ def _tools(body: ChatCompletionBody) -> list[dict] | None:
     return None if body.tools is None else [t.model_dump(exclude_none=True) for t in body.tools]
 
 
-def fingerprint(seed: int | None) -> str:
-    """OpenAI's ``system_fingerprint``: edge-run's version and the sampling seed the answer used
-    (``edge-run-0.1.0-seed-1234``): send that seed back to get the same answer."""
-    return f"edge-run-{__version__}-seed-{seed}"
-
 
 async def _submit(submit, req: ChatRequest, body: SamplingFields):
     """``submit`` (Runtime.chat_job / complete_job) off the event loop: the request's check builds a grammar
@@ -104,9 +97,8 @@ async def chat_completions(body: ChatCompletionBody, request: Request):
     head = {"id": cid, "created": created, "model": model_id, "system_fingerprint": fingerprint(req.seed)}
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        tool_mode = None if req.toolset is None or not req.toolset.active else \
-            ("required" if req.toolset.required else "auto")
-        return JobStreamingResponse(_sse_chat(handle, head, include_usage, chat=True, tool_mode=tool_mode), handle,
+        toolset = req.toolset if req.toolset is not None and req.toolset.active else None
+        return JobStreamingResponse(_sse_chat(handle, head, include_usage, chat=True, toolset=toolset), handle,
                                     media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
     res = await wait_result(handle, request)
     message: dict[str, Any] = {"role": "assistant", "content": res.text}
@@ -138,13 +130,13 @@ def _sse(obj: Any) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-async def _sse_chat(handle, head: dict[str, Any], include_usage: bool, *, chat: bool, tool_mode: str | None = None
+async def _sse_chat(handle, head: dict[str, Any], include_usage: bool, *, chat: bool, toolset=None
                     ) -> AsyncIterator[str]:
     """Server-sent events for a chat/completion job. A client that goes away cancels the job.
 
-    With tools (``tool_mode``), text that is or may become a call is held back: "required" holds all of it,
-    "auto" holds it while it may still be one (edge.chat.tools.may_be_call). At the end a call is sent as
-    OpenAI's tool_calls deltas (the id, type and name, then the arguments), anything held as content."""
+    With active tools (``toolset``), text that is or may become a call is held back (ToolSet.hold_back: all
+    of a required call; under "auto" while it may still be one). At the end a call is sent as OpenAI's
+    tool_calls deltas (the id, type and name, then the arguments), anything held back as content."""
     obj = "chat.completion.chunk" if chat else "text_completion"
 
     def chunk(delta_text: str | None, finish: str | None, first: bool = False, tool_calls: list | None = None
@@ -163,7 +155,7 @@ async def _sse_chat(handle, head: dict[str, Any], include_usage: bool, *, chat: 
     try:
         if chat:
             yield _sse(chunk("", None, first=True))
-        held: list[str] | None = [] if tool_mode else None  # text held back while it may be a call
+        held: list[str] | None = [] if toolset is not None else None  # text held back while it may be a call
         async for step in job_events(handle):  # awaited: no thread is held while the job waits
             if step.kind != "token" or not step.data:
                 continue
@@ -171,7 +163,7 @@ async def _sse_chat(handle, head: dict[str, Any], include_usage: bool, *, chat: 
                 yield _sse(chunk(step.data, None))
                 continue
             held.append(step.data)
-            if tool_mode == "auto" and may_be_call("".join(held)) is False:
+            if not toolset.hold_back("".join(held)):
                 yield _sse(chunk("".join(held), None))
                 held = None
         try:
