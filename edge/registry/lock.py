@@ -237,8 +237,9 @@ class Catalog:
             from edge.errors import ModelNotInstalled
 
             r = self.recipes[model_id]
-            raise ModelNotInstalled(f"model {model_id!r} is not installed: it is built on this machine from "
-                                    f"{r.upstream}. Run: edge-run pull {model_id}", param="model")
+            how = "downloaded from" if r.format == "gguf" else "built on this machine from"
+            raise ModelNotInstalled(f"model {model_id!r} is not installed ({how} {r.upstream}). Run: edge-run pull "
+                                    f"{model_id}", param="model")
         if is_hub_ref(model_id):
             hub = self.by_hub_ref(model_id)
             if hub is not None:
