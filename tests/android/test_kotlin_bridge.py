@@ -141,6 +141,21 @@ def test_bad_request_carries_the_servers_message(live, bridge):
     assert live[2]["bad_request_message"] == answer["error"]["message"]
 
 
+def test_tool_call_round_trip(live, bridge):
+    """The bridge's forced call is the server's own answer to the same request (same seed), arguments included."""
+    _assert_ok(live, "live/tool call round trip")
+    _, url = bridge
+    tool = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city now",
+                                             "parameters": {"type": "object", "required": ["city"], "properties": {
+                                                 "city": {"type": "string", "maxLength": 40}}}}}
+    status, answer = _http(url + "/v1/chat/completions", {
+        "messages": [{"role": "user", "content": "What's the weather in Oslo?"}], "max_tokens": 64, "seed": 11,
+        "tools": [tool], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}})
+    assert status == 200 and answer["system_fingerprint"].endswith("-seed-11")
+    fn = answer["choices"][0]["message"]["tool_calls"][0]["function"]
+    assert json.loads(live[2]["tool_call"]) == {"name": fn["name"], "arguments": fn["arguments"]}
+
+
 def test_unknown_model_and_unauthorized(live):
     _assert_ok(live, "live/unknown model")
     _assert_ok(live, "live/wrong or missing API key")

@@ -62,11 +62,18 @@ class EdgeClient @JvmOverloads constructor(
         val usage = (doc["usage"] as? Map<*, *>)?.let {
             Usage(it.int("prompt_tokens"), it.int("completion_tokens"), it.int("total_tokens"))
         }
+        val calls = (message["tool_calls"] as? List<*>).orEmpty().map { c ->
+            val call = c as? Map<*, *> ?: throw EdgeException.Protocol("a tool call is not an object: $c")
+            val fn = call["function"] as? Map<*, *> ?: throw EdgeException.Protocol("a tool call has no function")
+            ToolCall(call["id"] as? String ?: "", fn["name"] as? String ?: "", fn["arguments"] as? String ?: "{}")
+        }
         return ChatCompletion(
             text = message["content"] as? String ?: "",
             finishReason = choice["finish_reason"] as? String,
             model = doc["model"] as? String,
             usage = usage,
+            toolCalls = calls,
+            seed = (doc["system_fingerprint"] as? String)?.substringAfterLast("-seed-", "")?.toLongOrNull(),
         )
     }
 
@@ -143,12 +150,31 @@ class EdgeClient @JvmOverloads constructor(
         require(messages.isNotEmpty()) { "messages must hold at least one ChatMessage, got an empty list" }
         val body = LinkedHashMap<String, Any?>()
         (o.model ?: defaultChatModel)?.let { body["model"] = it }
-        body["messages"] = messages.map { mapOf("role" to it.role, "content" to it.content) }
+        body["messages"] = messages.map { m ->
+            val msg = linkedMapOf<String, Any?>("role" to m.role, "content" to m.content)
+            m.toolCalls?.let { calls ->
+                msg["tool_calls"] = calls.map {
+                    mapOf("id" to it.id, "type" to "function", "function" to mapOf("name" to it.name, "arguments" to it.arguments))
+                }
+            }
+            m.toolCallId?.let { msg["tool_call_id"] = it }
+            msg
+        }
         o.maxTokens?.let { body["max_tokens"] = it }
         o.temperature?.let { body["temperature"] = it }
         o.topP?.let { body["top_p"] = it }
         o.seed?.let { body["seed"] = it }
         o.stop?.let { body["stop"] = it }
+        o.tools?.let { tools ->
+            body["tools"] = tools.map {
+                mapOf("type" to "function", "function" to mapOf("name" to it.name, "description" to it.description,
+                    "parameters" to it.parameters))
+            }
+        }
+        o.toolChoice?.let {
+            body["tool_choice"] = if (it in listOf("auto", "none", "required")) it
+                else mapOf("type" to "function", "function" to mapOf("name" to it))
+        }
         body["stream"] = stream
         return body
     }

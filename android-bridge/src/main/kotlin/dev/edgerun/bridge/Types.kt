@@ -1,17 +1,53 @@
 package dev.edgerun.bridge
 
-/** One chat turn. [role] is "system", "user" or "assistant". */
-data class ChatMessage(val role: String, val content: String) {
+/**
+ * One chat turn. [role] is "system", "user", "assistant" or "tool". An assistant turn that called tools
+ * carries its [toolCalls] (as answered in [ChatCompletion.toolCalls]); a "tool" turn carries the result of
+ * one call as [content] and that call's id as [toolCallId].
+ */
+data class ChatMessage @JvmOverloads constructor(
+    val role: String,
+    val content: String,
+    val toolCalls: List<ToolCall>? = null,
+    val toolCallId: String? = null,
+) {
     companion object {
         @JvmStatic fun system(content: String) = ChatMessage("system", content)
         @JvmStatic fun user(content: String) = ChatMessage("user", content)
         @JvmStatic fun assistant(content: String) = ChatMessage("assistant", content)
+        /** The assistant turn that made [calls] (feed it back before the tools' results). */
+        @JvmStatic fun assistantCalls(calls: List<ToolCall>) = ChatMessage("assistant", "", toolCalls = calls)
+        /** The result of the call [toolCallId] (a [ToolCall.id]). */
+        @JvmStatic fun tool(toolCallId: String, content: String) = ChatMessage("tool", content, toolCallId = toolCallId)
     }
 }
 
 /**
- * Sampling options of a chat request; null fields are left to the runtime's defaults.
+ * A function the model may call (OpenAI's `tools` entry). [parameters] is the JSON Schema of its arguments
+ * as a map (e.g. `mapOf("type" to "object", "properties" to ..., "required" to listOf(...))`).
+ */
+data class Tool @JvmOverloads constructor(
+    val name: String,
+    val description: String = "",
+    val parameters: Map<String, Any?> = mapOf("type" to "object", "properties" to emptyMap<String, Any?>()),
+)
+
+/** One call the model made: [arguments] is a JSON object as text, matching the tool's parameters schema. */
+data class ToolCall(val id: String, val name: String, val arguments: String) {
+    /** [arguments] parsed. */
+    fun argumentsMap(): Map<String, Any?> {
+        val obj = Json.parse(arguments) as? Map<*, *>
+            ?: throw EdgeException.Protocol("tool call arguments are not a JSON object: ${arguments.take(200)}")
+        return obj.entries.associate { (k, v) -> k.toString() to v }
+    }
+}
+
+/**
+ * Sampling options of a chat request; null fields are left to the runtime's defaults (the model's
+ * recommended sampling, and a random seed reported as [ChatCompletion.seed]).
  * [model] null means [EdgeClient.defaultChatModel]. temperature 0 is greedy (deterministic).
+ * [tools] the model may call; [toolChoice] is "auto" (default with tools), "none", "required" or the name
+ * of the one tool it must call. Calls come back in [ChatCompletion.toolCalls] (not through [EdgeClient.chatStream]).
  */
 data class ChatOptions @JvmOverloads constructor(
     val model: String? = null,
@@ -20,13 +56,26 @@ data class ChatOptions @JvmOverloads constructor(
     val topP: Double? = null,
     val seed: Long? = null,
     val stop: List<String>? = null,
+    val tools: List<Tool>? = null,
+    val toolChoice: String? = null,
 )
 
 /** Token counts of a finished chat (OpenAI `usage`). */
 data class Usage(val promptTokens: Int, val completionTokens: Int, val totalTokens: Int)
 
-/** A non-streamed chat answer: its [text], why it stopped ("stop" | "length") and the token [usage]. */
-data class ChatCompletion(val text: String, val finishReason: String?, val model: String?, val usage: Usage?)
+/**
+ * A non-streamed chat answer: its [text], why it stopped ("stop" | "length" | "tool_calls"), the token
+ * [usage], the [toolCalls] it made (then [text] is empty) and the sampling [seed] it used (pass it back in
+ * [ChatOptions.seed] for the same answer), read from the runtime's `system_fingerprint`.
+ */
+data class ChatCompletion @JvmOverloads constructor(
+    val text: String,
+    val finishReason: String?,
+    val model: String?,
+    val usage: Usage?,
+    val toolCalls: List<ToolCall> = emptyList(),
+    val seed: Long? = null,
+)
 
 /** Options of an image request. [model] null lets the runtime pick its image model. */
 data class ImageOptions @JvmOverloads constructor(

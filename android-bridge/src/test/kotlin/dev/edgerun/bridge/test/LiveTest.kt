@@ -10,6 +10,7 @@ import dev.edgerun.bridge.ModelInfo
 import dev.edgerun.bridge.PngSize
 import dev.edgerun.bridge.SegmentOptions
 import dev.edgerun.bridge.SegmentPoint
+import dev.edgerun.bridge.Tool
 import java.awt.image.BufferedImage
 import java.io.ByteArrayOutputStream
 import java.util.Collections
@@ -82,6 +83,30 @@ fun liveSuite(url: String, apiKey: String?) = Suite("live").apply {
         val usage = assertNotNull(full.usage)
         assertTrue(usage.completionTokens in 1..24 && usage.promptTokens > 0, "usage: $usage")
         report("chat_text", full.text)
+    }
+
+    test("tool call round trip: a forced call, its seed, the result fed back") {
+        val weather = Tool("get_weather", "The weather in a city now", mapOf(
+            "type" to "object",
+            "properties" to mapOf("city" to mapOf("type" to "string", "maxLength" to 40)),
+            "required" to listOf("city"),
+        ))
+        val ask = listOf(ChatMessage.user("What's the weather in Oslo?"))
+        val opts = ChatOptions(maxTokens = 64, tools = listOf(weather), toolChoice = "get_weather", seed = 11)
+        val answer = client.chatCompletion(ask, opts)
+        assertEquals("tool_calls", answer.finishReason)
+        assertEquals(11L, answer.seed)
+        val call = answer.toolCalls.single()
+        assertEquals("get_weather", call.name)
+        assertTrue(call.id.startsWith("call_"), "id: ${call.id}")
+        assertIs<String>(call.argumentsMap()["city"], "arguments: ${call.arguments}")
+        report("tool_call", dev.edgerun.bridge.Json.stringify(mapOf("name" to call.name, "arguments" to call.arguments)))
+        val history = ask + ChatMessage.assistantCalls(answer.toolCalls) + ChatMessage.tool(call.id, "12 degrees, rain")
+        val after = client.chatCompletion(history, ChatOptions(maxTokens = 24, temperature = 0.0,
+            tools = listOf(weather), toolChoice = "none"))
+        assertTrue(after.toolCalls.isEmpty() && after.text.isNotBlank(), "answer: $after")
+        val drawn = client.chatCompletion(ask, ChatOptions(maxTokens = 4))
+        assertNotNull(drawn.seed, "no seed in the answer without one")
     }
 
     test("cancel stops a long stream at once and frees the runtime") {
