@@ -1,11 +1,15 @@
 """Settings in one place. Each is declared once (name, type, default, help); env vars (EDGE_*) and
 CLI flags come from the declaration, and bad values are rejected with a message naming the value.
 
-This module imports nothing from edge/ but ``edge.errors``, so anything may import it:
+This module imports nothing from edge/ but ``edge.errors`` and ``edge.profiles`` (which imports only
+``edge.cpu``), so anything may import it:
 
     add_settings_flags(parser)        # one --flag per setting (a command's own flag of that name wins)
-    Settings.from_args(args)          # argparse Namespace -> Settings: flags win over EDGE_* over defaults
+    Settings.from_args(args)          # argparse Namespace -> Settings: flags win over EDGE_* over the
+                                      # device profile (--profile / EDGE_PROFILE) over the built-in defaults
     Settings.from_env(**overrides)    # the same without a Namespace (None = not given)
+    settings.sources[name]            # where each value came from: argument | flag | env | profile | default
+    settings.profile_choice           # the profile applied and why (edge/profiles.py)
     default_threads()                 # the cores this process may use (the default of EDGE_THREADS)
 
 Export recipes use these for home, threads and offline (``Settings.from_args(args).threads``, ``.home``,
@@ -22,6 +26,7 @@ from dataclasses import dataclass, fields, field
 from pathlib import Path
 from typing import Any, Callable
 
+from edge import profiles
 from edge.errors import BadRequest
 
 
@@ -48,10 +53,20 @@ def _default_home() -> Path:
     return Path(base) / "edge-run"
 
 
-def _default_budget() -> int:
-    import psutil
+_facts: profiles.DeviceFacts | None = None
 
-    return int(psutil.virtual_memory().total * 0.75)
+
+def device_facts() -> profiles.DeviceFacts:
+    """This machine's facts (RAM, cores, CPU flags), detected once per process."""
+    global _facts
+    if _facts is None:
+        _facts = profiles.detect()
+    return _facts
+
+
+def _default_budget() -> int:
+    """3/4 of the device's RAM (a cgroup limit lower than the machine's RAM counts as the device's)."""
+    return int(device_facts().ram_bytes * 0.75)
 
 
 def default_threads() -> int:
@@ -75,6 +90,31 @@ def _parse_device(text: str) -> str:
     if t not in DEVICES:
         raise ValueError(text)
     return t
+
+
+def _parse_profile(text: str) -> str:
+    t = text.strip().lower()
+    if t not in profiles.PROFILE_NAMES:
+        raise ValueError(text)
+    return t
+
+
+def _parse_choice(*choices: str) -> Callable[[str], str | None]:
+    """A parser for a name among ``choices``; "auto" means None (the model's own default)."""
+    def parse(text: str) -> str | None:
+        t = text.strip().lower()
+        if t == "auto":
+            return None
+        if t not in choices:
+            raise ValueError(text)
+        return t
+    return parse
+
+
+IMAGE_PRECISIONS = ("fp32", "int8", "int8-conv", "winograd", "int8-winograd", "fp16", "qdq")  # export/lcm/precisions.py
+IMAGE_DECODERS = ("vae", "taesd")
+SAM_PRECISIONS = ("fp32", "int8", "qdq")
+SOURCES = ("argument", "flag", "env", "profile", "default")
 
 
 def setting(env: str, parse: Callable[[str], Any], default: Callable[[], Any], help: str, example: str):
@@ -107,15 +147,39 @@ class Settings:
                              "scheduling policy: lanes (batch work in the OS idle class beside interactive work, "
                              "threads follow the free cores) | priority (one step at a time) | fifo", "lanes")
 
+    profile: str = setting("EDGE_PROFILE", _parse_profile, lambda: "auto",
+                           "device profile: " + "|".join(profiles.PROFILE_NAMES) + " (auto picks from the RAM, "
+                           "cores and CPU flags; `edge-run devices` shows the pick and why)", "pi4-4gb")
+    image_precision: str | None = setting("EDGE_IMAGE_PRECISION", _parse_choice(*IMAGE_PRECISIONS), lambda: None,
+                                          "image model precision to load when the model has it: "
+                                          + "|".join(IMAGE_PRECISIONS) + "|auto (= the model's default)",
+                                          "int8-winograd")
+    image_decoder: str | None = setting("EDGE_IMAGE_DECODER", _parse_choice(*IMAGE_DECODERS), lambda: None,
+                                        "image decoder when a request does not name one: vae|taesd|auto "
+                                        "(= the model's default)", "taesd")
+    sam_precision: str | None = setting("EDGE_SAM_PRECISION", _parse_choice(*SAM_PRECISIONS), lambda: None,
+                                        "segmentation model precision preferred when several are installed: "
+                                        + "|".join(SAM_PRECISIONS) + "|auto", "int8")
+
+    def __post_init__(self) -> None:
+        # where each value came from; from_env fills these in (a Settings built directly is all defaults)
+        self.sources: dict[str, str] = {f.name: "default" for f in fields(self)}
+        self.reasons: dict[str, str] = {}
+        self.profile_choice: profiles.Choice | None = None
+
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None, **overrides: Any) -> "Settings":
-        """Read EDGE_* variables; keyword overrides (None = not given) win."""
+    def from_env(cls, env: dict[str, str] | None = None, *, facts: profiles.DeviceFacts | None = None,
+                 _given_by: str = "argument", _given_none: tuple[str, ...] = (), **overrides: Any) -> "Settings":
+        """Read EDGE_* variables; keyword overrides (None = not given) win over them, and both over the
+        device profile (``profile``: EDGE_PROFILE, default auto), which wins over the built-in defaults.
+        ``facts``: the device to pick for (default: this machine, detected once)."""
         env = os.environ if env is None else env
         values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
         for f in fields(cls):
             name = f.metadata["env"]
-            if overrides.get(f.name) is not None:
-                values[f.name] = overrides[f.name]
+            if overrides.get(f.name) is not None or f.name in _given_none:
+                values[f.name], sources[f.name] = overrides.get(f.name), _given_by
             elif env.get(name) not in (None, ""):
                 raw = env[name]
                 try:
@@ -123,7 +187,18 @@ class Settings:
                 except (ValueError, TypeError):
                     raise BadRequest(f"{name}={raw!r} is not valid: {f.metadata['help']}; for example "
                                      f"{name}={f.metadata['example']}.", param=name) from None
+                sources[f.name] = "env"
+        # the profile fills what was not given (an explicit "auto" for a precision/decoder is given: None)
+        facts = facts or device_facts()
+        choice = profiles.resolve(values.get("profile", "auto"), facts)
+        reasons: dict[str, str] = {}
+        for name, (value, why) in choice.profile.values(facts).items():
+            if name not in sources:
+                values[name], sources[name], reasons[name] = value, "profile", why
         s = cls(**values)
+        s.sources.update(sources)
+        s.reasons = reasons
+        s.profile_choice = choice
         s.validate()
         return s
 
@@ -133,6 +208,7 @@ class Settings:
         given) win over the EDGE_* variables, which win over the defaults. A bad flag value is a
         BadRequest naming the flag, the value and an example."""
         overrides: dict[str, Any] = {}
+        given_none: list[str] = []
         for f in fields(cls):
             raw = getattr(args, f.name, None)
             if raw is None:
@@ -146,7 +222,9 @@ class Settings:
                 flag = "--" + f.name.replace("_", "-")
                 raise BadRequest(f"{flag} {raw!r} is not valid: {f.metadata['help']}; for example "
                                  f"{flag} {f.metadata['example']}.", param=flag) from None
-        return cls.from_env(env, **overrides)
+            if overrides[f.name] is None:  # `--image-decoder auto`: given; it means the model's default
+                given_none.append(f.name)
+        return cls.from_env(env, _given_by="flag", _given_none=tuple(given_none), **overrides)
 
     def validate(self) -> None:
         if self.threads < 1:

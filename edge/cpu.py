@@ -196,3 +196,26 @@ def monitor() -> CpuLoad:
         if _monitor is None:
             _monitor = CpuLoad().start()
         return _monitor
+
+
+# ---------------------------------------------------------------------------------------------- facts
+
+SIMD_FLAGS = ("avx", "avx2", "avx512f", "avx512_vnni", "avx_vnni", "fma", "f16c",  # x86 (/proc/cpuinfo flags)
+              "neon", "asimd", "asimddp", "fphp", "asimdhp", "i8mm", "sve", "bf16")  # arm ("Features")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> frozenset[str]:
+    """The SIMD features of this CPU that matter to inference (AVX2, AVX-512 VNNI, NEON/ASIMD dot product,
+    ...), read from ``/proc/cpuinfo``'s ``flags`` (x86) or ``Features`` (arm) line; empty where it is not
+    readable (macOS, Windows)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+                cpuinfo = f.read(1 << 20)
+        except OSError:
+            return frozenset()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            return frozenset(value.split()) & frozenset(SIMD_FLAGS)
+    return frozenset()
