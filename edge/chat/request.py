@@ -7,19 +7,15 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from edge.chat.sampling import Sampling
+from edge.chat.sampling import MIN_P, REPEAT_PENALTY, TEMPERATURE, TOP_K, TOP_P, Sampling
 from edge.errors import BadRequest, ContextTooLong, check_range
 
 if TYPE_CHECKING:
     from edge.chat.tools import ToolSet
 
 ROLES = ("system", "user", "assistant", "tool")
-# Ranges shared by ChatRequest.check() and the server's pydantic bodies (so OpenAPI shows them).
-TEMPERATURE = (0.0, 2.0)
-TOP_P = (0.0, 1.0)
-MIN_P = (0.0, 1.0)
-TOP_K = (0, 1_000_000)                # 0 = off; llama.cpp takes an int32
-REPEAT_PENALTY = (0.1, 10.0)          # 1.0 = off
+# Ranges shared by ChatRequest.check() and the server's pydantic bodies (so OpenAPI shows them); the
+# sampler's (TEMPERATURE, TOP_P, MIN_P, TOP_K, REPEAT_PENALTY) live in edge.chat.sampling.
 SEED = (0, 2**32 - 1)                 # llama.cpp seeds are uint32
 MAX_TOKENS = (1, 131072)              # the largest context edge-run loads (EDGE_CTX)
 MAX_STOP = 8

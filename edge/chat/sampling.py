@@ -15,6 +15,13 @@ from typing import Any, Mapping
 
 log = logging.getLogger("edge.chat")
 
+TEMPERATURE = (0.0, 2.0)
+TOP_P = (0.0, 1.0)
+MIN_P = (0.0, 1.0)
+TOP_K = (0, 1_000_000)                # 0 = off; llama.cpp takes an int32
+REPEAT_PENALTY = (0.1, 10.0)          # 1.0 = off
+"""Accepted ranges (requests and GGUF values alike; edge.chat.request re-exports them for the server's bodies)."""
+
 GGUF_KEYS = {"temperature": "general.sampling.temp", "top_p": "general.sampling.top_p",
              "top_k": "general.sampling.top_k", "min_p": "general.sampling.min_p",
              "repeat_penalty": "general.sampling.penalty_repeat"}
@@ -45,10 +52,8 @@ class Sampling:
     def from_gguf(metadata: Mapping[str, Any], *, source: str = "model") -> "Sampling":
         """The recommended sampling a GGUF's metadata carries (llama-cpp-python gives its values as strings).
         A value that is not a finite number in edge-run's accepted range is ignored, with a warning."""
-        from edge.chat import request as limits
-
-        ranges = {"temperature": limits.TEMPERATURE, "top_p": limits.TOP_P, "top_k": limits.TOP_K,
-                  "min_p": limits.MIN_P, "repeat_penalty": limits.REPEAT_PENALTY}
+        ranges = {"temperature": TEMPERATURE, "top_p": TOP_P, "top_k": TOP_K, "min_p": MIN_P,
+                  "repeat_penalty": REPEAT_PENALTY}
         found: dict[str, float | int] = {}
         for name, key in GGUF_KEYS.items():
             raw = metadata.get(key)
