@@ -113,6 +113,13 @@ def test_engine_bad_input(engine):
 
     with pytest.raises(BadRequest, match="json_schema"):
         drain(engine.chat_steps(ChatRequest(messages=[{"role": "user", "content": "x"}], json_schema={})))
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    with pytest.raises(BadRequest, match="`tools` need a GGUF model") as err:  # a call needs a grammar
+        drain(engine.chat_steps(ChatRequest(messages=[{"role": "user", "content": "x"}], tools=tools).check()))
+    assert err.value.param == "tools"
+    res = drain(engine.chat_steps(ChatRequest(messages=[{"role": "user", "content": "x"}], tools=tools,
+                                              tool_choice="none", max_tokens=2).check()))[1]
+    assert res.tool_calls is None and res.seed is not None  # "none" hides the tools: plain text, a drawn seed
     # edge/chat/slots.py's one message: both numbers and the fix, capped by the model's context_length (1024)
     for words, fix in ((150, "Shorten the conversation (/reset) or load with a larger context (--ctx 1024)."),
                        (600, "Shorten the conversation (/reset): this model is made for at most 1024 tokens.")):
