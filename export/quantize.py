@@ -5,6 +5,7 @@
 - :func:`fp16`          float16 weights and compute, float32 inputs/outputs kept
 - :func:`static_qdq`    static int8 in QDQ format from a calibration reader (for NPU execution providers)
 - :func:`save_onnx`     save a ModelProto, with external data when it would pass protobuf's 2 GB limit
+- :func:`move_onnx`     move a model and stream its external tensors into one data file (no weights in memory)
 """
 
 from __future__ import annotations
@@ -131,18 +132,100 @@ def static_qdq(src: str | Path, dst: str | Path, reader, *, per_channel: bool = 
 
 def _consolidate(path: str | Path) -> None:
     """Rewrite a model's external tensors into a single ``<name>.data`` file (or inline if small)."""
-    import onnx
+    move_onnx(path, path)
 
-    path = Path(path)
-    folder = path.parent
-    before = set(os.listdir(folder))
-    model = onnx.load(str(path), load_external_data=True)
-    locations = {init.external_data[i].value for init in model.graph.initializer
-                 for i in range(len(init.external_data)) if init.external_data[i].key == "location"}
-    for init in model.graph.initializer:  # now loaded in memory: drop the old references
-        del init.external_data[:]
-        init.data_location = onnx.TensorProto.DEFAULT
-    save_onnx(model, path)
-    keep = {path.name, path.name + ".data"}
-    for name in locations & before - keep:
-        (folder / name).unlink(missing_ok=True)
+
+def _external_info(tensor) -> dict[str, str]:
+    return {e.key: e.value for e in tensor.external_data}
+
+
+def move_onnx(src: str | Path, dst: str | Path, *, chunk: int = 64 << 20) -> Path:
+    """Write the model ``src`` (its external tensors in any number of files beside it) as ``dst`` with every
+    tensor in one ``<dst>.data`` file, or inline when the whole model is under protobuf's limit.
+
+    Large models are streamed: the graph is read without its weights and each tensor's bytes are copied
+    file to file in ``chunk`` pieces, so a multi-GB UNet never sits in memory (onnx.load + save would hold
+    all of it, twice while serializing). The files ``src`` referred to are deleted (``src`` too, unless it
+    is ``dst``)."""
+    import shutil
+
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors
+
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    model = onnx.load(str(src), load_external_data=False)
+    tensors = [t for t in _get_all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
+    locations = {_external_info(t)["location"] for t in tensors}
+    external = sum(int(_external_info(t).get("length", 0)) or (src.parent / _external_info(t)["location"]).stat().st_size
+                   for t in tensors)
+    data = dst.with_name(dst.name + ".data")
+    if not tensors:  # all inline already
+        if src != dst:
+            data.unlink(missing_ok=True)
+            shutil.move(str(src), str(dst))
+        return dst
+    if external + model.ByteSize() <= PROTOBUF_LIMIT:  # small: inline (one file) as save_onnx would write it
+        del model
+        full = onnx.load(str(src), load_external_data=True)
+        for t in _get_all_tensors(full):
+            del t.external_data[:]
+            t.data_location = onnx.TensorProto.DEFAULT
+        save_onnx(full, dst, external=False)
+    else:
+        save_streamed(model, dst, src.parent, chunk=chunk)
+    for name in locations - {data.name} if src.parent == dst.parent else locations:
+        (src.parent / name).unlink(missing_ok=True)
+    if src != dst:
+        src.unlink(missing_ok=True)
+    return dst
+
+
+def save_streamed(model, dst: str | Path, base_dir: str | Path, *, chunk: int = 64 << 20) -> Path:
+    """Save ``model`` as ``dst`` + one ``<dst>.data``: tensors stored outside the model (paths relative to
+    ``base_dir``) are copied file to file in ``chunk`` pieces, tensors held in memory (>= 1 KB) are written
+    and dropped from the proto. Nothing but the graph and the in-memory tensors is ever in RAM."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors
+
+    dst, base_dir = Path(dst), Path(base_dir)
+    data = dst.with_name(dst.name + ".data")
+    partial = dst.with_name(dst.name + ".data.partial")
+    handles: dict[str, object] = {}
+    with open(partial, "wb") as out:
+        try:
+            for t in _get_all_tensors(model):
+                if t.data_location == onnx.TensorProto.EXTERNAL:
+                    info = _external_info(t)
+                    f = handles.get(info["location"])
+                    if f is None:
+                        f = handles[info["location"]] = open(base_dir / info["location"], "rb")
+                    f.seek(int(info.get("offset", 0)))
+                    left = int(info["length"]) if "length" in info else -1
+                    offset = out.tell()
+                    while left != 0:
+                        piece = f.read(chunk if left < 0 else min(chunk, left))
+                        if not piece:
+                            break
+                        out.write(piece)
+                        left = left - len(piece) if left > 0 else left
+                    length = out.tell() - offset
+                    t.ClearField("raw_data")
+                elif t.HasField("raw_data") and len(t.raw_data) >= 1024:
+                    offset = out.tell()
+                    out.write(t.raw_data)
+                    length = len(t.raw_data)
+                    t.ClearField("raw_data")
+                else:
+                    continue
+                del t.external_data[:]
+                for key, value in (("location", data.name), ("offset", str(offset)), ("length", str(length))):
+                    entry = t.external_data.add()
+                    entry.key, entry.value = key, value
+                t.data_location = onnx.TensorProto.EXTERNAL
+        finally:
+            for f in handles.values():
+                f.close()
+    onnx.save_model(model, str(dst))
+    os.replace(partial, data)
+    return dst

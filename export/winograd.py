@@ -207,13 +207,24 @@ def choose(rules: tuple[Rule, ...], c_in: int, c_out: int, side: tuple[int, int]
     return None
 
 
-def rewrite(model, input_shapes: dict[str, list[int]], rules: tuple[Rule, ...] = FP32_RULES) -> list[Rewritten]:
+def rewrite(model, input_shapes: dict[str, list[int]], rules: tuple[Rule, ...] = FP32_RULES,
+            base_dir: str | Path | None = None) -> list[Rewritten]:
     """Replace, in place, every eligible 3x3 convolution of ``model`` (see :func:`eligible`) that a rule picks
-    at ``input_shapes`` by its Winograd subgraph; returns what was replaced."""
+    at ``input_shapes`` by its Winograd subgraph; returns what was replaced. ``base_dir``: where a model
+    loaded without its external data keeps it (each rewritten weight is read from there, one at a time)."""
     from onnx import numpy_helper
 
+    def array(name: str) -> np.ndarray:
+        if base_dir is None:
+            return numpy_helper.to_array(consts[name])
+        import onnx
+
+        t = onnx.TensorProto()
+        t.CopyFrom(consts[name])  # to_array loads external data into the proto it is given: not the model's
+        return numpy_helper.to_array(t, str(base_dir))
+
     # 1. reference shapes and the constant weights
-    shapes = static_shapes(model, input_shapes)
+    shapes = static_shapes(model, input_shapes, base_dir)
     consts = {t.name: t for t in model.graph.initializer}
     uses: dict[str, int] = {}
     for n in model.graph.node:
@@ -228,8 +239,8 @@ def rewrite(model, input_shapes: dict[str, list[int]], rules: tuple[Rule, ...] =
         if rule is None:
             new_nodes.append(node)
             continue
-        w = numpy_helper.to_array(consts[node.input[1]])
-        bias = numpy_helper.to_array(consts[node.input[2]]) if len(node.input) > 2 and node.input[2] else None
+        w = array(node.input[1])
+        bias = array(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         nodes, inits = winograd_subgraph(node, w, bias, rule.m, weights=rule.weights)
         new_nodes.extend(nodes)
         model.graph.initializer.extend(inits)
@@ -254,12 +265,20 @@ def rewrite(model, input_shapes: dict[str, list[int]], rules: tuple[Rule, ...] =
 
 def winograd_file(src: str | Path, dst: str | Path, input_shapes: dict[str, list[int]],
                   rules: tuple[Rule, ...] = FP32_RULES) -> list[Rewritten]:
-    """:func:`rewrite` from one ONNX file to another (external data when over ~2 GB)."""
+    """:func:`rewrite` from one ONNX file to another (external data when over ~2 GB). A model stored with
+    external data is never loaded whole: the convolutions' weights are read one at a time and the other
+    tensors are streamed file to file (export.quantize.save_streamed)."""
     import onnx
 
-    from export.quantize import save_onnx
+    from export.quantize import is_large, save_onnx, save_streamed
 
-    model = onnx.load(str(src), load_external_data=True)
-    done = rewrite(model, input_shapes, rules)
-    save_onnx(model, dst)
+    src = Path(src)
+    if not is_large(src):
+        model = onnx.load(str(src), load_external_data=True)
+        done = rewrite(model, input_shapes, rules)
+        save_onnx(model, dst)
+        return done
+    model = onnx.load(str(src), load_external_data=False)
+    done = rewrite(model, input_shapes, rules, base_dir=src.parent)
+    save_streamed(model, dst, src.parent)
     return done

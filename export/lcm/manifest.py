@@ -6,27 +6,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from edge.manifest import SIZE_MULTIPLE, DecoderInfo, ImageManifest, UNetInfo, VaeInfo
-from export.lcm.sources import Source, vae_scale_factor
+from export.lcm.sources import OnDemand, Source, vae_scale_factor
 from export.verify import finite
 
 
-def image_manifest(src: Source, model_id: str, files: dict[str, dict[str, str]], default_precision: str,
+def image_manifest(src: Source | OnDemand, model_id: str, files: dict[str, dict[str, str]], default_precision: str,
                    report: dict) -> ImageManifest:
     """The manifest of ``files`` (precision -> component -> path); ``report`` gives sizes and verify figures."""
-    decoders = {"vae": DecoderInfo(scaling_factor=float(src.vae.config.scaling_factor))}
-    if src.taesd is not None:
-        decoders["taesd"] = DecoderInfo(scaling_factor=float(src.taesd.config.scaling_factor))
+    unet, vae = src.config("unet"), src.config("vae")
+    decoders = {"vae": DecoderInfo(scaling_factor=float(vae.scaling_factor))}
+    if src.has("taesd"):
+        decoders["taesd"] = DecoderInfo(scaling_factor=float(src.config("taesd").scaling_factor))
     precisions = report["precisions"]
     return ImageManifest(
         id=model_id, format="onnx", family="lcm", recipe="lcm", source=src.info, precision=default_precision,
         precisions=files, tokenizer="tokenizer/tokenizer.json", scheduler=src.scheduler_config,
-        unet=UNetInfo(time_cond_proj_dim=int(src.unet.config.time_cond_proj_dim),
-                      in_channels=int(src.unet.config.in_channels),
-                      cross_attention_dim=int(src.unet.config.cross_attention_dim)),
-        vae=VaeInfo(scaling_factor=float(src.vae.config.scaling_factor), scale_factor=vae_scale_factor(src),
-                    latent_channels=int(src.vae.config.latent_channels)),
+        unet=UNetInfo(time_cond_proj_dim=int(unet.time_cond_proj_dim),
+                      in_channels=int(unet.in_channels),
+                      cross_attention_dim=int(unet.cross_attention_dim)),
+        vae=VaeInfo(scaling_factor=float(vae.scaling_factor), scale_factor=vae_scale_factor(src),
+                    latent_channels=int(vae.latent_channels)),
         decoders=decoders, default_decoder="vae", size_multiple=SIZE_MULTIPLE,
-        default_size=int(src.unet.config.sample_size) * vae_scale_factor(src),
+        default_size=int(unet.sample_size) * vae_scale_factor(src),
         # bytes of the files each precision loads (the folder holds all precisions; a RAM estimate wants this)
         load_bytes={p: r["bytes"] for p, r in precisions.items()},
         verify={p: {"image_max_diff_255": r["image"]["max_diff_255"], "image_psnr": finite(r["image"]["psnr"])}

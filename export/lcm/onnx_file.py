@@ -8,13 +8,22 @@ from typing import Any
 
 import numpy as np
 
-from export.lcm.sources import Source, vae_scale_factor
+from export.lcm.sources import OnDemand, Source, vae_scale_factor
 
 COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder", "taesd_decoder")
 
 
-def wrappers(src: Source) -> dict[str, Any]:
-    """Component name -> a torch module whose forward is that graph's interface (eval mode)."""
+PART = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae", "vae_encoder": "vae",
+        "taesd_decoder": "taesd"}  # component -> the PyTorch module (export.lcm.sources.PARTS) it comes from
+
+
+def components(src: Source | OnDemand) -> list[str]:
+    """The components ``src`` has, in export order."""
+    return [c for c in COMPONENTS if src.has(PART[c])]
+
+
+def wrap(name: str, module) -> Any:
+    """A torch module whose forward is component ``name``'s graph interface over ``module`` (eval mode)."""
     import torch
 
     class TextEncoder(torch.nn.Module):
@@ -53,26 +62,29 @@ def wrappers(src: Source) -> dict[str, Any]:
             dist = self.m.encode(sample).latent_dist
             return dist.mean, dist.std
 
-    out = {"text_encoder": TextEncoder(src.text_encoder), "unet": UNet(src.unet),
-           "vae_decoder": Decoder(src.vae), "vae_encoder": Encoder(src.vae)}
-    if src.taesd is not None:
-        out["taesd_decoder"] = Decoder(src.taesd)
-    return {k: v.eval() for k, v in out.items()}
+    cls = {"text_encoder": TextEncoder, "unet": UNet, "vae_decoder": Decoder, "vae_encoder": Encoder,
+           "taesd_decoder": Decoder}[name]
+    return cls(module).eval()
 
 
-def sample_inputs(src: Source, name: str, side: int, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+def wrappers(src: Source) -> dict[str, Any]:
+    """Component name -> its :func:`wrap` over a Source holding every module."""
+    return {name: wrap(name, getattr(src, PART[name])) for name in components(src)}
+
+
+def sample_inputs(src: Source | OnDemand, name: str, side: int, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
     """Example feeds for a component at image side ``side``."""
     rng = np.random.default_rng(seed)
     f = vae_scale_factor(src)
     lat = side // f
-    hidden = src.text_encoder.config.hidden_size
+    hidden = src.config("text_encoder").hidden_size
     if name == "text_encoder":
         return {"input_ids": rng.integers(0, len(src.vocab) - 2, size=(batch, 77)).astype(np.int64)}
     if name == "unet":
         return {"sample": rng.standard_normal((batch, 4, lat, lat), dtype=np.float32),
                 "timestep": np.array([759], dtype=np.int64),
                 "encoder_hidden_states": rng.standard_normal((batch, 77, hidden), dtype=np.float32),
-                "timestep_cond": rng.standard_normal((batch, src.unet.config.time_cond_proj_dim), dtype=np.float32)}
+                "timestep_cond": rng.standard_normal((batch, src.config("unet").time_cond_proj_dim), dtype=np.float32)}
     if name in ("vae_decoder", "taesd_decoder"):
         return {"latent_sample": rng.standard_normal((batch, 4, lat, lat), dtype=np.float32)}
     if name == "vae_encoder":
@@ -93,11 +105,11 @@ OUTPUT_NAMES = {"text_encoder": ["last_hidden_state"], "unet": ["out_sample"], "
                 "taesd_decoder": ["sample"], "vae_encoder": ["latent_mean", "latent_std"]}
 
 
-def unet_trace_side(src: Source) -> int:
+def unet_trace_side(src: Source | OnDemand) -> int:
     """Image side for tracing the UNet whose latent side is NOT a multiple of the UNet's overall
     up-factor: diffusers then passes the skip connections' sizes to every upsampler, so the exported
     graph accepts any latent size (any image side that is a multiple of 8)."""
-    up = 2 ** (len(src.unet.config.block_out_channels) - 1)
+    up = 2 ** (len(src.config("unet").block_out_channels) - 1)
     lat = 2 * up + 1 if up > 1 else 9
     return lat * vae_scale_factor(src)
 
@@ -107,10 +119,10 @@ def export_component(module, name: str, feeds: dict[str, np.ndarray], path: Path
     import shutil
     import tempfile
 
-    import onnx
     import torch
 
-    from export.quantize import save_onnx
+    from export.lcm.sources import release_memory
+    from export.quantize import move_onnx
 
     args = tuple(torch.from_numpy(v) for v in feeds.values())
     scratch = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=path.parent))
@@ -119,8 +131,9 @@ def export_component(module, name: str, feeds: dict[str, np.ndarray], path: Path
             torch.onnx.export(module, args, str(scratch / "model.onnx"), input_names=list(feeds),
                               output_names=OUTPUT_NAMES[name], dynamic_axes=DYNAMIC_AXES[name],
                               opset_version=opset, do_constant_folding=True, dynamo=False)
-        model = onnx.load(str(scratch / "model.onnx"), load_external_data=True)
-        save_onnx(model, path)
+        del args
+        release_memory()  # the exporter's graph copies, before the weights are streamed into place
+        move_onnx(scratch / "model.onnx", path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return path

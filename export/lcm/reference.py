@@ -8,7 +8,7 @@ from typing import Callable
 
 import numpy as np
 
-from export.lcm.sources import Source
+from export.lcm.sources import OnDemand, Source
 from export.lcm.tokenizer import read_tokenizer
 
 
@@ -21,29 +21,39 @@ def torch_noise(seed: int) -> Callable[[tuple[int, ...]], np.ndarray]:
     return lambda shape: torch.randn(tuple(shape), generator=g, dtype=torch.float32).numpy()
 
 
-def diffusers_pipeline(src: Source, tokenizer_dir: Path, img2img: bool = False):
-    """diffusers' LatentConsistencyModel(Img2Img)Pipeline over the same PyTorch components (the reference)."""
+def diffusers_pipeline(src: Source, tokenizer_dir: Path, img2img: bool = False, **modules):
+    """diffusers' LatentConsistencyModel(Img2Img)Pipeline over the same PyTorch components (the reference);
+    ``modules`` (text_encoder=, unet=, vae=) replace ``src``'s, None leaving one out."""
     from diffusers import LatentConsistencyModelImg2ImgPipeline, LatentConsistencyModelPipeline, LCMScheduler
     from transformers import CLIPTokenizer
 
     vocab, merges = read_tokenizer(tokenizer_dir)
     tok = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
     cls = LatentConsistencyModelImg2ImgPipeline if img2img else LatentConsistencyModelPipeline
-    pipe = cls(vae=src.vae, text_encoder=src.text_encoder, tokenizer=tok, unet=src.unet,
-               scheduler=LCMScheduler.from_config(src.scheduler_config), safety_checker=None,
-               feature_extractor=None, requires_safety_checker=False)
+    parts = {p: modules[p] if p in modules else getattr(src, p) for p in ("text_encoder", "unet", "vae")}
+    pipe = cls(tokenizer=tok, scheduler=LCMScheduler.from_config(src.scheduler_config), safety_checker=None,
+               feature_extractor=None, requires_safety_checker=False, **parts)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def reference_image(src: Source, tokenizer_dir: Path, prompt: str, side: int, steps: int, seed: int,
+def reference_image(src: Source | OnDemand, tokenizer_dir: Path, prompt: str, side: int, steps: int, seed: int,
                     guidance_scale: float = 8.0, init_image=None, strength: float = 0.6) -> np.ndarray:
-    """uint8 (H, W, 3) from diffusers, with torch.Generator(seed)."""
+    """uint8 (H, W, 3) from diffusers, with torch.Generator(seed). diffusers' own encode_prompt runs with
+    the text encoder alone, then its denoising loop and decode with the UNet and VAE (the same computation
+    as one pipeline call, without the three modules in memory at once)."""
     import torch
 
-    pipe = diffusers_pipeline(src, tokenizer_dir, img2img=init_image is not None)
-    kw = dict(image=init_image, strength=strength) if init_image is not None else dict(height=side, width=side)
+    img2img = init_image is not None
     with torch.inference_mode():
-        out = pipe(prompt, num_inference_steps=steps, guidance_scale=guidance_scale,
-                   generator=[torch.Generator().manual_seed(seed)], output_type="np", **kw).images
+        with src.using("text_encoder") as te:
+            pipe = diffusers_pipeline(src, tokenizer_dir, img2img, text_encoder=te, unet=None, vae=None)
+            embeds, _ = pipe.encode_prompt(prompt, torch.device("cpu"), 1, False)
+            del pipe
+        with src.using("unet") as unet, src.using("vae") as vae:
+            pipe = diffusers_pipeline(src, tokenizer_dir, img2img, text_encoder=None, unet=unet, vae=vae)
+            kw = dict(image=init_image, strength=strength) if img2img else dict(height=side, width=side)
+            out = pipe(prompt_embeds=embeds, num_inference_steps=steps, guidance_scale=guidance_scale,
+                       generator=[torch.Generator().manual_seed(seed)], output_type="np", **kw).images
+            del pipe
     return (out[0] * 255).round().astype(np.uint8)

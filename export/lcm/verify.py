@@ -11,10 +11,10 @@ from typing import Any, Callable
 import numpy as np
 
 from export.lcm.manifest import image_manifest, runtime_components
-from export.lcm.onnx_file import sample_inputs, wrappers
+from export.lcm.onnx_file import PART, components, sample_inputs, wrap
 from export.lcm.precisions import EXACT
 from export.lcm.reference import reference_image, torch_noise
-from export.lcm.sources import Source
+from export.lcm.sources import OnDemand, Source, release_memory
 from export.verify import psnr
 
 VERIFY_PROMPT = "a lighthouse at dusk, oil painting"
@@ -31,7 +31,7 @@ def latency_ms(fn: Callable[[], Any], repeat: int = 2) -> float:
     return best * 1000
 
 
-def verify(src: Source, folder: Path, files: dict[str, dict[str, str]], side: int, steps: int, seed: int,
+def verify(src: Source | OnDemand, folder: Path, files: dict[str, dict[str, str]], side: int, steps: int, seed: int,
            threads: int) -> dict:
     """Every artifact vs its PyTorch module (max abs diff, latency) and the final image of every
     precision vs diffusers' fp32 PyTorch pipeline (max diff in 1/255 units, PSNR)."""
@@ -41,14 +41,16 @@ def verify(src: Source, folder: Path, files: dict[str, dict[str, str]], side: in
     from edge.image.pipeline import ImageRequest, LCMPipeline
     from export.quantize import onnx_size
 
-    modules = wrappers(src)
     ref_img = reference_image(src, folder / "tokenizer", VERIFY_PROMPT, side, steps, seed)
+    names = components(src)
+    feeds = {name: sample_inputs(src, name, side, seed=seed + 1) for name in names}
     torch_out: dict[str, list[np.ndarray]] = {}
-    feeds = {name: sample_inputs(src, name, side, seed=seed + 1) for name in modules}
-    for name, module in modules.items():
-        with torch.inference_mode():
-            o = module(*[torch.from_numpy(v) for v in feeds[name].values()])
-        torch_out[name] = [t.numpy() for t in (o if isinstance(o, tuple) else (o,))]
+    for name in names:  # one PyTorch module in memory at a time
+        with src.using(PART[name]) as module, torch.inference_mode():
+            o = wrap(name, module)(*[torch.from_numpy(v) for v in feeds[name].values()])
+            torch_out[name] = [t.numpy() for t in (o if isinstance(o, tuple) else (o,))]
+            del o
+    release_memory()
     report: dict[str, Any] = {"verify": {"side": side, "steps": steps, "seed": seed, "prompt": VERIFY_PROMPT},
                               "precisions": {}}
     for precision, comp in files.items():
@@ -76,6 +78,8 @@ def verify(src: Source, folder: Path, files: dict[str, dict[str, str]], side: in
         except StopIteration as stop:
             img = np.asarray(stop.value[0])
         total = time.perf_counter() - t0
+        del comps, pipe, gen  # the precision's sessions go before the next precision's open
+        release_memory()
         d = np.abs(img.astype(np.int16) - ref_img.astype(np.int16))
         report["precisions"][precision] = {
             "components": rows,

@@ -5,7 +5,7 @@ Source: a diffusers LCM pipeline folder or hub id (e.g. SimianLuo/LCM_Dreamshape
 time_cond_proj_dim, AutoencoderKL, AutoencoderTiny) with seeded random weights and the real CLIP BPE
 vocabulary from the open_clip_torch wheel.
 
-Stages: 1. check -> 2. source -> 3. export fp32 ONNX -> 4. quantize (int8 dynamic, fp16, QDQ static,
+Stages: 1. check -> 2. source (one module at a time, see export.lcm.sources.OnDemand) -> 3. export fp32 ONNX -> 4. quantize (int8 dynamic, fp16, QDQ static,
 Winograd) -> 5. verify every artifact against PyTorch and the final image against diffusers' pipeline ->
 6. write tokenizer, report.json and edge-model.json, atomically (export.artifacts.ArtifactDir) -> 7. --add.
 The work of each stage lives in :mod:`export.lcm`; this module is the order of the stages and the options.
@@ -13,8 +13,10 @@ The work of each stage lives in :mod:`export.lcm`; this module is the order of t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,7 +100,12 @@ def check(cfg: Config) -> Plan:
 
 
 def run(cfg: Config) -> Path:
-    """Export, quantize, verify, write. Returns the finished artifact folder."""
+    """Export, quantize, verify, write. Returns the finished artifact folder.
+
+    Memory: one PyTorch module at a time (export.lcm.sources.OnDemand), ONNX files moved and quantized with
+    their weights streamed from disk, one onnxruntime session (or one precision's pipeline) at a time:
+    the peak is about the largest component twice, not the whole model several times (report.json
+    ``resources`` has each stage's seconds and peak RSS)."""
     cfg = _common.typed(Config, cfg)
     import torch
     from tqdm import tqdm
@@ -106,6 +113,8 @@ def run(cfg: Config) -> Path:
     from export.lcm import onnx_file, precisions as P, sources
     from export.lcm.calibrate import calibration_feeds
     from export.lcm.manifest import image_manifest
+    from export.lcm.resources import StageMeter
+    from export.lcm.sources import release_memory
     from export.lcm.tokenizer import write_tokenizer
     from export.lcm.verify import verify
 
@@ -114,37 +123,44 @@ def run(cfg: Config) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     threads = cfg.threads or torch.get_num_threads()
+    model_id = cfg.model_id or sources.default_model_id(cfg.source, cfg.random_init)
+    out = cfg.out or Path(model_id)
     stages = ["source", "export fp32"] + [f"quantize {p}" for p in plan.precisions if p != "fp32"] + ["verify", "write"]
     bar = tqdm(total=len(stages), desc="lcm export", unit="stage", disable=cfg.no_progress)
+    meter = StageMeter()
 
-    # 2. source
-    bar.set_postfix_str("source")
-    if cfg.random_init:
-        src = sources.random_components(cfg.random_init, cfg.seed, with_taesd=plan.taesd is not None)
-    else:
-        src = sources.load_components(cfg.source, cfg.revision, plan.taesd)
-    model_id = cfg.model_id or src.model_id
-    out = cfg.out or Path(model_id)
-    verify_side = plan.verify_side
-    vae_scale = sources.vae_scale_factor(src)
-    bar.update()
+    with ArtifactDir(out, overwrite=cfg.overwrite) as tmp, contextlib.ExitStack() as scratch_dir:
+        # the PyTorch modules wait on disk beside the output (not in /tmp, often RAM) until they are needed
+        scratch = Path(scratch_dir.enter_context(tempfile.TemporaryDirectory(
+            prefix=f".{Path(out).name}.source.", suffix=".partial", dir=Path(out).absolute().parent)))
 
-    with ArtifactDir(out, overwrite=cfg.overwrite) as tmp:
-        # 3. export fp32
+        # 2. source
+        bar.set_postfix_str("source")
+        with meter.stage("source"):
+            if cfg.random_init:
+                src = sources.random_to_disk(cfg.random_init, cfg.seed, scratch, with_taesd=plan.taesd is not None)
+            else:
+                src = sources.load_components(cfg.source, cfg.revision, plan.taesd, scratch)
+        verify_side = plan.verify_side
+        vae_scale = sources.vae_scale_factor(src)
+        bar.update()
+
+        # 3. export fp32, one component at a time
         bar.set_postfix_str("export fp32")
         write_tokenizer(tmp / "tokenizer", src.vocab, src.merges)
-        modules = onnx_file.wrappers(src)
         (tmp / "fp32").mkdir()
         files: dict[str, dict[str, str]] = {"fp32": {}}
-        for name, module in modules.items():
+        for name in onnx_file.components(src):
             side = onnx_file.unet_trace_side(src) if name == "unet" else verify_side
-            onnx_file.export_component(module, name, onnx_file.sample_inputs(src, name, side, seed=cfg.seed),
-                                       tmp / "fp32" / f"{name}.onnx", cfg.opset)
+            with meter.stage(f"export fp32 {name}"), src.using(onnx_file.PART[name]) as module:
+                onnx_file.export_component(onnx_file.wrap(name, module), name,
+                                           onnx_file.sample_inputs(src, name, side, seed=cfg.seed),
+                                           tmp / "fp32" / f"{name}.onnx", cfg.opset)
             files["fp32"][name] = f"fp32/{name}.onnx"
         bar.update()
 
         # 4. quantize / rewrite
-        winograd_side = cfg.winograd_size or int(src.unet.config.sample_size) * vae_scale
+        winograd_side = cfg.winograd_size or int(src.config("unet").sample_size) * vae_scale
         calibration = functools.partial(calibration_feeds, src, tmp, files["fp32"], verify_side, cfg.verify_steps,
                                         threads)
         for p in sorted(plan.precisions, key=PRECISIONS.index):  # winograd before int8-winograd, which shares it
@@ -154,19 +170,22 @@ def run(cfg: Config) -> Path:
             (tmp / p).mkdir()
             files[p] = dict(files["fp32"])
             for name in P.QUANTIZED[p]:
-                if name not in modules:
+                if name not in files["fp32"]:
                     continue
                 if shared := P.shared_component(p, name, files):
                     files[p][name] = shared
                     continue
-                P.make_precision(p, name, tmp / files["fp32"][name], tmp / p / f"{name}.onnx",
-                                 winograd_side=winograd_side, vae_scale=vae_scale, calibration=calibration)
+                with meter.stage(f"quantize {p} {name}"):
+                    P.make_precision(p, name, tmp / files["fp32"][name], tmp / p / f"{name}.onnx",
+                                     winograd_side=winograd_side, vae_scale=vae_scale, calibration=calibration)
+                    release_memory()
                 files[p][name] = f"{p}/{name}.onnx"
             bar.update()
 
         # 5. verify
         bar.set_postfix_str("verify")
-        report = verify(src, tmp, files, verify_side, cfg.verify_steps, cfg.seed, threads)
+        with meter.stage("verify"):
+            report = verify(src, tmp, files, verify_side, cfg.verify_steps, cfg.seed, threads)
         report.update({"model_id": model_id, "source": src.info, "opset": cfg.opset,
                        "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
         for p in (p for p in EXACT if p in report["precisions"]):
@@ -176,8 +195,10 @@ def run(cfg: Config) -> Path:
                                    + json.dumps(report["precisions"][p], indent=1))
         bar.update()
 
-        # 6. write manifest and report
+        # 6. write manifest and report (the resources up to here: hashing the files for the manifest follows)
         bar.set_postfix_str("write")
+        report["resources"] = meter.report()
+        meter.close()
         write_json(tmp / REPORT, report)
         m = image_manifest(src, model_id, files, plan.default_precision, report)
         m.files = file_table(tmp)
