@@ -27,6 +27,7 @@ from edge.registry.pull import pull, pull_hub
 from edge.scheduler import JobHandle, Scheduler
 
 if TYPE_CHECKING:
+    from edge.image.options import ImageOptions
     from edge.registry.lock import ModelEntry
     from edge.segment.postprocess import SegmentResult
 
@@ -79,7 +80,7 @@ class Runtime:
         the id it was pulled as, and is pulled first when ``auto_pull`` allows) or the task's default."""
         cat = self.catalog
         if model is None:
-            entry = cat.default_for(task)
+            entry = self._in_preferred_precision(task) or cat.default_for(task)
             if entry is None:
                 recipe = cat.recipe_for(task)
                 how = (f"Run `edge-run pull {recipe.id}` (downloads {recipe.upstream} and exports it here)"
@@ -93,6 +94,22 @@ class Runtime:
         if entry.task != task:
             raise BadRequest(f"model {entry.id!r} is a {entry.task} model, not a {task} model.", param="model")
         return entry.id
+
+    def _in_preferred_precision(self, task: str) -> "ModelEntry | None":
+        """The installed segmentation model in EDGE_SAM_PRECISION (or the profile's), when the task's default
+        is not in it and another installed one is; None otherwise (then the task's default applies)."""
+        want = self.settings.sam_precision if task == "segment" else None
+        if want is None:
+            return None
+        cat = self.catalog
+        default = cat.default_for(task)
+        for entry in sorted((e for e in cat if e.task == task), key=lambda e: e is not default):
+            folder = self.store.model_dir(entry.id)
+            if not (folder / mf.MANIFEST_FILE).is_file() or not self.store.is_installed(entry):
+                continue
+            if mf.read(folder, model_id=entry.id).precision == want:
+                return entry
+        return None
 
     def _model_lock(self, model_id: str) -> threading.Lock:
         with self._pull_lock:
@@ -175,19 +192,42 @@ class Runtime:
         if model_id in self._verified:
             self._still_verified(self.catalog.get(model_id))
 
+    def image_options(self, model_id: str) -> "ImageOptions":
+        """The precision and default decoder ``model_id`` loads with here (EDGE_IMAGE_PRECISION /
+        EDGE_IMAGE_DECODER or the profile's, when the model has them; else the model's), with why."""
+        from edge.image.options import image_options
+
+        manifest = self.manifest(model_id)
+        return image_options(manifest, precision=self.settings.image_precision, decoder=self.settings.image_decoder)
+
     def _estimate(self, model_id: str) -> int:
+        """RAM ``model_id`` holds once loaded and used, before any measurement: the loaded precision's files
+        (mmapped GGUF pages become resident as they are touched, so the whole file counts), plus the KV
+        cache of a chat model and the embedding cache of a segmentation model. The scheduler keeps the
+        larger of this and what it measures."""
         entry = self.catalog.get(model_id)
         size = entry.size
         # multi-precision exports: only the loaded precision's files count. The doors verified the model
         # (and read its manifest) before submitting; a job submitted directly may reach here first.
         verified = self._verified.get(model_id)
-        if verified is not None:
-            size = verified[0].manifest.loaded_bytes() or size
-        elif (self.store.model_dir(model_id) / mf.MANIFEST_FILE).is_file():
-            size = mf.read(self.store.model_dir(model_id), model_id=model_id).loaded_bytes() or size
+        manifest = verified[0].manifest if verified is not None else None
+        if manifest is None and (self.store.model_dir(model_id) / mf.MANIFEST_FILE).is_file():
+            manifest = mf.read(self.store.model_dir(model_id), model_id=model_id)
+        if isinstance(manifest, mf.ImageManifest):
+            from edge.image.options import image_options
+
+            precision = image_options(manifest, precision=self.settings.image_precision).precision
+            size = manifest.load_bytes.get(precision) or size
+        elif manifest is not None:
+            size = manifest.loaded_bytes() or size
+        extra = 0
         if entry.task == "chat":
-            size += 64 << 20  # KV cache + compute buffers of a small model at the default context
-        return int(size * 1.1)
+            extra = 64 << 20  # KV cache + compute buffers of a small model at the default context
+        elif entry.task == "segment":
+            from edge.segment.engine import cache_budget
+
+            extra = cache_budget(self.settings.ram_budget)  # the embedding cache may fill to its budget
+        return int(size * 1.1) + extra
 
     def _load_engine(self, model_id: str, threads: int) -> Any:
         model = self.ensure(model_id)
@@ -195,6 +235,9 @@ class Runtime:
         extra: dict[str, Any] = {"ram_budget": self.settings.ram_budget}
         if model.task == "chat":
             extra = {"slots": self.settings.chat_slots, "n_ctx": self.settings.ctx}
+        elif model.task == "image":
+            options = self.image_options(model_id)
+            extra.update(precision=options.precision, default_decoder=options.decoder)
         try:
             return cls.load(model, threads=threads, device=self.settings.device, **extra)
         except EdgeError:

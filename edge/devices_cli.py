@@ -1,6 +1,8 @@
-"""`edge-run devices [--json]`: the execution providers found here (CPU, NPU plugins such as
-onnxruntime-qnn, built-in EPs) and, for every installed model, what each ONNX component would run on
-with the current --device (and whether its compiled NPU graph is already cached)."""
+"""`edge-run devices [--json]`: what this machine is (RAM -- a cgroup limit counts --, cores, CPU flags),
+the device profile chosen and why, every setting with where it came from (flag, env, profile, default),
+the execution providers found here (CPU, NPU plugins such as onnxruntime-qnn, built-in EPs) and, for
+every installed model, what each ONNX component would run on with the current --device (and whether its
+compiled NPU graph is already cached), and the precision / decoder an image model loads with."""
 
 from __future__ import annotations
 
@@ -23,11 +25,32 @@ def model_components(model) -> list[Path]:
     return [Path(model.dir) / f for f in dict.fromkeys(files)]
 
 
+def profile_report(settings) -> dict:
+    """The detected facts, the profile and why, and each setting's value, source and reason."""
+    from dataclasses import fields
+
+    from edge.config import device_facts
+
+    choice = settings.profile_choice
+    rows = []
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        rows.append({"setting": f.name, "env": f.metadata["env"], "value": str(value) if value is not None else None,
+                     "source": settings.sources.get(f.name, "default"), "why": settings.reasons.get(f.name, "")})
+    return {"detected": device_facts().to_dict(),
+            "profile": {"name": choice.name if choice else settings.profile, "picked_by":
+                        choice.picked_by if choice else "named", "why": choice.reason if choice else "",
+                        "summary": choice.profile.summary if choice else ""},
+            "settings": rows}
+
+
 def collect(settings) -> dict:
     from edge import devices
+    from edge.image.options import image_options
     from edge.registry import Catalog, Store
 
-    out = devices.describe(settings.device)
+    out = profile_report(settings)
+    out.update(devices.describe(settings.device))
     store = Store(settings)
     rows = []
     for entry in Catalog(settings.user_lock):
@@ -42,6 +65,12 @@ def collect(settings) -> dict:
         except Exception as e:  # noqa: BLE001 - one broken model must not hide the others
             rows.append({"model": entry.id, "task": entry.task, "component": "-", "device": "error", "why": str(e)})
             continue
+        if entry.task == "image":
+            o = image_options(model.manifest, precision=settings.image_precision, decoder=settings.image_decoder)
+            rows.append({"model": entry.id, "task": entry.task, "component": "precision", "device": o.precision,
+                         "why": o.precision_why})
+            rows.append({"model": entry.id, "task": entry.task, "component": "decoder", "device": o.decoder,
+                         "why": o.decoder_why})
         for path in model_components(model):
             p = devices.plan(path, settings.device)
             rows.append({"model": entry.id, "task": entry.task,
@@ -58,7 +87,19 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=1))
         return 0
-    print(f"device setting: {info['requested']}    NPU: {info['npu'] or 'none'}")
+    d, prof = info["detected"], info["profile"]
+    print(f"detected: {d['ram_bytes'] / 2**30:.1f} GiB RAM ({d['ram_source']}), {d['cores']} cores, {d['machine']}"
+          + (f", {d['board']}" if d["board"] else "") + (", Android" if d["android"] else ""))
+    print(f"          CPU flags: {' '.join(d['flags']) or 'none found'}")
+    print(f"profile:  {prof['name']} ({prof['picked_by']}: {prof['why']}) -- {prof['summary']}")
+    print("\nsettings (source: flag > env > profile > default)")
+    w = max(len(r["setting"]) for r in info["settings"])
+    for r in info["settings"]:
+        value = r["value"] if r["value"] is not None else "(the model's)"
+        if r["setting"] == "ram_budget":
+            value = f"{int(r['value']) / 2**30:.2f} GiB"
+        print(f"  {r['setting']:<{w}}  {value:<22} {r['source']:<8} {r['why']}")
+    print(f"\ndevice setting: {info['requested']}    NPU: {info['npu'] or 'none'}")
     print("\nexecution providers")
     for p in info["providers"]:
         print(f"  {p['device']:<9} {p['provider']:<28} {p['kind']:<11} {p['version']:<8} {p['source']}"

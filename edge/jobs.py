@@ -84,6 +84,9 @@ class JobSpec:
     keep_alive: float | None = None  # seconds to keep the model loaded after this job; None = default
     label: str = ""
     meta: dict = field(default_factory=dict)
+    work_bytes: int = 0
+    """RAM the job's largest step needs beyond its model's resident footprint (an image decode's
+    activations): the scheduler makes room for it before the job starts (edge/scheduler.py)."""
 
 
 class Outcome(Generic[R]):

@@ -40,9 +40,10 @@ class LazyModel:
 
 
 def components_from_manifest(manifest: ImageManifest, folder: Path, *, precision: str | None = None,
-                             threads: int = 1, device: str = "auto") -> Components:
-    """Components over the ONNX files an lcm export wrote (``precision`` defaults to the manifest's);
-    ``manifest`` is the typed manifest (InstalledModel.manifest, edge.manifest.read)."""
+                             threads: int = 1, device: str = "auto", default_decoder: str | None = None) -> Components:
+    """Components over the ONNX files an lcm export wrote (``precision`` defaults to the manifest's,
+    ``default_decoder`` -- the decoder of requests that name none -- too); ``manifest`` is the typed
+    manifest (InstalledModel.manifest, edge.manifest.read)."""
     from edge.devices import make_session
 
     folder = Path(folder)
@@ -82,7 +83,7 @@ def components_from_manifest(manifest: ImageManifest, folder: Path, *, precision
         vae_scaling_factor=m.vae.scaling_factor,
         vae_scale_factor=m.vae.scale_factor,
         latent_channels=m.vae.latent_channels,
-        default_decoder=m.default_decoder,
+        default_decoder=default_decoder if default_decoder in decoders else m.default_decoder,
         size_multiple=m.size_multiple,
     )
 
@@ -110,15 +111,16 @@ class ImageEngine:
 
     @classmethod
     def load(cls, model: Any, *, threads: int, device: str, precision: str | None = None,
-             ram_budget: int | None = None) -> "ImageEngine":
-        """Open the ONNX sessions of an installed model (edge.registry.InstalledModel, its typed manifest)."""
+             default_decoder: str | None = None, ram_budget: int | None = None) -> "ImageEngine":
+        """Open the ONNX sessions of an installed model (edge.registry.InstalledModel, its typed manifest);
+        ``precision`` / ``default_decoder``: None = the manifest's (edge.image.api.image_options picks them)."""
         manifest = model.manifest
         if not isinstance(manifest, ImageManifest):
             raise ModelNotInstalled(f"model {model.id!r} has no image {MANIFEST_FILE} (task {manifest.task!r}); the "
                                     "folder is not an exported LCM model. Export one with `edge-run export lcm ...`.",
                                     param="model")
         comps = components_from_manifest(manifest, Path(model.dir), precision=precision, threads=threads,
-                                         device=device)
+                                         device=device, default_decoder=default_decoder)
         return cls(comps, model_id=model.id, manifest=manifest,
                    ram_budget=_ram_budget() if ram_budget is None else ram_budget)
 
