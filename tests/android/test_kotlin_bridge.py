@@ -146,8 +146,8 @@ def test_tool_call_round_trip(live, bridge):
     _assert_ok(live, "live/tool call round trip")
     _, url = bridge
     tool = {"type": "function", "function": {"name": "get_weather", "description": "The weather in a city now",
-                                             "parameters": {"type": "object", "required": ["city"], "properties": {
-                                                 "city": {"type": "string", "maxLength": 40}}}}}
+                                             "parameters": {"type": "object", "properties": {  # the bridge's order
+                                                 "city": {"type": "string", "maxLength": 40}}, "required": ["city"]}}}
     status, answer = _http(url + "/v1/chat/completions", {
         "messages": [{"role": "user", "content": "What's the weather in Oslo?"}], "max_tokens": 64, "seed": 11,
         "tools": [tool], "tool_choice": {"type": "function", "function": {"name": "get_weather"}}})
