@@ -158,13 +158,12 @@ def _check_choice(choice: Any, names: list[str]) -> tuple[str, str | None]:
 
 
 def check_message(i: int, m: dict[str, Any]) -> dict[str, Any]:
-    """A chat message with its content as a string (None allowed only beside ``tool_calls``) and, for an
-    assistant turn with ``tool_calls``, the calls normalized (arguments as objects, as templates expect)."""
+    """A chat message with its content as a string (OpenAI's null content, e.g. of an assistant turn that only
+    called tools, is "") and, for an assistant turn with ``tool_calls``, the calls normalized (arguments as
+    objects, as chat templates expect)."""
     out = dict(m)
     content = m.get("content")
     calls = m.get("tool_calls")
-    if content is None and not (m["role"] == "assistant" and calls):
-        content = ""
     if content is not None and not isinstance(content, str):
         raise _bad(f"messages[{i}].content", "must be a string.")
     out["content"] = content or ""
@@ -174,7 +173,7 @@ def check_message(i: int, m: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(calls, list) or len(calls) > MAX_TOOLS:
             raise _bad(f"messages[{i}].tool_calls", f"must be a list of at most {MAX_TOOLS} calls.")
         out["tool_calls"] = [_check_call(f"messages[{i}].tool_calls[{j}]", c) for j, c in enumerate(calls)]
-    if m["role"] == "tool" and not isinstance(m.get("tool_call_id", ""), str):
+    if m["role"] == "tool" and not isinstance(m.get("tool_call_id") or "", str):
         raise _bad(f"messages[{i}].tool_call_id", "must be a string (the id of the call this answers).")
     return out
 
@@ -188,7 +187,7 @@ def _check_call(where: str, c: Any) -> dict[str, Any]:
     if isinstance(args, str):
         try:
             args = json.loads(args or "{}")
-        except ValueError:
+        except (ValueError, RecursionError):
             raise _bad(f"{where}.function.arguments", f"must be a JSON object (as a string), got {args[:80]!r}.") \
                 from None
     if not isinstance(args, dict):
@@ -303,13 +302,13 @@ def parse_calls(text: str, toolset: ToolSet) -> list[dict[str, Any]] | None:
             i += len(CALL_OPEN)
         try:
             obj, i = decoder.raw_decode(body, _skip_space(body, i))
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         args = obj.get("arguments", obj.get("parameters")) if isinstance(obj, dict) else None
         if isinstance(args, str):  # some models write the arguments as a JSON string
             try:
                 args = decoder.decode(args)
-            except ValueError:
+            except (ValueError, RecursionError):
                 return None
         if not isinstance(obj, dict) or obj.get("name") not in names or not isinstance(args, dict):
             return None
