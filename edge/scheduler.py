@@ -16,6 +16,15 @@ Policies:
   priority with aging (interactive work waits at most one batch step). Today's behaviour before
   lanes; kept as the peer bench/mixed.py measures against.
 * ``fifo``: one worker runs jobs one after another in arrival order (the other baseline).
+
+Memory: a loaded model's footprint is the larger of what was planned for it -- the estimate (its files,
+KV / embedding caches) plus the largest ``work_bytes`` of the jobs admitted on it (an image decode's
+activations, which onnxruntime's arena keeps) -- and what was measured: the process RSS growth around
+its load plus the net growth around each of its steps (lazily created sessions, arenas growing, mmapped
+GGUF pages touched at the first decode). Before a load or a job that needs more, idle models are evicted
+least-recently-used; if running jobs hold the memory the load or job waits for them (at most
+``memory_wait`` seconds); if nothing could ever free enough it fails at once with OutOfMemory naming
+the model, the bytes, the budget and the fix.
 """
 
 from __future__ import annotations
@@ -40,6 +49,10 @@ _END = object()
 Loader = Callable[[str, int], Any]  # (model_id, threads) -> engine
 Estimator = Callable[[str], int]  # model_id -> bytes expected once loaded
 POLICIES = ("lanes", "priority", "fifo")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB"
 
 
 class JobHandle(Outcome[R]):
@@ -136,12 +149,20 @@ class _EventQueue(queue.SimpleQueue):
 class LoadedModel:
     id: str
     engine: Any
-    footprint: int
+    planned: int  # the estimate (files, caches)
     loaded_at: float
     last_used: float
     running: int = 0
     keep_until: float | None = None  # None = forever
     pinned: bool = False
+    measured: int = 0  # RSS growth around the load plus the net growth around this model's steps
+    work: int = 0  # the largest work_bytes of a job admitted on this model (arenas keep it)
+    measured_peak: int = 0
+
+    @property
+    def footprint(self) -> int:
+        """Bytes this model is counted for: plan (estimate + working set) or measurement, the larger."""
+        return max(self.planned + self.work, self.measured_peak)
 
     @property
     def slots(self) -> int:
@@ -161,6 +182,7 @@ class Metrics:
     threads_now: int = 0  # threads the last step was given
     thread_changes: int = 0  # how often the adaptive thread count changed
     share_waits: float = 0.0  # seconds the interactive lane gave back to a waiting batch job
+    evicted: list[tuple[str, str]] = field(default_factory=list)  # (model id, why), oldest first (last 100)
 
 
 class Scheduler:
@@ -171,7 +193,7 @@ class Scheduler:
     def __init__(self, *, loader: Loader, estimate: Estimator, threads: int, ram_budget: int,
                  max_queue: int = 64, keep_alive: float = 300.0, aging: float = 2.0, policy: str = "lanes",
                  adaptive_threads: bool | None = None, batch_share: float = 0.1,
-                 cpu_load: cpu.CpuLoad | None = None):
+                 cpu_load: cpu.CpuLoad | None = None, memory_wait: float = 300.0):
         if policy not in POLICIES:
             raise ValueError(f"policy {policy!r}: use one of {', '.join(POLICIES)}")
         if not 0.0 <= batch_share < 1.0:
@@ -180,6 +202,12 @@ class Scheduler:
         self.threads, self.ram_budget, self.max_queue = threads, ram_budget, max_queue
         self.keep_alive, self.aging, self.policy = keep_alive, aging, policy
         self.batch_share = batch_share
+        self.memory_wait = memory_wait  # seconds a load or job may wait for running jobs to free RAM
+        self._mem_waits: dict[Any, float] = {}  # model id (a load) or job handle -> when it began to wait
+        self._learned: dict[str, int] = {}  # model id -> bytes it was measured at when last loaded
+        import psutil
+
+        self._proc = psutil.Process()
         adaptive = policy == "lanes" if adaptive_threads is None else adaptive_threads
         self.cpu_load = (cpu_load or cpu.monitor()) if adaptive else None
         self.metrics = Metrics()
@@ -230,6 +258,7 @@ class Scheduler:
             if m is None or m.running or self._wanted(model_id):
                 return False
             del self._models[model_id]
+            self._learned[model_id] = max(m.planned, m.measured_peak)
         m.engine.close()
         return True
 
@@ -303,7 +332,7 @@ class Scheduler:
             if lane is not None and h.spec.priority != lane:
                 continue
             m = self._models.get(h.spec.model_id)
-            if m is not None and m.running < m.slots:
+            if m is not None and m.running < m.slots and self._admit(h, m, now):
                 cands.append(h)
         if not cands:
             return None
@@ -323,6 +352,7 @@ class Scheduler:
         Returns seconds until the next keep-alive expiry (for the wait)."""
         for h in [h for h in self._queued if h.cancelled]:
             self._queued.remove(h)
+            self._mem_waits.pop(h, None)
             h._finish("cancelled", error=Cancelled("cancelled before it started"))
         for h in list(self._queued):
             mid = h.spec.model_id
@@ -331,7 +361,10 @@ class Scheduler:
                 h._finish("failed", error=self._load_errors[mid])
         if not any(h.spec.model_id in self._load_errors for h in self._queued):
             self._load_errors.clear()
-        for mid in dict.fromkeys(h.spec.model_id for h in self._queued):
+        waiting = dict.fromkeys(h.spec.model_id for h in self._queued)
+        for key in [k for k in self._mem_waits if isinstance(k, str) and k not in waiting]:
+            del self._mem_waits[key]  # its jobs went away: a later load starts a fresh wait
+        for mid in waiting:
             if start_loads and mid not in self._models and mid not in self._loading:
                 self._try_start_load(mid)
         nxt = 60.0
@@ -346,31 +379,94 @@ class Scheduler:
 
     def _try_start_load(self, mid: str) -> None:
         try:
-            need = int(self.estimate(mid))
+            need = max(int(self.estimate(mid)), self._learned.get(mid, 0))  # a reload plans what was measured
         except BaseException as e:  # unknown model, not installed ...
             self._load_errors[mid] = e
             return
-        if need > self.ram_budget:
-            self._load_errors[mid] = OutOfMemory(
-                f"model {mid!r} needs about {need / 2**20:.0f} MiB but the RAM budget is "
-                f"{self.ram_budget / 2**20:.0f} MiB. Raise EDGE_RAM_BUDGET (or --ram-budget) or use a smaller model.",
-                param="model")
-            return
-        used = sum(m.footprint for m in self._models.values()) + sum(self._loading.values())
-        idle = sorted((m for m in self._models.values()
-                       if not m.running and not m.pinned and not self._wanted(m.id)), key=lambda m: m.last_used)
+        work = max((h.spec.work_bytes for h in self._queued if h.spec.model_id == mid), default=0)
+        err = self._make_room(mid, need + work, what=f"model {mid!r} needs about {_mib(need)}"
+                              + (f" (+ {_mib(work)} for its first job)" if work else ""), key=mid, exclude=mid)
+        if err is not None:
+            self._load_errors[mid] = err
+        elif self._mem_waits.get(mid) is None:  # room made
+            self._loading[mid] = need
+            threading.Thread(target=self._load, args=(mid, need), name=f"edge-load-{mid}", daemon=True).start()
+
+    def _make_room(self, mid: str, need: int, *, what: str, key: Any, exclude: str,
+                   have: int = 0) -> OutOfMemory | None:
+        """Under the lock: make ``need`` bytes fit the budget beside everything else (``have``: what the
+        caller already holds and may reuse), evicting idle models least-recently-used (never ``exclude``,
+        a pinned one or one with work). Returns None when it fits (``key`` not in ``_mem_waits``) or when
+        the caller must wait for running jobs (``key`` in ``_mem_waits``, until ``memory_wait`` passes);
+        the OutOfMemory to raise when nothing can ever free enough or the wait ran out."""
+        others = [m for m in self._models.values() if m.id != exclude]
+        fixed = sum(m.footprint for m in others if m.pinned) + sum(b for k, b in self._loading.items() if k != exclude)
+        if need + fixed > self.ram_budget:
+            self._mem_waits.pop(key, None)
+            pinned = [m.id for m in others if m.pinned]
+            held = f" beside the pinned {', '.join(pinned)}" if pinned else ""
+            return OutOfMemory(f"{what}{held}, but the RAM budget is {_mib(self.ram_budget)}. Raise EDGE_RAM_BUDGET "
+                               "(or --ram-budget), use a smaller precision or model, or pick a --profile for this "
+                               "device (`edge-run devices` shows the budget and why).", param="model")
+        used = have + sum(m.footprint for m in others) + sum(b for k, b in self._loading.items() if k != exclude)
+        idle = sorted((m for m in others if not m.running and not m.pinned and not self._wanted(m.id)),
+                      key=lambda m: m.last_used)
         while used + need > self.ram_budget and idle:
             victim = idle.pop(0)
             used -= victim.footprint
             self._evict(victim, reason=f"making room for {mid}")
-        if used + need > self.ram_budget:
-            return  # wait: a busy model will become idle; never evict one with work
-        self._loading[mid] = need
-        threading.Thread(target=self._load, args=(mid, need), name=f"edge-load-{mid}", daemon=True).start()
+        if used + need <= self.ram_budget:
+            self._mem_waits.pop(key, None)
+            return None
+        now = time.monotonic()
+        since = self._mem_waits.setdefault(key, now)  # wait: a busy model will become idle; never evict one with work
+        if now - since > self.memory_wait:
+            self._mem_waits.pop(key, None)
+            busy = sorted({m.id for m in others if m.running or self._wanted(m.id)})
+            return OutOfMemory(f"{what}; {_mib(used)} of the {_mib(self.ram_budget)} RAM budget stayed held by the "
+                               f"jobs of {', '.join(busy) or 'other models'} for {self.memory_wait:.0f} s. Retry "
+                               "later, raise EDGE_RAM_BUDGET, or use a smaller precision or model.", param="model")
+        return None
+
+    def _admit(self, h: JobHandle, m: LoadedModel, now: float) -> bool:
+        """Under the lock: may queued job ``h`` start on loaded model ``m`` as far as RAM goes? Its
+        working set beyond what ``m`` already holds must fit (idle models are evicted for it); if running
+        jobs hold the RAM it waits; if it can never fit, ``h`` fails with OutOfMemory."""
+        if h.spec.work_bytes <= m.work:
+            return True
+        extra = h.spec.work_bytes - m.work
+        err = self._make_room(m.id, m.footprint + extra, key=h, exclude=m.id,
+                              what=f"a {h.spec.label or 'job'} on model {m.id!r} needs {_mib(h.spec.work_bytes)} "
+                                   f"of working memory beside the model's {_mib(m.footprint)}")
+        if err is not None:
+            self._queued.remove(h)
+            self._mem_waits.pop(h, None)
+            h._finish("failed", error=err)
+            self._cv.notify_all()
+            return False
+        if h in self._mem_waits:
+            return False
+        m.work = h.spec.work_bytes
+        return True
+
+    def _over_budget(self, cause: LoadedModel) -> None:
+        """Under the lock: after a measurement grew ``cause``, evict idle models until the total fits again."""
+        used = sum(m.footprint for m in self._models.values()) + sum(self._loading.values())
+        idle = sorted((m for m in self._models.values() if m is not cause and not m.running and not m.pinned
+                       and not self._wanted(m.id)), key=lambda m: m.last_used)
+        while used > self.ram_budget and idle:
+            victim = idle.pop(0)
+            used -= victim.footprint
+            self._evict(victim, reason=f"{cause.id} grew to {_mib(cause.footprint)}")
+        if used > self.ram_budget:
+            log.warning("RAM in use %s is over the budget %s (%s grew to %s while running)", _mib(used),
+                        _mib(self.ram_budget), cause.id, _mib(cause.footprint))
 
     def _evict(self, m: LoadedModel, reason: str) -> None:
         del self._models[m.id]
+        self._learned[m.id] = max(m.planned, m.measured_peak)
         self.metrics.evictions += 1
+        self.metrics.evicted = [*self.metrics.evicted[-99:], (m.id, reason)]
         log.info("unloading %s (%s)", m.id, reason)
         threading.Thread(target=m.engine.close, name=f"edge-close-{m.id}", daemon=True).start()
 
@@ -393,11 +489,12 @@ class Scheduler:
         with self._cv:
             self._loading.pop(mid, None)
             now = time.monotonic()
-            self._models[mid] = LoadedModel(id=mid, engine=engine, footprint=max(measured, need), loaded_at=now,
-                                            last_used=now, pinned=mid in self._pins,
-                                            keep_until=self._expiry(None, now))
+            m = LoadedModel(id=mid, engine=engine, planned=need, loaded_at=now, last_used=now,
+                            pinned=mid in self._pins, keep_until=self._expiry(None, now), measured=measured,
+                            measured_peak=measured)
+            self._models[mid] = m
             self.metrics.loads += 1
-            log.info("loaded %s in %.2f s (%.0f MiB)", mid, now - t0, max(measured, need) / 2**20)
+            log.info("loaded %s in %.2f s (measured %s, planned %s)", mid, now - t0, _mib(measured), _mib(need))
             self._cv.notify_all()
 
     def _expiry(self, keep_alive: float | None, now: float) -> float | None:
@@ -470,20 +567,25 @@ class Scheduler:
             return 0.0
         self._set_threads(h)
         t0 = time.monotonic()
+        rss0 = self._proc.memory_info().rss
         try:
             if h._gen is None:
                 h._gen = h.spec.work(h._engine)
             step = next(h._gen)
         except StopIteration as stop:
             with self._cv:
+                self._account(h, rss0)
                 self._close_job(h, "done", result=stop.value)
             return time.monotonic() - t0
         except BaseException as e:
             if not isinstance(e, EdgeError):
                 log.exception("job %s (%s) failed", h.id, h.spec.label)
             with self._cv:
+                self._account(h, rss0)
                 self._close_job(h, "failed", error=e)
             return time.monotonic() - t0
+        with self._cv:
+            self._account(h, rss0)
         t1 = time.monotonic()
         dt = t1 - t0
         kind = getattr(step, "kind", "step")
@@ -500,6 +602,19 @@ class Scheduler:
             h.first_step = t1
         h._events.put(step)
         return dt
+
+    def _account(self, h: JobHandle, rss_before: int) -> None:
+        """Under the lock: charge the process's RSS change over one step of ``h`` to its model (a lazily
+        made session, an arena grown, mmapped pages touched). Steps of the other lane running meanwhile
+        are charged too: the figure errs high, never low."""
+        m = self._models.get(h.spec.model_id)
+        if m is None:
+            return
+        before = m.footprint
+        m.measured += self._proc.memory_info().rss - rss_before
+        m.measured_peak = max(m.measured_peak, m.measured)
+        if m.footprint > before and sum(x.footprint for x in self._models.values()) > self.ram_budget:
+            self._over_budget(m)
 
     def _close_job(self, h: JobHandle, state: str, result: Any = None, error: BaseException | None = None) -> None:
         """Under the lock: finish ``h``, free its slot, set its model's keep-alive."""
@@ -518,6 +633,7 @@ class Scheduler:
                 m.keep_until = self._expiry(h.spec.keep_alive, now)
         if h in self._queued:
             self._queued.remove(h)
+        self._mem_waits.pop(h, None)
         h._engine = None
         h._finish(state, result=result, error=error)
         self._cv.notify_all()
