@@ -24,7 +24,8 @@ def _tree_rss(proc) -> int:
 
 
 class StageMeter:
-    """``with meter.stage("export unet"): ...``; :meth:`report` gives every stage's seconds and peak."""
+    """``with meter.stage("export unet"): ...`` (stages follow one another, they do not nest); :meth:`report`
+    gives every stage's seconds and peak."""
 
     def __init__(self, interval: float = 0.05):
         import psutil

@@ -184,8 +184,7 @@ def run(cfg: Config) -> Path:
 
         # 5. verify
         bar.set_postfix_str("verify")
-        with meter.stage("verify"):
-            report = verify(src, tmp, files, verify_side, cfg.verify_steps, cfg.seed, threads)
+        report = verify(src, tmp, files, verify_side, cfg.verify_steps, cfg.seed, threads, meter=meter)
         report.update({"model_id": model_id, "source": src.info, "opset": cfg.opset,
                        "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
         for p in (p for p in EXACT if p in report["precisions"]):

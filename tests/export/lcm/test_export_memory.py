@@ -123,7 +123,7 @@ def test_export_from_a_diffusers_folder_loads_one_component_at_a_time(tmp_path, 
     assert report["precisions"]["fp32"]["image"]["max_diff_255"] <= 2
     assert report["model_id"] == "my-lcm"
     stages = report["resources"]["stages"]
-    assert {"source", "export fp32 unet", "verify"} <= set(stages)
+    assert {"source", "export fp32 unet", "verify pytorch", "verify fp32"} <= set(stages)
     assert all(s["seconds"] >= 0 and s["peak_rss_bytes"] > 0 for s in stages.values())
     assert not list(tmp_path.glob(".out.*"))  # the scratch folder and the temp folder are gone
 
@@ -148,3 +148,21 @@ def test_readme_export_command_runs_as_written(tmp_path):
     resources = json.loads((tmp_path / "lcm-readme-onnx" / "report.json").read_text())["resources"]
     assert resources["peak_rss_bytes"] > 0 and resources["seconds"] > 0
     assert "quantize int8-winograd unet" in resources["stages"]
+
+
+@pytest.mark.parametrize("op_types", [("MatMul", "Gemm"), ("MatMul", "Gemm", "Conv")])
+def test_dynamic_int8_streamed_equals_quantize_dynamic(tmp_path, monkeypatch, op_types):
+    """A model over protobuf's limit is quantized by onnxruntime's own quantizer reading one weight at a time
+    (not quantize_dynamic, which holds the model three times): the same graph, the same numbers."""
+    from export import quantize
+
+    src = conv_model(tmp_path / "fp32" / "unet.onnx", per_tensor_files=False)
+    x = np.random.default_rng(3).standard_normal((1, 8, 32, 32)).astype(np.float32)
+    (tmp_path / "whole").mkdir()
+    quantize.dynamic_int8(src, tmp_path / "whole" / "unet.onnx", op_types=op_types, nodes_to_exclude=["conv2"])
+    monkeypatch.setattr(quantize, "PROTOBUF_LIMIT", 0)
+    (tmp_path / "streamed").mkdir()
+    quantize.dynamic_int8(src, tmp_path / "streamed" / "unet.onnx", op_types=op_types, nodes_to_exclude=["conv2"])
+    assert sorted(p.name for p in (tmp_path / "streamed").iterdir()) == ["unet.onnx", "unet.onnx.data"]
+    np.testing.assert_array_equal(run(tmp_path / "streamed" / "unet.onnx", x), run(tmp_path / "whole" / "unet.onnx", x))
+    assert os.getcwd() != str(src.parent)  # the quantizer's working folder was given back
