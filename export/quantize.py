@@ -156,15 +156,58 @@ def static_qdq(src: str | Path, dst: str | Path, reader, *, per_channel: bool = 
     providers (QNN, OpenVINO, NNAPI) consume; ``reader`` yields calibration feeds (see FeedsReader)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    large = is_large(src)
+    if is_large(src):
+        _static_qdq_streamed(Path(src), Path(dst), reader, per_channel, op_types, getattr(QuantType, activation_type),
+                             QuantType.QInt8, getattr(CalibrationMethod, calibrate_method))
+        return Path(dst)
     quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
                     activation_type=getattr(QuantType, activation_type), weight_type=QuantType.QInt8,
                     op_types_to_quantize=list(op_types) if op_types else None,
-                    calibrate_method=getattr(CalibrationMethod, calibrate_method),
-                    use_external_data_format=large)
-    if large:
-        _consolidate(dst)
+                    calibrate_method=getattr(CalibrationMethod, calibrate_method))
     return Path(dst)
+
+
+def _static_qdq_streamed(src: Path, dst: Path, reader, per_channel: bool, op_types: Sequence[str] | None,
+                         activation_type, weight_type, calibrate_method) -> None:
+    """quantize_static's own two steps, one after the other instead of overlapping: 1. onnxruntime's calibrator
+    (its augmented copy and session freed before step 2), 2. its QDQQuantizer on the graph read without its
+    weights (each read from disk as it is quantized), written with :func:`save_streamed`. quantize_static keeps
+    the whole model loaded while the calibration session holds a second copy."""
+    import tempfile
+    from unittest import mock
+
+    import onnx
+    from onnxruntime.quantization import base_quantizer
+    from onnxruntime.quantization.calibrate import create_calibrator
+    from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+    from onnxruntime.quantization.quant_utils import add_infer_metadata, update_opset_version
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    ops = list(op_types) if op_types else list(set(QLinearOpsRegistry) | set(QDQRegistry))
+    # 1. activation ranges (the augmented model and its data file live in a temp folder beside dst)
+    with tempfile.TemporaryDirectory(prefix=".calibration.", dir=dst.parent) as tmp:
+        calibrator = create_calibrator(src, ops, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=calibrate_method, use_external_data_format=True)
+        # (no max_intermediate_outputs: onnxruntime 1.32 drops the batches it clears; the outputs it keeps are the
+        # augmented graph's per-tensor ReduceMin/ReduceMax, a few numbers per feed)
+        calibrator.collect_data(reader)
+        ranges = calibrator.compute_data()
+        del calibrator
+
+    # 2. QDQ over the weights on disk
+    def reinfer(m):
+        m = onnx.shape_inference.infer_shapes(m)
+        add_infer_metadata(m)
+        return m
+
+    model = onnx.load(str(src), load_external_data=False)
+    model = update_opset_version(reinfer(model), weight_type)
+    with contextlib.chdir(src.parent), mock.patch.object(base_quantizer, "save_and_reload_model_with_shape_infer",
+                                                         reinfer):
+        quantizer = QDQQuantizer(model, per_channel, False, weight_type, activation_type, ranges, [], [], ops, {})
+        quantizer.quantize_model()
+        quantizer.model.topological_sort()
+        save_streamed(quantizer.model.model, dst, src.parent)
 
 
 def _consolidate(path: str | Path) -> None:

@@ -166,3 +166,21 @@ def test_dynamic_int8_streamed_equals_quantize_dynamic(tmp_path, monkeypatch, op
     assert sorted(p.name for p in (tmp_path / "streamed").iterdir()) == ["unet.onnx", "unet.onnx.data"]
     np.testing.assert_array_equal(run(tmp_path / "streamed" / "unet.onnx", x), run(tmp_path / "whole" / "unet.onnx", x))
     assert os.getcwd() != str(src.parent)  # the quantizer's working folder was given back
+
+
+def test_static_qdq_streamed_equals_quantize_static(tmp_path, monkeypatch):
+    """A model over protobuf's limit: onnxruntime's calibrator, then its QDQ quantizer on the weights on disk
+    (quantize_static overlaps the two with the model loaded whole): the same numbers."""
+    from export import quantize
+
+    src = conv_model(tmp_path / "fp32" / "unet.onnx", per_tensor_files=False)
+    rng = np.random.default_rng(4)
+    feeds = [{"x": rng.standard_normal((1, 8, 32, 32)).astype(np.float32)} for _ in range(3)]
+    (tmp_path / "whole").mkdir()
+    quantize.static_qdq(src, tmp_path / "whole" / "unet.onnx", quantize.FeedsReader(feeds))
+    monkeypatch.setattr(quantize, "PROTOBUF_LIMIT", 0)
+    (tmp_path / "streamed").mkdir()
+    quantize.static_qdq(src, tmp_path / "streamed" / "unet.onnx", quantize.FeedsReader(feeds))
+    assert sorted(p.name for p in (tmp_path / "streamed").iterdir()) == ["unet.onnx", "unet.onnx.data"]
+    np.testing.assert_array_equal(run(tmp_path / "streamed" / "unet.onnx", feeds[0]["x"]),
+                                  run(tmp_path / "whole" / "unet.onnx", feeds[0]["x"]))
