@@ -150,3 +150,14 @@ def test_answers_are_parsed_as_calls_only_when_they_are_calls():
     assert json.loads(tricky[0]["function"]["arguments"]) == {"city": "a}}\n</tool_call>\nb"}
     for text in ["Hello!", '<tool_call>{"name": "add", "arguments": {}}</tool_call> and more', '{"name": "rm", "arguments": {}}', "<tool_call>{oops", '{"a": 1}']:
         assert parse_calls(text, ts) is None, text
+
+
+def test_streaming_holds_back_text_only_while_it_may_be_a_call():
+    """Under "auto" the 135M model here answers text (measured: no call on these prompts), so the hold-back
+    rule the server's stream uses is checked on its own; a required call holds everything back."""
+    auto = ChatRequest(messages=ask("x"), tools=TOOLS).check().toolset
+    required = ChatRequest(messages=ask("x"), tools=TOOLS, tool_choice="required").check().toolset
+    for text, held in [("", True), ("  \n", True), ("<tool", True), ("<tool_call>\n{", True), ('{"na', True),
+                       ("Hello", False), ("<b>", False), ("<tool_response>", False)]:
+        assert auto.hold_back(text) is held, text
+        assert required.hold_back(text)
