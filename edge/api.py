@@ -39,6 +39,8 @@ class Runtime:
     jobs over one shared scheduler, models pulled, verified and loaded on demand.
 
     ``Runtime(ram_budget="2G", threads=4, device="cpu")``; use as a context manager or call close().
+    ``Runtime(profile="pi4-4gb")`` takes a device profile's choices (edge/profiles.py; the default ``auto``
+    picks from this device), under any keyword or EDGE_* variable given.
     Each workload method checks its request once (``edge/<workload>/request.py``), resolves and installs
     the model once, and hands the workload's jobs (``edge/<workload>/api.py``, found through the
     registry in edge/engines.py) to the scheduler; ``*_job`` methods return a handle to await, stream
@@ -48,7 +50,8 @@ class Runtime:
     def __init__(self, *, home: str | None = None, ram_budget: int | str | None = None, threads: int | None = None,
                  device: str | None = None, offline: bool | None = None, keep_alive: float | None = None,
                  max_queue: int | None = None, chat_slots: int | None = None, ctx: int | None = None,
-                 auto_pull: bool = True, policy: str | None = None, settings: Settings | None = None):
+                 auto_pull: bool = True, policy: str | None = None, profile: str | None = None,
+                 settings: Settings | None = None):
         if isinstance(ram_budget, str):
             try:
                 ram_budget = _parse_bytes(ram_budget)
@@ -58,7 +61,7 @@ class Runtime:
         self.settings = settings or Settings.from_env(home=home, ram_budget=ram_budget, threads=threads,
                                                       device=device, offline=offline, keep_alive=keep_alive,
                                                       max_queue=max_queue, chat_slots=chat_slots, ctx=ctx,
-                                                      scheduler=policy)
+                                                      scheduler=policy, profile=profile)
         self.auto_pull = auto_pull
         self.store = Store(self.settings)
         self._pull_lock = threading.Lock()  # guards the per-model locks below, never held across a download

@@ -189,8 +189,12 @@ class Settings:
                                      f"{name}={f.metadata['example']}.", param=name) from None
                 sources[f.name] = "env"
         # the profile fills what was not given (an explicit "auto" for a precision/decoder is given: None)
+        name = values.get("profile", "auto")
+        if name not in profiles.PROFILE_NAMES:  # a keyword override is not parsed: check it here
+            raise BadRequest(f"`profile` must be one of {', '.join(profiles.PROFILE_NAMES)}, got {name!r}. Use e.g. "
+                             "profile='pi4-4gb', or 'auto' to pick from this device.", param="profile")
         facts = facts or device_facts()
-        choice = profiles.resolve(values.get("profile", "auto"), facts)
+        choice = profiles.resolve(name, facts)
         reasons: dict[str, str] = {}
         for name, (value, why) in choice.profile.values(facts).items():
             if name not in sources:

@@ -76,6 +76,9 @@ def test_bad_profile_names_are_refused_naming_the_variable_and_the_choices():
     add_settings_flags(p)
     with pytest.raises(BadRequest, match=r"--profile 'rpi'.*for example --profile pi4-4gb"):
         Settings.from_args(p.parse_args(["--profile", "rpi"]), env={})
+    with pytest.raises(BadRequest, match=r"`profile` must be one of auto, pi4-4gb.*got 'pi-4'") as e:
+        Settings.from_env(env={}, facts=LAPTOP, profile="pi-4")  # what Runtime(profile=...) passes
+    assert e.value.param == "profile"
     with pytest.raises(BadRequest, match=r"EDGE_IMAGE_DECODER='vea'.*vae\|taesd"):
         Settings.from_env(env={"EDGE_IMAGE_DECODER": "vea"}, facts=LAPTOP)
 
