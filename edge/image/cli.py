@@ -26,7 +26,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("-n", type=int, default=1, help="number of images [1]")
     p.add_argument("--init-image", default=None, metavar="IN.png", help="start from this image (image-to-image)")
     p.add_argument("--strength", type=float, default=0.6, help="how much to change the init image, (0, 1] [0.6]")
-    p.add_argument("--decoder", choices=("vae", "taesd"), default=None, help="latent decoder [EDGE_IMAGE_DECODER / the profile's, else the model's]")
+    p.add_argument("--decoder", choices=("vae", "taesd"), default=None,
+                   help="latent decoder [EDGE_IMAGE_DECODER / the profile's, else the model's]")
     p.add_argument("-m", "--model", default=None, help="image model id (default: the first installed one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -49,8 +49,8 @@ def test_an_explicit_precision_wins_over_the_profile(image_home):
 
 def test_a_model_without_the_profiles_precision_uses_its_own_and_says_so(image_runtime, image_home, capsys):
     manifest = image_runtime.manifest(IMAGE_MODEL)
-    only_fp32 = replace(manifest, precision="fp32", precisions={"fp32": {k: v for k, v in manifest.precisions["fp32"].items()
-                                                       if k != "taesd_decoder"}})
+    fp32_files = {k: v for k, v in manifest.precisions["fp32"].items() if k != "taesd_decoder"}
+    only_fp32 = replace(manifest, precision="fp32", precisions={"fp32": fp32_files})
     o = image_options(only_fp32, precision="int8-winograd", decoder="taesd")
     assert (o.precision, o.decoder) == ("fp32", "vae")
     assert "int8-winograd asked but the model has only fp32" in o.precision_why
