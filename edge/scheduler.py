@@ -328,7 +328,7 @@ class Scheduler:
         if self.policy == "fifo" and self._running:
             return self._running[0]
         queued = self._queued[:1] if self.policy == "fifo" else self._queued  # FIFO: only the head may start
-        for h in queued:
+        for h in list(queued):  # _admit may fail (and remove) a job that can never fit
             if lane is not None and h.spec.priority != lane:
                 continue
             m = self._models.get(h.spec.model_id)
@@ -392,11 +392,9 @@ class Scheduler:
             self._loading[mid] = need
             threading.Thread(target=self._load, args=(mid, need), name=f"edge-load-{mid}", daemon=True).start()
 
-    def _make_room(self, mid: str, need: int, *, what: str, key: Any, exclude: str,
-                   have: int = 0) -> OutOfMemory | None:
-        """Under the lock: make ``need`` bytes fit the budget beside everything else (``have``: what the
-        caller already holds and may reuse), evicting idle models least-recently-used (never ``exclude``,
-        a pinned one or one with work). Returns None when it fits (``key`` not in ``_mem_waits``) or when
+    def _make_room(self, mid: str, need: int, *, what: str, key: Any, exclude: str) -> OutOfMemory | None:
+        """Under the lock: make ``need`` bytes fit the budget beside every model but ``exclude``, evicting
+        idle models least-recently-used (never ``exclude``, a pinned one or one with work). Returns None when it fits (``key`` not in ``_mem_waits``) or when
         the caller must wait for running jobs (``key`` in ``_mem_waits``, until ``memory_wait`` passes);
         the OutOfMemory to raise when nothing can ever free enough or the wait ran out."""
         others = [m for m in self._models.values() if m.id != exclude]
@@ -408,7 +406,7 @@ class Scheduler:
             return OutOfMemory(f"{what}{held}, but the RAM budget is {_mib(self.ram_budget)}. Raise EDGE_RAM_BUDGET "
                                "(or --ram-budget), use a smaller precision or model, or pick a --profile for this "
                                "device (`edge-run devices` shows the budget and why).", param="model")
-        used = have + sum(m.footprint for m in others) + sum(b for k, b in self._loading.items() if k != exclude)
+        used = sum(m.footprint for m in others) + sum(b for k, b in self._loading.items() if k != exclude)
         idle = sorted((m for m in others if not m.running and not m.pinned and not self._wanted(m.id)),
                       key=lambda m: m.last_used)
         while used + need > self.ram_budget and idle:
@@ -424,7 +422,7 @@ class Scheduler:
             self._mem_waits.pop(key, None)
             busy = sorted({m.id for m in others if m.running or self._wanted(m.id)})
             return OutOfMemory(f"{what}; {_mib(used)} of the {_mib(self.ram_budget)} RAM budget stayed held by the "
-                               f"jobs of {', '.join(busy) or 'other models'} for {self.memory_wait:.0f} s. Retry "
+                               f"jobs of {', '.join(busy) or 'other models'} for {self.memory_wait:g} s. Retry "
                                "later, raise EDGE_RAM_BUDGET, or use a smaller precision or model.", param="model")
         return None
 

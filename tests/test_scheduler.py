@@ -363,3 +363,36 @@ def test_lanes_load_models_from_a_normal_thread_even_for_batch_jobs():
         finally:
             s.close()
     assert classes == ["normal"] * 20
+
+
+def test_a_jobs_working_set_is_made_room_for_before_it_starts():
+    log: list = []
+    s = make(log, sizes={"a": 100 * MB, "b": 100 * MB}, budget=300 * MB)
+    try:
+        s.submit(JobSpec("a", steps("a", 1, 0, log))).result(5)
+        # b's job needs 150 MB beside b's 100 MB: the idle a must go first
+        s.submit(JobSpec("b", steps("b", 1, 0, log), work_bytes=150 * MB)).result(5)
+        assert ("close", "a") in log or s.metrics.evicted[-1][0] == "a"
+        assert {m["id"] for m in s.loaded()} == {"b"} and s.ram_used() >= 250 * MB
+        # a working set that cannot fit even alone fails at once, naming the job and the numbers
+        h = s.submit(JobSpec("b", steps("b2", 1, 0, log), work_bytes=400 * MB, label="image"))
+        with pytest.raises(OutOfMemory, match=r"a image on model 'b' needs 400 MiB of working memory.*RAM budget "
+                                              r"is 300 MiB.*EDGE_RAM_BUDGET.*smaller precision.*--profile"):
+            h.result(5)
+        assert ("b2", 0) not in log
+    finally:
+        s.close()
+
+
+def test_a_job_whose_working_set_is_held_by_a_running_job_waits_for_it():
+    log: list = []
+    s = make(log, sizes={"a": 100 * MB, "b": 100 * MB}, budget=300 * MB)
+    try:
+        long_a = s.submit(JobSpec("a", steps("a", 20, 0.01, log)))
+        while not names(log, "a"):
+            time.sleep(0.001)
+        big_b = s.submit(JobSpec("b", steps("b", 1, 0, log), work_bytes=150 * MB))
+        assert big_b.result(5) == "b" and long_a.done
+        assert log.index(("a", 19)) < log.index(("b", 0))
+    finally:
+        s.close()

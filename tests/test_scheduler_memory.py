@@ -112,6 +112,6 @@ def test_a_wait_for_memory_is_bounded_and_names_who_holds_it(workloads_home):
         while busy.state != "running":
             time.sleep(0.01)
         with pytest.raises(OutOfMemory, match=rf"model '{IMAGE_MODEL}' needs about \d+ MiB.*held by the jobs of "
-                                              rf"{CHAT_MODEL} for 0 s"):
+                                              rf"{CHAT_MODEL} for 0.3 s"):
             rt.imagine("a lighthouse", size=64, steps=1, seed=1)
         busy.cancel()
