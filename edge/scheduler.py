@@ -434,7 +434,7 @@ class Scheduler:
             return True
         extra = h.spec.work_bytes - m.work
         err = self._make_room(m.id, m.footprint + extra, key=h, exclude=m.id,
-                              what=f"a {h.spec.label or 'job'} on model {m.id!r} needs {_mib(h.spec.work_bytes)} "
+                              what=f"the {h.spec.label or 'job'} job on model {m.id!r} needs {_mib(h.spec.work_bytes)} "
                                    f"of working memory beside the model's {_mib(m.footprint)}")
         if err is not None:
             self._queued.remove(h)

@@ -376,7 +376,7 @@ def test_a_jobs_working_set_is_made_room_for_before_it_starts():
         assert {m["id"] for m in s.loaded()} == {"b"} and s.ram_used() >= 250 * MB
         # a working set that cannot fit even alone fails at once, naming the job and the numbers
         h = s.submit(JobSpec("b", steps("b2", 1, 0, log), work_bytes=400 * MB, label="image"))
-        with pytest.raises(OutOfMemory, match=r"a image on model 'b' needs 400 MiB of working memory.*RAM budget "
+        with pytest.raises(OutOfMemory, match=r"the image job on model 'b' needs 400 MiB of working memory.*RAM budget "
                                               r"is 300 MiB.*EDGE_RAM_BUDGET.*smaller precision.*--profile"):
             h.result(5)
         assert ("b2", 0) not in log
