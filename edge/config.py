@@ -189,16 +189,16 @@ class Settings:
                                      f"{name}={f.metadata['example']}.", param=name) from None
                 sources[f.name] = "env"
         # the profile fills what was not given (an explicit "auto" for a precision/decoder is given: None)
-        name = values.get("profile", "auto")
-        if name not in profiles.PROFILE_NAMES:  # a keyword override is not parsed: check it here
-            raise BadRequest(f"`profile` must be one of {', '.join(profiles.PROFILE_NAMES)}, got {name!r}. Use e.g. "
-                             "profile='pi4-4gb', or 'auto' to pick from this device.", param="profile")
+        profile = values.get("profile", "auto")
+        if profile not in profiles.PROFILE_NAMES:  # a keyword override is not parsed: check it here
+            raise BadRequest(f"`profile` must be one of {', '.join(profiles.PROFILE_NAMES)}, got {profile!r}. Use "
+                             "e.g. profile='pi4-4gb', or 'auto' to pick from this device.", param="profile")
         facts = facts or device_facts()
-        choice = profiles.resolve(name, facts)
+        choice = profiles.resolve(profile, facts)
         reasons: dict[str, str] = {}
-        for name, (value, why) in choice.profile.values(facts).items():
-            if name not in sources:
-                values[name], sources[name], reasons[name] = value, "profile", why
+        for setting_name, (value, why) in choice.profile.values(facts).items():
+            if setting_name not in sources:
+                values[setting_name], sources[setting_name], reasons[setting_name] = value, "profile", why
         s = cls(**values)
         s.sources.update(sources)
         s.reasons = reasons
@@ -209,8 +209,8 @@ class Settings:
     @classmethod
     def from_args(cls, args: argparse.Namespace, env: dict[str, str] | None = None) -> "Settings":
         """Settings for a command: its flags (from :func:`add_settings_flags`; absent or None = not
-        given) win over the EDGE_* variables, which win over the defaults. A bad flag value is a
-        BadRequest naming the flag, the value and an example."""
+        given) win over the EDGE_* variables, which win over the device profile, which wins over the
+        defaults. A bad flag value is a BadRequest naming the flag, the value and an example."""
         overrides: dict[str, Any] = {}
         given_none: list[str] = []
         for f in fields(cls):
