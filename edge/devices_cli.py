@@ -52,7 +52,8 @@ def collect(settings) -> dict:
     out = profile_report(settings)
     out.update(devices.describe(settings.device))
     store = Store(settings)
-    rows = []
+    rows: list[dict] = []
+    images: list[dict] = []  # what each image model loads with (the profile's choices or the model's)
     for entry in Catalog(settings.user_lock):
         if not store.is_installed(entry):
             continue
@@ -67,15 +68,14 @@ def collect(settings) -> dict:
             continue
         if entry.task == "image":
             o = image_options(model.manifest, precision=settings.image_precision, decoder=settings.image_decoder)
-            rows.append({"model": entry.id, "task": entry.task, "component": "precision", "device": o.precision,
-                         "why": o.precision_why})
-            rows.append({"model": entry.id, "task": entry.task, "component": "decoder", "device": o.decoder,
-                         "why": o.decoder_why})
+            images.append({"model": entry.id, "precision": o.precision, "precision_why": o.precision_why,
+                           "decoder": o.decoder, "decoder_why": o.decoder_why})
         for path in model_components(model):
             p = devices.plan(path, settings.device)
             rows.append({"model": entry.id, "task": entry.task,
                          "component": path.relative_to(model.dir).as_posix(), **p})
     out["models"] = rows
+    out["image_models"] = images
     return out
 
 
@@ -114,4 +114,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {r['model']:<{w}}  {r['component']:<{c}}  {r['device']:<6} {r['why']}")
     else:
         print("\nno installed models")
+    for r in info["image_models"]:
+        print(f"\nimage model {r['model']}: precision {r['precision']} ({r['precision_why']}); "
+              f"decoder {r['decoder']} ({r['decoder_why']})")
     return 0

@@ -63,8 +63,9 @@ def test_a_model_without_the_profiles_precision_uses_its_own_and_says_so(image_r
     assert info["profile"]["name"] == "pi4-4gb" and info["profile"]["picked_by"] == "named"
     rows = {r["setting"]: r for r in info["settings"]}
     assert rows["image_decoder"]["source"] == "profile" and rows["profile"]["source"] == "flag"
-    models = {(r["model"], r["component"]): r for r in info["models"]}
-    assert models[(IMAGE_MODEL, "precision")]["device"] == "int8-winograd"
+    [image] = info["image_models"]
+    assert (image["model"], image["precision"], image["decoder"]) == (IMAGE_MODEL, "int8-winograd", "taesd")
     assert main(["devices", "--home", str(image_home)]) == 0
     text = capsys.readouterr().out
     assert "profile:" in text and "detected:" in text and "(source: flag > env > profile > default)" in text
+    assert f"image model {IMAGE_MODEL}: precision" in text
