@@ -127,12 +127,43 @@ def fp16(src: str | Path, dst: str | Path, *, op_block_list: Sequence[str] | Non
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    model = onnx.load(str(src), load_external_data=True)
     blocked = list(DEFAULT_OP_BLOCK_LIST) + list(op_block_list or [])
+    if is_large(src):
+        return _fp16_streamed(Path(src), Path(dst), blocked)
+    model = onnx.load(str(src), load_external_data=True)
     large = needs_external_data(model)
     half = convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked,
                                     disable_shape_infer=large)
     return save_onnx(half, dst, external=needs_external_data(half))
+
+
+def _fp16_streamed(src: Path, dst: Path, blocked: list[str]) -> Path:
+    """onnxruntime's convert_float_to_float16 on the graph read without its weights (it decides which
+    initializers become float16 and where Casts go), then each such weight converted with its own
+    convert_np_to_float16 while it is copied to ``dst``'s data file, one tensor at a time (loading the SD1.5
+    UNet whole to convert it peaked at ~8 GB)."""
+    from unittest import mock
+
+    import onnx
+    from onnx import helper
+    from onnxruntime.transformers import float16 as f16
+
+    model = onnx.load(str(src), load_external_data=False)
+    external_float = {t.name for t in model.graph.initializer
+                      if t.data_type == onnx.TensorProto.FLOAT and t.data_location == onnx.TensorProto.EXTERNAL}
+
+    def value_info(tensor):  # its own reads the (absent) data only for the shape, which the dims give
+        return helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+
+    with mock.patch.object(f16, "make_value_info_from_tensor", value_info):
+        half = f16.convert_float_to_float16(model, keep_io_types=True, op_block_list=blocked, disable_shape_infer=True)
+
+    def to_half(data: bytes) -> bytes:
+        return f16.convert_np_to_float16(np.frombuffer(data, dtype=np.float32)).tobytes()
+
+    recode = {t.name: to_half for t in half.graph.initializer
+              if t.name in external_float and t.data_type == onnx.TensorProto.FLOAT16}
+    return save_streamed(half, dst, src.parent, recode=recode)
 
 
 class FeedsReader:
@@ -261,10 +292,13 @@ def move_onnx(src: str | Path, dst: str | Path, *, chunk: int = 64 << 20) -> Pat
     return dst
 
 
-def save_streamed(model, dst: str | Path, base_dir: str | Path, *, chunk: int = 64 << 20) -> Path:
+def save_streamed(model, dst: str | Path, base_dir: str | Path, *, chunk: int = 64 << 20,
+                  recode: dict | None = None) -> Path:
     """Save ``model`` as ``dst`` + one ``<dst>.data``: tensors stored outside the model (paths relative to
     ``base_dir``) are copied file to file in ``chunk`` pieces, tensors held in memory (>= 1 KB) are written
-    and dropped from the proto. Nothing but the graph and the in-memory tensors is ever in RAM."""
+    and dropped from the proto. Nothing but the graph and the in-memory tensors is ever in RAM.
+    ``recode``: tensor name -> function of its stored bytes giving the bytes to write (read whole, one
+    tensor at a time: fp16 conversion)."""
     import onnx
     from onnx.external_data_helper import _get_all_tensors
 
@@ -283,6 +317,9 @@ def save_streamed(model, dst: str | Path, base_dir: str | Path, *, chunk: int = 
                     f.seek(int(info.get("offset", 0)))
                     left = int(info["length"]) if "length" in info else -1
                     offset = out.tell()
+                    if recode and t.name in recode:
+                        out.write(recode[t.name](f.read(left) if left >= 0 else f.read()))
+                        left = 0
                     while left != 0:
                         piece = f.read(chunk if left < 0 else min(chunk, left))
                         if not piece:

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from export.lcm.manifest import image_manifest, runtime_components
-from export.lcm.sources import Source
+from export.lcm.sources import OnDemand, Source, release_memory
 from export.lcm.verify import VERIFY_PROMPT
 
 
-def calibration_feeds(src: Source, folder: Path, fp32_files: dict[str, str], side: int, steps: int,
+def calibration_feeds(src: Source | OnDemand, folder: Path, fp32_files: dict[str, str], side: int, steps: int,
                       threads: int, prompts: tuple[str, ...] = (VERIFY_PROMPT, "a red car in the rain",
                                                                 "portrait of an old fisherman")) -> list[dict]:
     """UNet inputs recorded while the fp32 edge pipeline renders a few prompts (for static QDQ)."""
@@ -29,6 +29,11 @@ def calibration_feeds(src: Source, folder: Path, fp32_files: dict[str, str], sid
     comps.unet = recording_unet
     pipe = LCMPipeline(comps, model_id="calib")
     for i, prompt in enumerate(prompts):
-        for _ in pipe.generate_steps(ImageRequest(prompt=prompt, width=side, height=side, steps=steps, seed=i)):
-            pass
+        gen = pipe.generate_steps(ImageRequest(prompt=prompt, width=side, height=side, steps=steps, seed=i))
+        for step in gen:
+            if step.kind == "unet" and step.data.get("step") == step.data.get("steps"):
+                gen.close()  # every UNet input is recorded: the decode (and the VAE decoder's session) is not needed
+                break
+    del pipe, comps, unet
+    release_memory()
     return recorded

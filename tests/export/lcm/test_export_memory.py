@@ -184,3 +184,27 @@ def test_static_qdq_streamed_equals_quantize_static(tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "streamed").iterdir()) == ["unet.onnx", "unet.onnx.data"]
     np.testing.assert_array_equal(run(tmp_path / "streamed" / "unet.onnx", feeds[0]["x"]),
                                   run(tmp_path / "whole" / "unet.onnx", feeds[0]["x"]))
+
+
+def test_fp16_streamed_equals_in_memory(tmp_path, monkeypatch):
+    """A model over protobuf's limit is converted by onnxruntime's float16 converter on its graph, each weight
+    converted (its convert_np_to_float16) while it is copied: the same model as converting it whole."""
+    import onnx
+
+    from export import quantize
+
+    src = conv_model(tmp_path / "fp32" / "unet.onnx", per_tensor_files=False)
+    x = np.random.default_rng(5).standard_normal((1, 8, 32, 32)).astype(np.float32)
+    (tmp_path / "whole").mkdir()
+    quantize.fp16(src, tmp_path / "whole" / "unet.onnx")
+    monkeypatch.setattr(quantize, "PROTOBUF_LIMIT", 0)
+    (tmp_path / "streamed").mkdir()
+    quantize.fp16(src, tmp_path / "streamed" / "unet.onnx")
+    assert sorted(p.name for p in (tmp_path / "streamed").iterdir()) == ["unet.onnx", "unet.onnx.data"]
+    whole = onnx.load(str(tmp_path / "whole" / "unet.onnx"))
+    streamed = onnx.load(str(tmp_path / "streamed" / "unet.onnx"))
+    assert {t.name: t.data_type for t in streamed.graph.initializer} == {t.name: t.data_type for t in whole.graph.initializer}
+    for a, b in zip(sorted(whole.graph.initializer, key=lambda t: t.name),
+                    sorted(streamed.graph.initializer, key=lambda t: t.name)):
+        np.testing.assert_array_equal(onnx.numpy_helper.to_array(a), onnx.numpy_helper.to_array(b))
+    np.testing.assert_array_equal(run(tmp_path / "streamed" / "unet.onnx", x), run(tmp_path / "whole" / "unet.onnx", x))
