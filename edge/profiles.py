@@ -167,14 +167,30 @@ def _read(path: str) -> str:
         return ""
 
 
+def _own_cgroup_dirs(controller: str, root: str) -> list[str]:
+    """This process's cgroup folders for ``controller`` (v1: /proc/self/cgroup names the group inside the
+    mounted hierarchy; v2: the unified "0::" line), innermost first, up to the mount root."""
+    out = []
+    for line in _read("/proc/self/cgroup").splitlines():
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if (controller in controllers.split(",")) or (controllers == "" and line.startswith("0::")):
+            parts = [p for p in path.strip().split("/") if p]
+            out += [root + "/" + "/".join(parts[:n]) if n else root for n in range(len(parts), -1, -1)]
+    return out
+
+
 def cgroup_memory_limit() -> int | None:
-    """This process's cgroup memory limit in bytes (v2 ``memory.max`` or v1 ``memory.limit_in_bytes``),
-    or None when there is none."""
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
-        text = _read(path)
-        if text.isdigit() and int(text) < (1 << 60):  # v1 writes a huge number for "no limit"
-            return int(text)
-    return None
+    """The tightest cgroup memory limit over this process's group and its parents in bytes (v2 ``memory.max``,
+    v1 ``memory.limit_in_bytes``), or None when there is none. The group comes from /proc/self/cgroup, so a
+    process placed in a capped child group (a container, a systemd slice, a test harness) sees its cap."""
+    limits = []
+    dirs = _own_cgroup_dirs("memory", "/sys/fs/cgroup/memory") + _own_cgroup_dirs("", "/sys/fs/cgroup")
+    for folder in dirs + ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"]:
+        for name in ("memory.limit_in_bytes", "memory.max"):
+            text = _read(f"{folder}/{name}")
+            if text.isdigit() and int(text) < (1 << 60):  # v1 writes a huge number for "no limit"
+                limits.append(int(text))
+    return min(limits) if limits else None
 
 
 def cgroup_cpu_limit() -> float | None:

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -89,3 +92,26 @@ def test_cpu_flags_read_x86_and_arm_cpuinfo():
     assert cpu.cpu_flags(x86) == {"avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni"}
     assert cpu.cpu_flags(arm) == {"asimd", "asimddp"}
     assert cpu.cpu_flags("") == frozenset()
+
+
+CGROUP_V1 = "/sys/fs/cgroup/memory"
+
+
+@pytest.mark.skipif(not os.access(CGROUP_V1, os.W_OK), reason="needs a writable cgroup v1 memory hierarchy")
+def test_a_process_in_a_capped_cgroup_sees_its_cap_and_auto_picks_by_it(tmp_path):
+    """The cap of the group /proc/self/cgroup names (not the hierarchy's root) is the device's RAM: a 3 GiB
+    group makes `auto` pick pi4-4gb with 65 % of 3 GiB, on this 24 GB machine."""
+    group = f"{CGROUP_V1}/edge-test-{os.getpid()}"
+    os.mkdir(group)
+    try:
+        with open(f"{group}/memory.limit_in_bytes", "w") as f:
+            f.write(str(3 * GiB))
+        code = ("from edge import profiles\nf = profiles.detect()\nc = profiles.pick(f)\n"
+                "print(f.ram_bytes, f.ram_source, c.name, c.profile.values(f)['ram_budget'][0])")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             preexec_fn=lambda: open(f"{group}/cgroup.procs", "w").write(str(os.getpid()))).stdout
+        ram, _, rest = out.partition(" ")
+        assert int(ram) == 3 * GiB and "cgroup memory limit pi4-4gb" in rest
+        assert int(rest.split()[-1]) == int(0.65 * 3 * GiB)
+    finally:
+        os.rmdir(group)
