@@ -200,37 +200,45 @@ def static_qdq(src: str | Path, dst: str | Path, reader, *, per_channel: bool = 
 
 def _static_qdq_streamed(src: Path, dst: Path, reader, per_channel: bool, op_types: Sequence[str] | None,
                          activation_type, weight_type, calibrate_method) -> None:
-    """quantize_static's own two steps, one after the other instead of overlapping: 1. onnxruntime's calibrator
-    (its augmented copy and session freed before step 2), 2. its QDQQuantizer on the graph read without its
-    weights (each read from disk as it is quantized), written with :func:`save_streamed`. quantize_static keeps
-    the whole model loaded while the calibration session holds a second copy."""
-    import tempfile
+    """quantize_static's own two steps, one after the other instead of overlapping, neither holding the weights:
+    1. onnxruntime's calibrator on the graph read without its weights (its session reads them from src's data
+    file), freed before 2. its QDQQuantizer on the same graph (each weight read from disk as it is quantized),
+    written with :func:`save_streamed`. quantize_static keeps the whole model loaded while its calibrator
+    holds another and the calibration session a third (11 GB for the SD1.5 UNet)."""
     from unittest import mock
 
     import onnx
-    from onnxruntime.quantization import base_quantizer
-    from onnxruntime.quantization.calibrate import create_calibrator
+    from onnxruntime.quantization import base_quantizer, calibrate
     from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
     from onnxruntime.quantization.quant_utils import add_infer_metadata, update_opset_version
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     ops = list(op_types) if op_types else list(set(QLinearOpsRegistry) | set(QDQRegistry))
-    # 1. activation ranges (the augmented model and its data file live in a temp folder beside dst)
-    with tempfile.TemporaryDirectory(prefix=".calibration.", dir=dst.parent) as tmp:
-        calibrator = create_calibrator(src, ops, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                                       calibrate_method=calibrate_method, use_external_data_format=True)
+
+    def reinfer(m):  # shapes and types in memory: they need no weights
+        m = onnx.shape_inference.infer_shapes(m)
+        add_infer_metadata(m)
+        return m
+
+    def skeleton(path) -> onnx.ModelProto:  # the calibrator's loader, without the weights
+        return reinfer(onnx.load(str(path), load_external_data=False))
+
+    # 1. activation ranges: the calibrator augments the graph read without its weights and saves it beside src,
+    # so its session reads src's own data file (it would otherwise hold the model while its session loads a copy)
+    augmented = src.with_name(f".{src.stem}.augmented.onnx")
+    try:
+        with mock.patch.object(calibrate, "load_model_with_shape_infer", skeleton):
+            calibrator = calibrate.create_calibrator(src, ops, augmented_model_path=str(augmented),
+                                                     calibrate_method=calibrate_method, use_external_data_format=True)
         # (no max_intermediate_outputs: onnxruntime 1.32 drops the batches it clears; the outputs it keeps are the
         # augmented graph's per-tensor ReduceMin/ReduceMax, a few numbers per feed)
         calibrator.collect_data(reader)
         ranges = calibrator.compute_data()
         del calibrator
+    finally:
+        augmented.unlink(missing_ok=True)
 
     # 2. QDQ over the weights on disk
-    def reinfer(m):
-        m = onnx.shape_inference.infer_shapes(m)
-        add_infer_metadata(m)
-        return m
-
     model = onnx.load(str(src), load_external_data=False)
     model = update_opset_version(reinfer(model), weight_type)
     with contextlib.chdir(src.parent), mock.patch.object(base_quantizer, "save_and_reload_model_with_shape_infer",
