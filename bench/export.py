@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(r)
                 peak = r["peak_rss_bytes"] / GB
                 ok = "FAILED" if r["exit"] else ("yes" if peak <= args.target_gb else "NO")
-                rows.append([precisions, label, r["seconds"], round(peak, 2), f"<= {args.target_gb:g}", ok,
+                rows.append([precisions, label, round(r["seconds"]), round(peak, 2), f"<= {args.target_gb:g}", ok,
                              heaviest(r)])
                 if r["exit"]:
                     print(r["tail"], file=sys.stderr)
