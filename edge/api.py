@@ -219,8 +219,9 @@ class Runtime:
         if isinstance(manifest, mf.ImageManifest):
             from edge.image.options import image_options
 
-            precision = image_options(manifest, precision=self.settings.image_precision).precision
-            size = manifest.load_bytes.get(precision) or size
+            opts = image_options(manifest, precision=self.settings.image_precision,
+                                 decoder=self.settings.image_decoder)
+            size = self._image_load_bytes(model_id, manifest, opts) or manifest.load_bytes.get(opts.precision) or size
         elif manifest is not None:
             size = manifest.loaded_bytes() or size
         extra = 0
@@ -231,6 +232,23 @@ class Runtime:
 
             extra = cache_budget(self.settings.ram_budget)  # the embedding cache may fill to its budget
         return int(size * 1.1) + extra
+
+    def _image_load_bytes(self, model_id: str, manifest: "mf.ImageManifest", opts: Any) -> int:
+        """The files an image model holds once it has made an image with its default decoder: the text encoder,
+        the UNet and that decoder (with external data). The other decoder and the VAE encoder (image-to-image)
+        load on first use and are measured then; counting all of a precision's files would refuse an int8
+        SD1.5 model with TAESD on a 4 GB device that easily holds it."""
+        files = manifest.precisions.get(opts.precision, {})
+        folder = self.store.model_dir(model_id)
+        total = 0
+        for component in ("text_encoder", "unet", f"{opts.decoder}_decoder"):
+            rel = files.get(component)
+            if rel is None:
+                continue
+            for path in (folder / rel, folder / (rel + ".data")):
+                if path.is_file():
+                    total += path.stat().st_size
+        return total
 
     def _load_engine(self, model_id: str, threads: int) -> Any:
         model = self.ensure(model_id)
