@@ -115,3 +115,23 @@ def test_a_wait_for_memory_is_bounded_and_names_who_holds_it(workloads_home):
                                               rf"{CHAT_MODEL} for 0.3 s"):
             rt.imagine("a lighthouse", size=64, steps=1, seed=1)
         busy.cancel()
+
+
+def test_an_image_models_plan_counts_what_a_load_and_its_default_decoder_hold(workloads_home):
+    """Not every file of the precision: the VAE encoder (image-to-image) and the decoder requests do not use
+    by default load on first use and are measured then."""
+    import edge.manifest as mf
+    from edge.config import Settings
+
+    settings = Settings.from_env(home=str(workloads_home), offline=True, image_decoder="taesd")
+    with open_runtime(workloads_home, settings=settings) as rt:
+        folder = rt.store.model_dir(IMAGE_MODEL)
+        files = mf.read(folder).precisions[mf.read(folder).precision or "fp32"]
+
+        def size(component: str) -> int:
+            return sum(p.stat().st_size for p in (folder / files[component], folder / (files[component] + ".data"))
+                       if p.is_file())
+
+        held = size("text_encoder") + size("unet") + size("taesd_decoder")
+        assert rt._estimate(IMAGE_MODEL) == int(held * 1.1)
+        assert size("vae_encoder") + size("vae_decoder") > 0  # left out, not absent
