@@ -164,6 +164,12 @@ class LoadedModel:
         """Bytes this model is counted for: plan (estimate + working set) or measurement, the larger."""
         return max(self.planned + self.work, self.measured_peak)
 
+    def learned(self) -> int:
+        """What a reload of this model plans, before its first job's working set is added: the model's own
+        bytes as measured (the peak less the declared working set its jobs kept), or the plan if larger.
+        Planning the whole peak and then adding the working set again refused a reload that had just run."""
+        return max(self.planned, self.measured_peak - self.work)
+
     @property
     def slots(self) -> int:
         return max(1, int(getattr(self.engine, "slots", 1)))
@@ -258,7 +264,7 @@ class Scheduler:
             if m is None or m.running or self._wanted(model_id):
                 return False
             del self._models[model_id]
-            self._learned[model_id] = max(m.planned, m.measured_peak)
+            self._learned[model_id] = m.learned()
         m.engine.close()
         return True
 
@@ -462,7 +468,7 @@ class Scheduler:
 
     def _evict(self, m: LoadedModel, reason: str) -> None:
         del self._models[m.id]
-        self._learned[m.id] = max(m.planned, m.measured_peak)
+        self._learned[m.id] = m.learned()
         self.metrics.evictions += 1
         self.metrics.evicted = [*self.metrics.evicted[-99:], (m.id, reason)]
         log.info("unloading %s (%s)", m.id, reason)
