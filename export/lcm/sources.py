@@ -155,6 +155,24 @@ def random_components(preset: str, seed: int, with_taesd: bool = True) -> Source
                   dict(SCHEDULER_CONFIG), model_id=default_model_id(None, preset), info=_random_info(preset, seed))
 
 
+def save_module(module, path: Path) -> None:
+    """``torch.save(module, path)``; a disk that fills up is an ENOSPC OSError (DiskFull for the export), not
+    torch's RuntimeError from its zip writer ("unexpected pos ...")."""
+    import errno
+    import shutil
+
+    import torch
+
+    try:
+        torch.save(module, path)
+    except RuntimeError as e:
+        need = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+        if shutil.disk_usage(Path(path).parent).free < need:
+            Path(path).unlink(missing_ok=True)
+            raise OSError(errno.ENOSPC, f"No space left on device writing {path}") from e
+        raise
+
+
 def random_to_disk(preset: str, seed: int, folder: Path, with_taesd: bool = True) -> OnDemand:
     """:func:`random_components`' modules (the same weights), each saved to ``folder`` and dropped as soon as
     it is built; :meth:`OnDemand.using` maps them back read-only from there (so the peak is one module)."""
@@ -165,7 +183,7 @@ def random_to_disk(preset: str, seed: int, folder: Path, with_taesd: bool = True
     for part, module in _random_modules(preset, seed, with_taesd, len(vocab), vocab["<|startoftext|>"],
                                         vocab["<|endoftext|>"]):
         path = Path(folder) / f"{part}.pt"
-        torch.save(module, path)  # the whole module (its non-persistent buffers too); our own file, read back below
+        save_module(module, path)  # the whole module (its non-persistent buffers too); read back below
         configs[part] = module.config
         loaders[part] = functools.partial(_load_saved, path)
         del module
@@ -206,7 +224,7 @@ def load_components(source: str, revision: str | None, taesd: str | None, scratc
 
         path = Path(scratch) / "taesd.pt"
         module = AutoencoderTiny().eval()  # small (10 MB)
-        torch.save(module, path)
+        save_module(module, path)
         loaders["taesd"] = functools.partial(_load_saved, path)
         configs["taesd"] = module.config
         del module
