@@ -9,6 +9,7 @@ import json
 import urllib.request
 
 from support import CHAT_MODEL, IMAGE_MODEL, SEG_MODEL, ServerProcess, edge_env, install_local
+from web_support import no_page_errors, record_posts
 
 IMAGE_RECIPE = "lcm-dreamshaper-v7-onnx"
 SEG_RECIPE = "mobilesam-onnx"
@@ -16,19 +17,6 @@ SEG_RECIPE = "mobilesam-onnx"
 MARKS_PIXELS = """() => { const c = document.getElementById('segment-marks');
   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
   let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i]) n++; return n; }"""
-
-
-def record_posts(page, path: str) -> list[dict]:
-    """Bodies of the page's POSTs to ``path`` (test_playground.py has the same; test files cannot import
-    each other under --import-mode=importlib)."""
-    bodies: list[dict] = []
-    page.on("request", lambda r: r.method == "POST" and r.url.endswith(path) and bodies.append(r.post_data_json))
-    return bodies
-
-
-def no_page_errors(page) -> None:
-    errors = [e for e in page.console_errors if "Failed to load resource" not in e]
-    assert not errors, errors
 
 
 def get_models(url: str) -> dict:

@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from web_support import no_page_errors, record_posts
 
 WEB = Path(__file__).resolve().parents[2] / "edge" / "web"
 QUESTION = "What is the capital of France? Answer in one word."
@@ -52,18 +53,6 @@ def post_json(url: str, body: dict) -> tuple[int, dict]:
             return r.status, json.load(r)
     except urllib.error.HTTPError as e:
         return e.code, json.load(e)
-
-
-def record_posts(page, path: str) -> list[dict]:
-    """Bodies of the page's POSTs to ``path`` (as the server received them)."""
-    bodies: list[dict] = []
-    page.on("request", lambda r: r.method == "POST" and r.url.endswith(path) and bodies.append(r.post_data_json))
-    return bodies
-
-
-def no_page_errors(page) -> None:
-    errors = [e for e in page.console_errors if "Failed to load resource" not in e]
-    assert not errors, errors
 
 
 # -- static ------------------------------------------------------------------------------------------
