@@ -83,7 +83,7 @@ class Runtime:
         the id it was pulled as, and is pulled first when ``auto_pull`` allows) or the task's default."""
         cat = self.catalog
         if model is None:
-            entry = self._in_preferred_precision(task) or cat.default_for(task)
+            entry = self._in_preferred_precision(cat, task) or cat.default_for(task)
             if entry is None:
                 recipe = cat.recipe_for(task)
                 how = (f"Run `edge-run pull {recipe.id}` (downloads {recipe.upstream} and exports it here)"
@@ -98,19 +98,24 @@ class Runtime:
             raise BadRequest(f"model {entry.id!r} is a {entry.task} model, not a {task} model.", param="model")
         return entry.id
 
-    def _in_preferred_precision(self, task: str) -> "ModelEntry | None":
+    def _in_preferred_precision(self, cat: Catalog, task: str) -> "ModelEntry | None":
         """The installed segmentation model in EDGE_SAM_PRECISION (or the profile's), when the task's default
-        is not in it and another installed one is; None otherwise (then the task's default applies)."""
+        is not in it and another installed one is; None otherwise (then the task's default applies). Runs on
+        every click without a model: a verified model's manifest comes from the cache, not the disk."""
         want = self.settings.sam_precision if task == "segment" else None
         if want is None:
             return None
-        cat = self.catalog
         default = cat.default_for(task)
         for entry in sorted((e for e in cat if e.task == task), key=lambda e: e is not default):
-            folder = self.store.model_dir(entry.id)
-            if not (folder / mf.MANIFEST_FILE).is_file() or not self.store.is_installed(entry):
-                continue
-            if mf.read(folder, model_id=entry.id).precision == want:
+            verified = self._verified.get(entry.id)
+            if verified is not None:
+                manifest = verified[0].manifest
+            else:
+                folder = self.store.model_dir(entry.id)
+                if not (folder / mf.MANIFEST_FILE).is_file() or not self.store.is_installed(entry):
+                    continue
+                manifest = mf.read(folder, model_id=entry.id)
+            if manifest.precision == want:
                 return entry
         return None
 

@@ -46,22 +46,20 @@ def _check_online(settings: Settings, what: str) -> None:
 
 
 # -- hub GGUFs ------------------------------------------------------------------------------------
-def pull_hub(settings: Settings, name: str, *, model_id: str | None = None, force: bool = False,
-             say: Say = print) -> InstalledModel:
-    """Pull ``name`` (hf.co/OWNER/REPO[:TAG]) as chat model ``model_id`` (default: derived from the name).
+def pull_hub(settings: Settings, name: str, *, force: bool = False, say: Say = print) -> InstalledModel:
+    """Pull ``name`` (hf.co/OWNER/REPO[:TAG]) as a chat model whose id is derived from the name.
 
     An already pinned name downloads its pinned commit and file (offline: nothing to ask the hub); a new
     one is resolved first. The lock entry is written only after the file verified."""
     ref = hub.parse_ref(name)
-    cat = Catalog(settings.user_lock)
-    pinned = cat.entries.get(model_id) if model_id else cat.by_hub_ref(name)
+    pinned = Catalog(settings.user_lock).by_hub_ref(name)
     store = Store(settings)
     if pinned is not None and pinned.extra.get("hub"):
         return store.pull(pinned, force=force)
     _check_online(settings, str(ref))
     found = hub.resolve(ref, revision=None)
     say(f"{ref}: {found.file} at {found.commit[:12]}, {_gib(found.size)}, sha256 {found.sha256[:16]}...")
-    return _install_gguf(settings, model_id or ref.model_id, ref, found, force=force)
+    return _install_gguf(settings, ref.model_id, ref, found, force=force)
 
 
 def _install_gguf(settings: Settings, model_id: str, ref: hub.HubRef | str, found: hub.HubFile, *,
