@@ -68,7 +68,8 @@ bind() {  # bind-mount $1 at the same path inside the root
 }
 mount -t proc proc "$ROOTFS/proc" && mounted+=("$ROOTFS/proc")
 bind /dev
-bind /sys
+# (not /sys: this x86 host's /sys/devices/system/cpu crashes onnxruntime's cpuinfo under qemu with SIGSEGV; without
+# it onnxruntime warns "cpuinfo_initialize failed" and runs its generic aarch64 kernels)
 cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
 cp /etc/ssl/certs/ca-certificates.crt "$ROOTFS/etc/ssl/certs/ca-certificates.crt"  # this network's CAs
 in_root() { chroot "$ROOTFS" /usr/bin/env -i PATH=$VENV/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 \

@@ -2,8 +2,8 @@
 corpus, a Stable-Diffusion-class pipeline trained for a few minutes on captioned shapes, the tiny
 seeded MobileSAM) and one run of each recipe through the real `edge-run distill` command with the
 shipped tiny config files. Every artifact is built once per session; the two *trained* teachers are
-also kept in the test cache (like the chat model of tests/conftest.py), keyed by a hash of the code
-and parameters that make them, so only the first session pays for their training."""
+also kept in the test cache (like the chat model of tests/conftest.py), keyed by a hash of what makes
+them (their code, inputs, parameters and libraries), so only the first session pays for their training."""
 
 from __future__ import annotations
 
@@ -19,21 +19,48 @@ from support import DISTILL_CONFIGS, THREADS, run_distill
 
 ROOT = Path(__file__).resolve().parents[3]
 CACHE = Path(os.environ.get("EDGE_TEST_CACHE", Path.home() / ".cache" / "edge-run-tests")) / "distill"
-TEACHER_SOURCES = ("export/distill/teachers.py", "export/distill/data.py", "export/distill/data/corpus.txt",
-                   "export/distill/llm_kd.py", "export/lcm/sources.py", "export/lcm/tokenizer.py",
-                   "export/llm/source.py")
+LLM_TEACHER_SOURCES = ("export/distill/teachers.py", "export/distill/data.py", "export/distill/data/corpus.txt",
+                       "export/distill/llm_kd.py", "export/llm/source.py")
+"""Every file teachers.llm_teacher runs code or data of (its tokenizer, corpus split, token blocks, template)."""
+SD_TEACHER_SOURCES = ("export/distill/teachers.py", "export/distill/data.py")
+"""teachers.sd_teacher's own files; what it takes from export/lcm is hashed by value (lcm_source_fingerprint)."""
 
 
-def cached_teacher(name: str, build: Callable[..., object], **params) -> Path:
-    """``build(folder, **params)`` once per code version: the folder is kept in the test cache under a
-    key hashing the teacher code, the parameters and the library versions."""
+def lcm_source_fingerprint(seed: int) -> bytes:
+    """What teachers.sd_teacher takes from export.lcm, by value: the tiny seeded text encoder, UNet and VAE of
+    ``random_components("tiny", seed, with_taesd=False)`` (class, config, every tensor), the CLIP vocabulary and
+    merges, and SCHEDULER_CONFIG. Edits to export/lcm that leave these alone (the export's streaming, sd15
+    memory work) keep the cached teacher; any change to them retrains it."""
+    from export.lcm.sources import SCHEDULER_CONFIG, random_components
+
+    src = random_components("tiny", seed, with_taesd=False)
+    h = hashlib.sha256()
+    for part in ("text_encoder", "unet", "vae"):
+        module = getattr(src, part)
+        cfg = module.config
+        cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+        h.update(json.dumps([type(module).__module__, type(module).__qualname__, cfg,
+                             getattr(module.config, "_attn_implementation", None)], sort_keys=True, default=str).encode())
+        for key, t in module.state_dict().items():
+            h.update(f"{key}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.detach().contiguous().numpy().tobytes())
+    h.update(json.dumps([src.vocab, src.merges, SCHEDULER_CONFIG], sort_keys=True).encode())
+    return h.digest()
+
+
+def cached_teacher(name: str, build: Callable[..., object], sources: tuple[str, ...], inputs: bytes = b"",
+                   **params) -> Path:
+    """``build(folder, **params)`` once per version of what makes it: the folder is kept in the test cache
+    under a key hashing the ``sources`` files, the ``inputs`` fingerprint, the parameters and the library
+    versions."""
     import diffusers
     import torch
     import transformers
 
     h = hashlib.sha256()
-    for rel in TEACHER_SOURCES:
+    for rel in sources:
         h.update((ROOT / rel).read_bytes())
+    h.update(inputs)
     h.update(json.dumps([params, torch.__version__, diffusers.__version__, transformers.__version__],
                         sort_keys=True, default=str).encode())
     dest = CACHE / f"{name}-{h.hexdigest()[:16]}"
@@ -68,7 +95,7 @@ def llm_teacher(work) -> Path:
     """A 4-layer, 64-wide Llama (byte-level BPE of 512 tokens, ChatML template) trained for 100 steps."""
     from export.distill.teachers import llm_teacher
 
-    return cached_teacher("llm-teacher", llm_teacher, steps=100, batch=16, lr=5e-3)
+    return cached_teacher("llm-teacher", llm_teacher, LLM_TEACHER_SOURCES, steps=100, batch=16, lr=5e-3)
 
 
 @pytest.fixture(scope="session")
@@ -103,7 +130,9 @@ def sd_teacher(work) -> Path:
     on 2048 simple-shapes pairs at 32 px (~6 min on 2 cores, once: cached)."""
     from export.distill.teachers import PROMPT_FOLLOWING, sd_teacher
 
-    return cached_teacher("sd-teacher", sd_teacher, **PROMPT_FOLLOWING)
+    params = {"seed": 0, **PROMPT_FOLLOWING}
+    return cached_teacher("sd-teacher", sd_teacher, SD_TEACHER_SOURCES, lcm_source_fingerprint(params["seed"]),
+                          **params)
 
 
 @pytest.fixture(scope="session")

@@ -186,6 +186,30 @@ def test_static_qdq_streamed_equals_quantize_static(tmp_path, monkeypatch):
                                   run(tmp_path / "whole" / "unet.onnx", feeds[0]["x"]))
 
 
+def test_fp16_sessions_keep_the_weights_float16(tmp_path):
+    """The sessions the runtime (and so verification) opens hold an fp16 model's weights as float16: onnxruntime
+    would otherwise rewrite each one feeding a CPU kernel without float16 (Conv, MatMul) into a float32 copy at
+    load (the fp16 SD1.5 UNet peaked at 6.2 GB loading); the outputs stay those of the float16 model."""
+    import onnx
+    import onnxruntime as ort
+
+    from edge.devices import session_options
+    from export import quantize
+
+    src = conv_model(tmp_path / "fp32" / "unet.onnx", per_tensor_files=False)
+    (tmp_path / "fp16").mkdir()
+    half = quantize.fp16(src, tmp_path / "fp16" / "unet.onnx")
+    x = np.random.default_rng(6).standard_normal((1, 8, 32, 32)).astype(np.float32)
+    so = session_options(1)
+    so.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    got = ort.InferenceSession(str(half), sess_options=so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    weights = onnx.load(so.optimized_model_filepath).graph.initializer
+    assert {t.name for t in weights} == {"w1", "b1", "w2", "m"}
+    assert {onnx.TensorProto.DataType.Name(t.data_type) for t in weights} == {"FLOAT16"}
+    want = run(src, x)
+    np.testing.assert_allclose(got, want, atol=1e-2 * np.abs(want).max())
+
+
 def test_fp16_streamed_equals_in_memory(tmp_path, monkeypatch):
     """A model over protobuf's limit is converted by onnxruntime's float16 converter on its graph, each weight
     converted (its convert_np_to_float16) while it is copied: the same model as converting it whole."""
