@@ -16,10 +16,10 @@
 #   4. the root's venv: the aarch64 wheels of numpy, pillow, onnxruntime, tokenizers ... from PyPI, then
 #      edge-run itself from this checkout (git archive HEAD: committed code only).
 #   5. the x86 reference: bench/arm64_check.py prepare (the tiny LCM and tiny MobileSAM exports the suite
-#      builds, the default chat model from PyPI) and run.
+#      builds, the default chat model from PyPI, transformers' fp32 logits of the chat probe) and run.
 #   6. the same run inside the arm64 root (every process an aarch64 binary under qemu-aarch64-static).
-#   7. the comparison at the suite's fp32 tolerances, written to $CACHE/result.json. Emulated times are no
-#      speed claim.
+#   7. the comparison at the suite's fp32 tolerances (images, masks; chat by its logits against transformers,
+#      see bench/arm64_check.py), written to $CACHE/result.json. Emulated times are no speed claim.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -72,6 +72,7 @@ bind /dev
 # it onnxruntime warns "cpuinfo_initialize failed" and runs its generic aarch64 kernels)
 cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
 cp /etc/ssl/certs/ca-certificates.crt "$ROOTFS/etc/ssl/certs/ca-certificates.crt"  # this network's CAs
+quiet_cpuinfo() { grep -v -e 'cpuinfo' -e 'Unknown CPU vendor' >&2 || true; }  # the missing /sys, see above
 in_root() { chroot "$ROOTFS" /usr/bin/env -i PATH=$VENV/bin:/usr/bin:/bin HOME=/root LANG=C.UTF-8 \
     PIP_CERT=/etc/ssl/certs/ca-certificates.crt PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_DEFAULT_TIMEOUT=180 "$@"; }
 [ "$(in_root uname -m)" = aarch64 ] || { echo "bench/arm64.sh: the root does not run as aarch64" >&2; exit 1; }
@@ -126,17 +127,18 @@ git -C "$REPO" archive HEAD | tar -x -C "$ROOTFS/src/edge-run"
 in_root pip install -q --no-deps --no-build-isolation /src/edge-run 2>/dev/null \
     || in_root pip install -q --no-deps /src/edge-run
 in_root python -c 'import edge, llama_cpp, onnxruntime; print("# aarch64 root: edge-run", edge.__version__,
-    "llama-cpp-python", llama_cpp.__version__, "onnxruntime", onnxruntime.__version__)'
+    "llama-cpp-python", llama_cpp.__version__, "onnxruntime", onnxruntime.__version__)' 2> >(quiet_cpuinfo)
 
 # 5. the x86 reference ------------------------------------------------------------------------------
 say "x86_64 reference run"
-"$PY" "$REPO/bench/arm64_check.py" prepare "$WORK"
+"$PY" "$REPO/bench/arm64_check.py" prepare "$WORK" 2>/dev/null  # (transformers' and llama.cpp's load chatter)
 "$PY" "$REPO/bench/arm64_check.py" run "$WORK" "$WORK/x86_64.npz" >"$WORK/x86_64.log"
 
 # 6. the aarch64 run --------------------------------------------------------------------------------
 say "aarch64 run under qemu-aarch64-static (minutes; emulated times are no speed claim)"
 bind "$WORK"
-in_root python /src/edge-run/bench/arm64_check.py run "$WORK" "$WORK/aarch64.npz" >"$WORK/aarch64.log"
+in_root python /src/edge-run/bench/arm64_check.py run "$WORK" "$WORK/aarch64.npz" >"$WORK/aarch64.log" \
+    2> >(quiet_cpuinfo)
 
 # 7. the comparison -----------------------------------------------------------------------------------
 "$PY" "$REPO/bench/arm64_check.py" compare "$WORK/x86_64.npz" "$WORK/aarch64.npz" --json "$CACHE/result.json"
