@@ -38,7 +38,8 @@ def lcm_source_fingerprint(seed: int) -> bytes:
     for part in ("text_encoder", "unet", "vae"):
         module = getattr(src, part)
         cfg = module.config
-        cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)
+        cfg = {k: v for k, v in (cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg)).items()
+               if not k.startswith("_")}  # bookkeeping (diffusers' _use_default_values comes from a set: any order)
         h.update(json.dumps([type(module).__module__, type(module).__qualname__, cfg,
                              getattr(module.config, "_attn_implementation", None)], sort_keys=True, default=str).encode())
         for key, t in module.state_dict().items():
