@@ -41,6 +41,9 @@ _compile_locks: dict[str, threading.Lock] = {}
 # Conv, MatMul, Add ...) into a float32 copy at load: the fp16 SD1.5-size UNet (1.7 GB) then peaked at 6.2 GB
 # while loading and held 4.1 GB, no less than fp32. Without it the weights stay float16 and the Casts onnxruntime
 # inserts run per call: 3.8 GB peak over a run at 256 px (measured), the same outputs within float16 rounding.
+# The memory pattern is off: it plans one block from the first run and allocates it from the second on top of the
+# arena's; with those Casts that took the fp16 UNet from 3.8 to 5.6 GB by its second run. The fp32 UNet measured
+# the same with or without it (3.6 GB, 12 s a run at 256 px).
 KEEP_FP16_WEIGHTS = "FuseFp16InitializerToFp32NodeTransformer"
 
 
@@ -53,6 +56,7 @@ def session_options(threads: int):
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.add_session_config_entry("optimization.disable_specified_optimizers", KEEP_FP16_WEIGHTS)
+    so.enable_mem_pattern = False
     return so
 
 
