@@ -273,7 +273,8 @@ def prune(src: str | Path, dst: str | Path, outputs: list[str], inputs: list[str
 
 def fold(src: str | Path, dst: str | Path, *, free_dims: dict[str, int] | None = None) -> Path:
     """onnxruntime's basic (standard-op only) offline optimisation, saved to ``dst``: constant folding
-    (with static shapes this removes Shape/Gather/Concat/Reshape-target chains), identity/dropout removal.
+    (with static shapes this removes Shape/Gather/Concat/Reshape-target chains), identity/dropout removal;
+    MatMul + Add stay two nodes.
     Standard ONNX ops only, so any execution provider can load the result."""
     import onnxruntime as ort
 
@@ -281,6 +282,9 @@ def fold(src: str | Path, dst: str | Path, *, free_dims: dict[str, int] | None =
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.optimized_model_filepath = str(dst)
     so.log_severity_level = 3
+    # MatMulAddFusion (MatMul + Add -> Gemm) is not needed to fold, and onnxruntime's pass fails on the
+    # MobileSAM-size decoder body ("AddInitializedOrtValue Attempt to replace the existing tensor")
+    so.add_session_config_entry("optimization.disable_specified_optimizers", "MatMulAddFusion")
     for name, value in (free_dims or {}).items():
         so.add_free_dimension_override_by_name(name, int(value))
     ort.InferenceSession(str(src), sess_options=so, providers=["CPUExecutionProvider"])
