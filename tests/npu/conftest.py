@@ -63,6 +63,7 @@ def _manifest_files(folder: Path, manifest: dict) -> None:
     write_json(folder / MANIFEST, manifest)
 
 
+EXPORT_NPU = ("export", "npu")  # the CLI words the build runs (tests/test_layout.py looks for them as a literal)
 NPU_BUILD = f"""
 import torch
 torch.set_num_threads({THREADS})
@@ -70,7 +71,7 @@ from edge.cli import main
 from export.npu import tiny
 
 def npu(src, out, *extra):
-    code = main(["export", "npu", str(src), "--out", str(out), "--quant", "a16w8", "--verify-devices", "none",
+    code = main([*{EXPORT_NPU!r}, str(src), "--out", str(out), "--quant", "a16w8", "--verify-devices", "none",
                  "--threads", "{THREADS}", *extra])
     assert code == 0, f"edge-run export npu {{src}} failed ({{code}})"
 
