@@ -1,20 +1,18 @@
-"""GGUF chat engine over llama-cpp-python.
+"""GGUF chat engine over llama.cpp (through llama-cpp-python's bindings), with batched decoding.
 
-One loaded model keeps ``slots`` llama.cpp contexts (all created at load) in a
-:class:`edge.chat.slots.SlotPool`. With mmap the weights are shared between contexts, so a slot
-costs only its KV cache; each slot keeps its KV cache between jobs and a new job takes the free slot
-with the longest matching prompt prefix, so a multi-turn chat does not re-evaluate the whole
-conversation.
+A loaded model is one llama.cpp model and one context (edge.chat.batch.BatchDecoder) with a KV stream
+per *slot* (:class:`edge.chat.slots.SlotPool`). Each slot keeps its stream between jobs and a new job
+takes the free slot with the longest matching prompt prefix, so a multi-turn chat does not re-evaluate
+the whole conversation. The running chats decode together: one llama_decode per round of their token
+steps, as llama-server does, and the weights, compute buffers and logits are shared, not per slot.
 
-Prefix reuse and determinism: llama.cpp's CPU kernels give bit-identical logits however a prompt is
-split into batches of two or more tokens, but a token evaluated alone (as every decoded token is)
-takes another kernel and its numbers differ. So a job reuses the longest common prefix with the
-*prompt* tokens its slot evaluated (never the decoded answer), and always evaluates at least its
-last two prompt tokens together. The same prompt therefore gets the same greedy answer whatever the
-slot served before (tests/test_chat.py checks both facts), and a multi-turn chat re-evaluates only
-its previous answer and the new turn.
+Prefix reuse and determinism: llama.cpp gives bit-identical logits however a prompt is split into
+batches of two or more tokens and whatever other sequences share a batch. A job reuses the longest
+common prefix with the *prompt* tokens its slot evaluated (never the decoded answer) and always
+evaluates at least its last two prompt tokens together, so the same prompt gets the same greedy
+answer whatever the slot served before and however many chats run beside it (tests/chat checks both).
 
-A job is a step generator: it yields after each prefill chunk and after each streamed token.
+A job is a step generator: it yields after each prefill piece and after each answer token.
 """
 
 from __future__ import annotations
@@ -24,36 +22,40 @@ import threading
 from typing import Any
 
 from edge.chat import tools
+from edge.chat.answer import AnswerText
+from edge.chat.batch import BatchDecoder, detokenize_piece, prompt_piece
 from edge.chat.request import ChatRequest, ChatResult
 from edge.chat.sampling import Sampling
-from edge.chat.slots import PREFILL_CHUNK, SlotPool, check_context
+from edge.chat.slots import SlotPool, check_context
 from edge.errors import BadRequest, EdgeError
 from edge.jobs import Step, StepGen
 
 
 class LlamaChatEngine:
-    """A GGUF model served through llama-cpp-python."""
+    """A GGUF model served through llama.cpp, its slots decoding in one batch."""
 
     def __init__(self, model_path: str, *, threads: int, slots: int = 2, n_ctx: int = 4096, model_id: str = ""):
-        import llama_cpp
+        import llama_cpp._internals as internals
+        from llama_cpp._logger import set_verbose
 
-        self._llama_cpp = llama_cpp
+        set_verbose(False)  # llama.cpp's load and context logs (llama_cpp.Llama(verbose=False) does the same)
         self.model_path = model_path
         self.model_id = model_id
         self.threads = threads
         self.threads_now = threads  # what the scheduler allows for the next steps (set_threads)
         self.n_ctx = n_ctx
         self.slots = slots
-        # every slot now, not on first use: the scheduler measures the footprint around load() (the RAM
-        # budget must see each slot's KV cache), and a burst of chats must not pay context creation.
-        # A slot's tokens are the *prompt* tokens its context evaluated (see the module docstring).
-        self.pool: SlotPool[Any] = SlotPool(self._new_context() for _ in range(slots))
-        first = self._first_context()
-        self.formatter = self._make_formatter(first)
+        self.model = internals.LlamaModel(path_model=model_path, params=model_params(), verbose=False)
+        # the context and every slot's stream now, not on first use: the scheduler measures the footprint
+        # around load() (the RAM budget must see the KV cache), and a burst of chats must not pay for it.
+        self.decoder = BatchDecoder(self.model, n_ctx=n_ctx, slots=slots, threads=threads)
+        self.pool: SlotPool[int] = SlotPool(range(slots))  # a slot's state is its sequence id
+        metadata = self.model.metadata()
+        self.formatter = self._make_formatter(self.model, metadata, model_path)
         self.native_tools = tools.template_knows_tools(self.formatter.template)
-        self.recommended = Sampling.from_gguf(first.metadata, source=model_id or model_path)
-        self.eos_text = token_text(first, first.token_eos())
-        self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(first.model)  # the window the model was trained for
+        self.recommended = Sampling.from_gguf(metadata, source=model_id or model_path)
+        self.eos_text = token_text(self.model, self.model.token_eos())
+        self.n_ctx_train = self.model.n_ctx_train()  # the window the model was trained for
 
     @classmethod
     def load(cls, model, *, threads: int, device: str = "auto", slots: int = 2, n_ctx: int = 4096):
@@ -62,45 +64,38 @@ class LlamaChatEngine:
         return cls(str(path), threads=threads, slots=slots, n_ctx=n_ctx, model_id=model.id)
 
     # -- setup ---------------------------------------------------------------------------------
-    def _new_context(self):
-        return open_llama(model_path=self.model_path, n_ctx=self.n_ctx, n_threads=self.threads,
-                          n_threads_batch=self.threads, n_batch=512, verbose=False)
-
     @staticmethod
-    def _make_formatter(llm):
+    def _make_formatter(model, metadata: dict, path: str):
         """The model's own chat template from the GGUF metadata (tokenizer.chat_template)."""
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        template = llm.metadata.get("tokenizer.chat_template")
+        template = metadata.get("tokenizer.chat_template")
         if not template:
-            raise EdgeError(f"{llm.model_path}: the GGUF has no tokenizer.chat_template; re-export it with a "
+            raise EdgeError(f"{path}: the GGUF has no tokenizer.chat_template; re-export it with a "
                             "chat template (edge-run export llm ...).")
-        eos = llm.token_eos()
-        return Jinja2ChatFormatter(template=template, eos_token=token_text(llm, eos),
-                                   bos_token=token_text(llm, llm.token_bos()), stop_token_ids=[eos])
+        eos = model.token_eos()
+        return Jinja2ChatFormatter(template=template, eos_token=token_text(model, eos),
+                                   bos_token=token_text(model, model.token_bos()), stop_token_ids=[eos])
 
     def close(self) -> None:
-        """Free every llama.cpp context and the model now."""
-        self.pool.close(lambda llm: llm.close())
+        """Free the llama.cpp context and the model now."""
+        if self.pool.slots[0].state is None:
+            return
+        self.pool.close()
+        self.decoder.close()
+        self.model.close()
 
-    def _first_context(self):
-        """Slot 0's context, for what any context of this model answers alike (tokenizing, vocabulary)."""
-        llm = self.pool.slots[0].state
-        if llm is None:
+    def _loaded(self):
+        """The llama.cpp model, or an EdgeError once the engine was closed."""
+        if self.pool.slots[0].state is None:
             raise EdgeError(f"model {self.model_id!r} was unloaded")
-        return llm
+        return self.model
 
     def set_threads(self, n: int) -> None:
-        """Threads for the next steps (the scheduler's count for what the CPU can give now); a slot takes
-        it before its next decode. llama.cpp's threads spin at barriers, so a thread whose core another
-        program holds stalls every other one: fewer threads are then faster."""
+        """Threads for the next steps (the scheduler's count for what the CPU can give now). llama.cpp's
+        threads spin at barriers, so a thread whose core another program holds stalls every other one:
+        fewer threads are then faster."""
         self.threads_now = max(1, min(int(n), self.threads))
-
-    def _apply_threads(self, llm) -> None:
-        n = self.threads_now
-        if llm.n_threads != n:
-            self._llama_cpp.llama_set_n_threads(llm.ctx, n, n)
-            llm.n_threads = llm.n_threads_batch = n
 
     # -- prompt ---------------------------------------------------------------------------------
     def tokenize_prompt(self, messages: list[dict], toolset: tools.ToolSet | None = None) -> tuple[list[int], Any]:
@@ -111,16 +106,16 @@ class LlamaChatEngine:
             rendered = self.formatter(messages=messages, tools=specs)
         except Exception as e:  # the template's raise_exception(), jinja errors
             raise BadRequest(f"the model's chat template rejected these messages: {e}", param="messages") from None
-        tokens = self._first_context().tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special,
-                                                special=True)
+        tokens = self._loaded().tokenize(rendered.prompt.encode("utf-8"), add_bos=not rendered.added_special,
+                                         special=True)
         return tokens, rendered
 
     # -- the job --------------------------------------------------------------------------------
     def chat_steps(self, req: ChatRequest) -> StepGen[ChatResult]:
-        """Answer ``req`` (checked by ChatRequest.check at the door): yields Step("prefill") per chunk and
-        Step("token", data=text) per streamed piece."""
-        tokens, rendered = self.tokenize_prompt(req.messages, req.toolset)
-        result = yield from self._generate_steps(tokens, req, rendered.stopping_criteria)
+        """Answer ``req`` (checked by ChatRequest.check at the door): yields Step("prefill") per prompt piece
+        before the last and Step("token", data=text) per answer token."""
+        tokens, _rendered = self.tokenize_prompt(req.messages, req.toolset)
+        result = yield from self._generate_steps(tokens, req)
         toolset = req.toolset
         if toolset is not None and toolset.active and result.finish_reason != "length":
             result.tool_calls = tools.parse_calls(result.text, toolset)
@@ -131,62 +126,57 @@ class LlamaChatEngine:
     def complete_steps(self, prompt: str, req: ChatRequest) -> StepGen[ChatResult]:
         """Raw text completion of ``prompt`` (no chat template), as /v1/completions needs; ``prompt`` and
         ``req`` are checked at the door."""
-        tokens = self._first_context().tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
-        return (yield from self._generate_steps(tokens, req, None))
+        tokens = self._loaded().tokenize(prompt.encode("utf-8"), add_bos=True, special=False)
+        return (yield from self._generate_steps(tokens, req))
 
-    def _generate_steps(self, tokens: list[int], req: ChatRequest, stopping) -> StepGen[ChatResult]:
+    def _generate_steps(self, tokens: list[int], req: ChatRequest) -> StepGen[ChatResult]:
         # 1. check the prompt fits (the one check only the engine can make: it needs the tokens)
         limit = check_context(len(tokens), self.n_ctx, req.max_tokens, model_ctx=self.n_ctx_train)
         grammar = self._grammar(req)
         sampling = req.sampling(self.recommended)
-        completion = None
+        answer = AnswerText(list(req.stop) + ([self.eos_text] if self.eos_text else []))
         with self.pool.take(tokens) as slot:
-            llm = slot.state
+            keep = slot.reusable(tokens, keep=2)
+            slot.tokens = tokens[:keep]
+            seq = self.decoder.begin(slot.state, tokens, keep, sampling=sampling, seed=req.seed, grammar=grammar,
+                                     limit=limit)
             try:
-                # 2. prefill what the slot's cache lacks in whole chunks, one per step; create_completion finds
-                #    that prefix cached, evaluates the rest (2..PREFILL_CHUNK + 1 tokens) and starts decoding
-                reuse = min(slot.reusable(tokens, keep=2), llm.n_tokens)
-                llm.n_tokens = reuse  # eval() drops the stale tail of the KV cache
-                slot.tokens = tokens[:reuse]
-                n_chunks = max(0, len(tokens) - reuse - 2) // PREFILL_CHUNK
-                for c in range(n_chunks):
-                    start = reuse + c * PREFILL_CHUNK
-                    self._apply_threads(llm)
-                    llm.eval(tokens[start:start + PREFILL_CHUNK])
-                    slot.tokens = tokens[:start + PREFILL_CHUNK]
-                    yield Step("prefill", index=c + 1, total=n_chunks + 1)
-                # 3. decode, one streamed piece per step
-                counter = _TokenCounter(stopping, limit=limit)
-                completion = llm.create_completion(
-                    prompt=tokens, stream=True, max_tokens=limit, temperature=sampling.temperature,
-                    top_p=sampling.top_p, top_k=sampling.top_k, min_p=sampling.min_p,
-                    repeat_penalty=sampling.repeat_penalty, seed=req.seed,
-                    stop=list(req.stop) + ([self.eos_text] if self.eos_text else []),
-                    stopping_criteria=self._llama_cpp.StoppingCriteriaList([counter]), grammar=grammar)
-                parts: list[str] = []
-                finish = "stop"
+                # 2. prefill: one prompt piece per step (the batched step also advances the other chats); the
+                #    step that evaluates the last piece samples the first answer token
+                pieces = _count_pieces(len(tokens) - keep)
+                while seq.prefilling:
+                    self.decoder.step(self.threads_now)
+                    slot.tokens = tokens[:seq.n_past]
+                    if seq.prefilling:
+                        yield Step("prefill", index=seq.pieces_done, total=pieces)
+                slot.tokens = tokens  # the whole prompt is in the slot's stream
+                # 3. decode: one answer token per step; a batched step samples a token for every running chat,
+                #    so a step finds its token already sampled when another chat's step ran the decode
+                count, finish = 0, "length"
                 while True:
-                    self._apply_threads(llm)  # the count may change between two tokens
-                    chunk = next(completion, None)
-                    if chunk is None:
+                    if not seq.out:
+                        self.decoder.step(self.threads_now)
+                        if not seq.out:
+                            raise EdgeError("the batched decode sampled no token for a running chat")
+                    token = seq.out.pop(0)
+                    if self.decoder.is_end(token):
+                        finish = "stop"
                         break
-                    slot.tokens = tokens  # the whole prompt is in the cache once the first piece is out
-                    choice = chunk["choices"][0]
-                    text = choice.get("text") or ""
-                    if text:
-                        parts.append(text)
-                    if choice.get("finish_reason"):
-                        finish = choice["finish_reason"]
-                    yield Step("token", data=text, tokens=counter.take())
+                    count += 1
+                    text = answer.add(detokenize_piece(self.model, token))
+                    if answer.stopped or count >= limit:
+                        finish = "stop" if answer.stopped else "length"
+                        yield Step("token", data=text + answer.finish(), tokens=1)
+                        break
+                    yield Step("token", data=text, tokens=1)
+                rest = answer.finish()
+                if rest:
+                    yield Step("token", data=rest)
                 # 4. result
-                if counter.at_limit:  # stopped by the counter (the criterion's "stop" is a length finish)
-                    finish = "length"
-                return ChatResult(text="".join(parts), prompt_tokens=len(tokens),
-                                  completion_tokens=counter.completion_tokens(finish, bool(req.stop)),
+                return ChatResult(text=answer.text, prompt_tokens=len(tokens), completion_tokens=count,
                                   finish_reason=finish, model=self.model_id, seed=req.seed)
             finally:
-                if completion is not None:
-                    completion.close()
+                self.decoder.end(seq)
 
     @staticmethod
     def _grammar(req: ChatRequest):
@@ -242,53 +232,31 @@ def open_llama(**kwargs):
             C.llama_model_default_params = default
 
 
-def token_text(llm, token: int) -> str:
-    """The vocabulary text of ``token`` ("" for -1, llama.cpp's "no such token"), as llama-cpp-python's own
-    chat-format setup reads it, through the public low-level API (``Llama.model`` and llama_vocab_get_text)."""
+def model_params():
+    """llama.cpp's default model parameters, without its extra weight buffer types (AMX, repack) on AMX CPUs
+    (see :func:`open_llama`)."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_default_params()
+    if cpu_has_amx():
+        params.use_extra_bufts = False
+    return params
+
+
+def token_text(model, token: int) -> str:
+    """The vocabulary text of ``token`` ("" for -1, llama.cpp's "no such token") of a loaded model
+    (llama_cpp._internals.LlamaModel), as llama-cpp-python's own chat-format setup reads it."""
     if token == -1:
         return ""
     import llama_cpp
 
-    return llama_cpp.llama_vocab_get_text(llama_cpp.llama_model_get_vocab(llm.model), token).decode("utf-8")
+    return llama_cpp.llama_vocab_get_text(model.vocab, token).decode("utf-8")
 
 
-class _TokenCounter:
-    """A stopping criterion that counts sampled tokens (and delegates), and stops at ``limit`` answer tokens.
-
-    llama-cpp-python checks max_tokens only after a token's text is complete: while the text ends in an
-    unfinished UTF-8 sequence it skips that check, so a model repeating such a byte token (e.g. with
-    repeat_penalty < 1) would decode until the context is full and llama_decode fails. The criterion runs
-    for every sampled token, so the limit holds whatever the text is."""
-
-    def __init__(self, inner=None, limit: int | None = None):
-        self.inner = inner
-        self.limit = limit
-        self.total = 0
-        self._since = 0
-
-    @property
-    def at_limit(self) -> bool:
-        """The answer reached ``limit`` tokens (the criterion's extra call after the loop counts one more)."""
-        return self.limit is not None and self.total > self.limit
-
-    def __call__(self, input_ids, logits) -> bool:
-        self.total += 1
-        self._since += 1
-        if self.at_limit:
-            return True
-        return bool(self.inner(input_ids, logits)) if self.inner is not None else False
-
-    def completion_tokens(self, finish: str, user_stops: bool) -> int:
-        """Tokens in the answer, counted as llama-cpp-python's usage does.
-
-        The criterion runs once per sampled token plus once after the loop; an end-of-generation
-        token is sampled but not part of the answer (a stop string's last token is, so with user
-        stop strings a "stop" finish is counted as a stop-string finish)."""
-        if self.at_limit:
-            return self.limit
-        sampled = max(0, self.total - 1)
-        return sampled - 1 if finish == "stop" and not user_stops and sampled else sampled
-
-    def take(self) -> int:
-        n, self._since = self._since, 0
-        return n
+def _count_pieces(n: int) -> int:
+    """Prompt pieces an ``n``-token prompt remainder is evaluated in (edge.chat.batch.prompt_piece)."""
+    pieces = 0
+    while n > 0:
+        n -= prompt_piece(n)
+        pieces += 1
+    return pieces
