@@ -111,9 +111,9 @@ def _parse_choice(*choices: str) -> Callable[[str], str | None]:
     return parse
 
 
-IMAGE_PRECISIONS = ("fp32", "int8", "int8-conv", "winograd", "int8-winograd", "fp16", "qdq")  # export/lcm/precisions.py
+IMAGE_PRECISIONS = ("fp32", "int8", "int8-conv", "winograd", "int8-winograd", "fp16", "qdq", "int8-ov")  # export/lcm/precisions.py
 IMAGE_DECODERS = ("vae", "taesd")
-SAM_PRECISIONS = ("fp32", "int8", "qdq")
+SAM_PRECISIONS = ("fp32", "int8", "qdq", "int8-ov")
 SOURCES = ("argument", "flag", "env", "profile", "default")
 
 

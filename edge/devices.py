@@ -5,11 +5,18 @@
 Devices (``--device``, ``EDGE_DEVICE``, ``Runtime(device=...)``):
   cpu        onnxruntime's CPU EP
   auto       the NPU for NPU artifacts when an NPU EP is installed, falling back to the CPU for nodes
-             (or whole graphs) it cannot run; the CPU otherwise. Placement is logged and kept.
+             (or whole graphs) it cannot run; the OpenVINO runtime for an OpenVINO IR (.xml, the int8-ov
+             precision: nothing else reads it); onnxruntime's CPU EP otherwise (OpenVINO is not picked
+             for .onnx files: it was not measured faster at fp32 on AVX2-only CPUs, and its bf16 gain
+             needs AVX-512 BF16 / AMX). Placement is logged and kept.
   npu | qnn  strict: the NPU must run the whole graph (CPU fallback disabled); otherwise a DeviceError
              naming the operators it cannot run. Components an NPU artifact declares as CPU parts (a
              small tail, an img2img encoder) still run on the CPU.
-  openvino | coreml | nnapi   that built-in EP, with CPU fallback, when this onnxruntime build has it
+  openvino   the OpenVINO runtime (the ``openvino`` package, not onnxruntime's OpenVINO EP) on the CPU,
+             reading the .onnx (or .xml IR) directly: edge/ov_session.py. Compiled models are cached in
+             ``$EDGE_HOME/cache/openvino``; EDGE_OV_PRECISION = f32|bf16|f16|auto sets its inference
+             precision (auto: bf16 where the CPU has it, f32 otherwise).
+  coreml | nnapi   that built-in EP, with CPU fallback, when this onnxruntime build has it
 
 NPU sessions (edge.npu): the graph is compiled first in a child process (a compiler crash cannot take
 the process down), the compiled EP-context model is cached in ``$EDGE_HOME/cache/npu`` keyed by model
@@ -76,6 +83,8 @@ def make_session(path: str | Path, *, threads: int, device: str = "auto", batch:
     # 1. check the request against what is installed
     path = Path(path)
     device = (device or "auto").strip().lower()
+    if path.suffix == ".xml" or device == "openvino":
+        return _openvino(path, threads, device)
     present = eps.present_names()
     if device not in ("auto", "cpu", *NPU_NAMES) and device not in present:
         raise DeviceError(f"`device` {device!r} is not available here; present: {', '.join(present)}"
@@ -108,6 +117,30 @@ def make_session(path: str | Path, *, threads: int, device: str = "auto", batch:
         from edge.npu.adapters import StaticSession
 
         return StaticSession(sess, label=path.name, hint=comp.get("shape_hint", ""))
+    return sess
+
+
+def _openvino(path: Path, threads: int, device: str):
+    """An OpenVINO IR (only OpenVINO reads it) or ``--device openvino``: the OpenVINO runtime's session."""
+    from edge import ov_session
+
+    from edge.npu import artifact
+
+    if path.suffix != ".xml" and artifact.component_for(path) is not None:
+        raise DeviceError(f"`device` 'openvino': {path.name} belongs to an NPU artifact (graphs split and fixed for the "
+                          "NPU); run the model's fp32 export on OpenVINO instead, or use --device auto / npu / cpu.",
+                          param="device")
+    if device not in ("auto", "openvino"):
+        raise DeviceError(f"`device` {device!r}: {path.name} is an OpenVINO IR (the int8-ov precision), which only the "
+                          "OpenVINO runtime reads. Use --device openvino (or auto), or load another precision.",
+                          param="device")
+    if ov_session.version() is None:
+        why = "this model's precision is an OpenVINO IR (int8-ov); " if device == "auto" else ""
+        raise DeviceError(f"`device` {device!r}: {why}{ov_session.missing_reason()}. "
+                          + ("Or load another precision." if device == "auto" else "Or use --device cpu."),
+                          param="device")
+    sess = ov_session.open_session(path, threads=threads, cache_dir=cache_root(path, kind="openvino"))
+    _record(path, {}, sess.edge_placement)
     return sess
 
 
@@ -158,17 +191,17 @@ class _NpuUnavailable(Exception):
     """The NPU cannot take this graph (crash, unsupported operators, compile error, timeout)."""
 
 
-def cache_root(model_path: str | Path | None = None) -> Path:
-    """EDGE_NPU_CACHE; else ``<home>/cache/npu`` of the store holding ``model_path`` (a file under
-    ``<home>/models/<id>/``, so ``Runtime(home=...)`` keeps its compiled graphs in its own home); else
-    the settings' EDGE_HOME."""
-    env = os.environ.get("EDGE_NPU_CACHE")
+def cache_root(model_path: str | Path | None = None, kind: str = "npu") -> Path:
+    """EDGE_NPU_CACHE (kind npu); else ``<home>/cache/<kind>`` of the store holding ``model_path`` (a file
+    under ``<home>/models/<id>/``, so ``Runtime(home=...)`` keeps its compiled graphs in its own home);
+    else the settings' EDGE_HOME. ``kind``: npu (QNN EP-context graphs) | openvino (OpenVINO's CACHE_DIR)."""
+    env = os.environ.get("EDGE_NPU_CACHE") if kind == "npu" else None
     if env:
         return Path(env)
     if model_path is not None:
         for parent in Path(model_path).resolve().parents:
             if parent.name == "models" and parent.parent != parent:
-                return parent.parent / "cache" / "npu"
+                return parent.parent / "cache" / kind
     try:
         from edge.config import Settings
 
@@ -177,7 +210,7 @@ def cache_root(model_path: str | Path | None = None) -> Path:
         from edge.config import _default_home
 
         home = _default_home()
-    return Path(home) / "cache" / "npu"
+    return Path(home) / "cache" / kind
 
 
 def npu_options(comp: dict | None = None) -> dict[str, str]:
@@ -327,6 +360,8 @@ def plan(path: str | Path, device: str = "auto") -> dict[str, Any]:
     from edge.npu import artifact, cache as C, eps
 
     path = Path(path)
+    if path.suffix == ".xml" or device == "openvino":
+        return _openvino_plan(path, device)
     comp = artifact.component_for(path)
     npu = eps.npu_device()
     if comp is None:
@@ -356,6 +391,20 @@ def plan(path: str | Path, device: str = "auto") -> dict[str, Any]:
     pl = meta.get("placement", {})
     return {"device": npu.device, "strict": strict, "npu_nodes": pl.get("npu"), "cpu_nodes": pl.get("cpu"),
             "why": f"cached compiled graph: {pl.get('npu')} nodes on the NPU, {pl.get('cpu')} on the CPU"}
+
+
+def _openvino_plan(path: Path, device: str) -> dict[str, Any]:
+    from edge import ov_session
+
+    ir = path.suffix == ".xml"
+    if ov_session.version() is None:
+        return {"device": "error", "why": ("an OpenVINO IR (int8-ov); " if ir else "") + ov_session.missing_reason()}
+    if ir and device not in ("auto", "openvino"):
+        return {"device": "error", "why": f"an OpenVINO IR (int8-ov): only OpenVINO reads it; --device {device} refuses it"}
+    why = ("an OpenVINO IR (int8-ov): only the OpenVINO runtime reads it" if ir and device == "auto"
+           else "--device openvino: the OpenVINO runtime reads the file directly")
+    return {"device": "openvino", "why": f"{why}; precision {ov_session.precision_hint_text()}; compiled on first "
+                                         f"load, then from {cache_root(path, kind='openvino')}"}
 
 
 def describe(device: str = "auto") -> dict[str, Any]:

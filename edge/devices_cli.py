@@ -20,8 +20,8 @@ def add_parser(subparsers) -> None:
 
 
 def model_components(model) -> list[Path]:
-    """The ONNX files an installed model loads (NPU components first, from the manifest)."""
-    files = model.manifest.onnx_files() or [n for n in model.files if n.endswith(".onnx")]
+    """The ONNX files (and OpenVINO IR) an installed model loads (NPU components first, from the manifest)."""
+    files = model.manifest.onnx_files() or [n for n in model.files if n.endswith((".onnx", ".xml"))]  # .xml: int8-ov IR
     return [Path(model.dir) / f for f in dict.fromkeys(files)]
 
 

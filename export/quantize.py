@@ -4,6 +4,8 @@
 - :func:`dynamic_int8`  weights int8, activations quantized at run time (CPU; MatMul/Gemm by default)
 - :func:`fp16`          float16 weights and compute, float32 inputs/outputs kept
 - :func:`static_qdq`    static int8 in QDQ format from a calibration reader (for NPU execution providers)
+- :func:`nncf_int8`     OpenVINO int8 (the ``int8-ov`` precision): NNCF post-training quantization of the
+                        OpenVINO model read from an fp32 ONNX file, saved as OpenVINO IR (.xml + .bin)
 - :func:`save_onnx`     save a ModelProto, with external data when it would pass protobuf's 2 GB limit
 - :func:`move_onnx`     move a model and stream its external tensors into one data file (no weights in memory)
 """
@@ -21,8 +23,10 @@ PROTOBUF_LIMIT = 2 * 1024**3 - 64 * 1024**2  # stay clear of the 2 GB hard limit
 
 
 def onnx_size(path: str | Path) -> int:
-    """Bytes of an ONNX model including its external data files next to it."""
+    """Bytes of an ONNX model including its external data files next to it (an OpenVINO IR: .xml + .bin)."""
     path = Path(path)
+    if path.suffix == ".xml":
+        return ir_size(path)
     total = path.stat().st_size
     data = path.with_name(path.name + ".data")
     if data.exists():
@@ -196,6 +200,37 @@ def static_qdq(src: str | Path, dst: str | Path, reader, *, per_channel: bool = 
                     op_types_to_quantize=list(op_types) if op_types else None,
                     calibrate_method=getattr(CalibrationMethod, calibrate_method))
     return Path(dst)
+
+
+def nncf_int8(src: str | Path, dst: str | Path, feeds: Sequence[dict[str, np.ndarray]], *,
+              transformer: bool = True, fast_bias_correction: bool = True) -> Path:
+    """NNCF post-training int8 (weights int8 per channel, activations calibrated on ``feeds``) of the OpenVINO
+    model read from the fp32 ONNX ``src``; writes the IR ``dst`` (.xml, its weights in the .bin beside it).
+
+    ``transformer``: NNCF's transformer scheme (what optimum-intel uses for diffusion UNets and ViTs): softmax,
+    layer norms and the other accuracy-critical inputs stay float, SmoothQuant on the MatMuls. The IR keeps
+    fp32 weights for the float parts (``compress_to_fp16=False``): the runtime loads exactly what was verified."""
+    import nncf
+    import openvino as ov
+
+    dst = Path(dst)
+    if dst.suffix != ".xml":
+        raise ValueError(f"an OpenVINO IR path ends in .xml, got {dst.name}")
+    if not feeds:
+        raise ValueError("nncf_int8 needs calibration feeds")
+    model = ov.Core().read_model(str(src))
+    quantized = nncf.quantize(model, nncf.Dataset(list(feeds)), subset_size=len(feeds),
+                              model_type=nncf.ModelType.TRANSFORMER if transformer else None,
+                              fast_bias_correction=fast_bias_correction)
+    del model
+    ov.save_model(quantized, str(dst), compress_to_fp16=False)
+    return dst
+
+
+def ir_size(path: str | Path) -> int:
+    """Bytes of an OpenVINO IR (.xml + .bin)."""
+    path = Path(path)
+    return path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.with_suffix(".bin").exists() else 0)
 
 
 def _static_qdq_streamed(src: Path, dst: Path, reader, per_channel: bool, op_types: Sequence[str] | None,

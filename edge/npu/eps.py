@@ -1,6 +1,8 @@
 """Which onnxruntime execution providers (EPs) are installed here, and how to attach them.
 
-Built-in EPs come from ``onnxruntime.get_available_providers()``. Plugin EPs ship as separate
+Built-in EPs come from ``onnxruntime.get_available_providers()``. ``openvino`` is not onnxruntime's
+OpenVINO EP (PyPI's onnxruntime does not ship it) but the OpenVINO runtime itself (the ``openvino``
+package, edge/ov_session.py), listed here when it is installed. Plugin EPs ship as separate
 packages and are registered with ``onnxruntime.register_execution_provider_library`` on first use
 (once per process): today ``onnxruntime-qnn`` (Qualcomm QNN; on x86-64 its HTP backend is a
 simulator of the Hexagon NPU, on Snapdragon it is the NPU itself).
@@ -18,7 +20,6 @@ log = logging.getLogger("edge.devices")
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
     "qnn": "QNNExecutionProvider",
-    "openvino": "OpenVINOExecutionProvider",
     "coreml": "CoreMLExecutionProvider",
     "nnapi": "NnapiExecutionProvider",
 }
@@ -39,7 +40,7 @@ class EpInfo:
     """One execution provider that can be used here."""
 
     device: str                     # our name: cpu | qnn | openvino | coreml | nnapi
-    provider: str                   # onnxruntime's name
+    provider: str                   # onnxruntime's name ("OpenVINO runtime" for openvino)
     kind: str                       # cpu | npu | gpu | accelerator
     version: str = ""
     source: str = "built-in"        # built-in | plugin package name
@@ -106,14 +107,32 @@ def discover() -> dict[str, EpInfo]:
         if dev in _registered:
             out[dev] = _registered[dev]
         elif prov in builtin:
-            kind = {"cpu": "cpu", "coreml": "accelerator", "nnapi": "accelerator", "openvino": "accelerator"}[dev]
+            kind = {"cpu": "cpu", "coreml": "accelerator", "nnapi": "accelerator"}[dev]
             out[dev] = EpInfo(dev, prov, kind, version=ort.__version__)
+    ov = _openvino()
+    if ov is not None:
+        out["openvino"] = ov
     return out
 
 
+def _openvino() -> EpInfo | None:
+    """The OpenVINO runtime (CPU) when the ``openvino`` package is installed (not imported here)."""
+    from edge import ov_session
+
+    v = ov_session.version()
+    if v is None:
+        _plugin_errors["openvino"] = ov_session.missing_reason()
+        return None
+    _plugin_errors.pop("openvino", None)
+    hint = ov_session.precision_hint_text()
+    return EpInfo("openvino", "OpenVINO runtime", "cpu", version=v, source="openvino",
+                  detail=f"reads the .onnx exports and int8-ov IR; precision {hint}")
+
+
 def plugin_errors() -> dict[str, str]:
-    """Why a known plugin EP is not available (device -> reason)."""
+    """Why a known plugin EP (or the OpenVINO runtime) is not available (device -> reason)."""
     register_plugins()
+    _openvino()
     return dict(_plugin_errors)
 
 

@@ -24,6 +24,7 @@ from edge.segment.request import DecodeRequest, EmbeddingMissing
 
 DEFAULT_CACHE_BYTES = 256 << 20  # 64 embeddings of 4 MiB
 FILES = ("encoder.onnx", "decoder.onnx")
+IR_ENCODER = "encoder.xml"  # int8-ov exports (NNCF int8, OpenVINO IR + encoder.bin) have it instead of encoder.onnx
 
 
 def cache_budget(ram_budget: int | None = None) -> int:
@@ -57,6 +58,8 @@ class SegmentEngine:
         paths = {}
         for name in FILES:
             p = model.files.get(name) if getattr(model, "files", None) else None
+            if name == "encoder.onnx" and not p and getattr(model, "files", None) and model.files.get(IR_ENCODER):
+                p = model.files[IR_ENCODER]  # the int8-ov precision: an OpenVINO IR encoder
             p = Path(p) if p else Path(model.dir) / name
             if not p.is_file():
                 raise BadRequest(f"model {model.id!r} has no {name} (looked in {model.dir}); export it with "
@@ -75,7 +78,8 @@ class SegmentEngine:
                     cache_bytes: int | None = None) -> "SegmentEngine":
         """An engine straight from an exported folder (no store), for scripts and benchmarks."""
         folder = Path(folder)
-        predictor = OnnxSamPredictor.from_files(folder / "encoder.onnx", folder / "decoder.onnx",
+        encoder = folder / IR_ENCODER if (folder / IR_ENCODER).is_file() else folder / "encoder.onnx"
+        predictor = OnnxSamPredictor.from_files(encoder, folder / "decoder.onnx",
                                                 threads=threads, device=device)
         return cls(predictor, model_id=folder.name, cache_bytes=cache_bytes)
 

@@ -1,5 +1,6 @@
-"""MobileSAM over onnxruntime: encoder.onnx (image -> embeddings) and decoder.onnx (embeddings +
-prompts -> masks). The numeric core the engine, the export verification and the bench share."""
+"""MobileSAM over onnxruntime (or OpenVINO, edge.devices): encoder.onnx (image -> embeddings; encoder.xml
+for the int8-ov precision) and decoder.onnx (embeddings + prompts -> masks). The numeric core the engine,
+the export verification and the bench share."""
 
 from __future__ import annotations
 
@@ -45,11 +46,12 @@ class OnnxSamPredictor:
         import onnxruntime as ort
 
         from edge.devices import make_session
+        from edge.ov_session import OpenVinoSession
 
         dec = make_session(decoder, threads=threads, device=device)
         one = None
-        if threads > 1 and isinstance(dec, ort.InferenceSession) and \
-                getattr(dec, "edge_placement", {}).get("device", "cpu") == "cpu":
+        if threads > 1 and isinstance(dec, (ort.InferenceSession, OpenVinoSession)) and \
+                getattr(dec, "edge_placement", {}).get("device", "cpu") in ("cpu", "openvino"):
             one = make_session(decoder, threads=1, device=device)  # for when another program takes a core
         return cls(make_session(encoder, threads=threads, device=device, batch=True),  # the batch lane's encoder
                    dec, one)

@@ -35,7 +35,10 @@ def image_manifest(src: Source | OnDemand, model_id: str, files: dict[str, dict[
 
 
 def runtime_components(manifest: ImageManifest, folder: Path, precision: str, threads: int):
-    """edge/image Components over the exported ONNX files (what the runtime will run)."""
+    """edge/image Components over the exported ONNX files (what the runtime will run): onnxruntime's CPU EP, and
+    the OpenVINO runtime for a precision with OpenVINO IR files (int8-ov)."""
     from edge.image.engine import components_from_manifest
 
-    return components_from_manifest(manifest, folder, precision=precision, threads=threads, device="cpu")
+    ir = any(str(rel).endswith(".xml") for rel in manifest.precisions.get(precision, {}).values())
+    return components_from_manifest(manifest, folder, precision=precision, threads=threads,
+                                    device="auto" if ir else "cpu")

@@ -13,7 +13,7 @@ import numpy as np
 
 from export.lcm.manifest import image_manifest, runtime_components
 from export.lcm.onnx_file import PART, components, sample_inputs, wrap
-from export.lcm.precisions import EXACT
+from export.lcm.precisions import EXACT, MIN_PSNR
 from export.lcm.reference import reference_image, torch_noise
 from export.lcm.sources import OnDemand, Source, release_memory
 from export.verify import psnr
@@ -76,7 +76,7 @@ def _precision(src, folder: Path, files: dict[str, dict[str, str]], precision: s
 
     rows = {}
     for name, rel in comp.items():
-        sess = make_session(folder / rel, threads=threads, device="cpu")
+        sess = make_session(folder / rel, threads=threads, device="auto" if rel.endswith(".xml") else "cpu")  # IR: OpenVINO
         run = functools.partial(sess.run, None, feeds[name])
         outs = run()
         diff = max(float(np.max(np.abs(o.astype(np.float32) - t))) for o, t in zip(outs, torch_out[name]))
@@ -109,9 +109,11 @@ def _precision(src, folder: Path, files: dict[str, dict[str, str]], precision: s
     del comps, pipe, gen  # the precision's sessions go before the next precision's open
     release_memory()
     d = np.abs(img.astype(np.int16) - ref_img.astype(np.int16))
+    ok = d.max() <= 2 if precision in EXACT else psnr(img, ref_img) >= MIN_PSNR.get(precision, float("-inf"))
     return {
         "components": rows,
         "bytes": sum(onnx_size(folder / r) for r in set(comp.values())),
         "image": {"max_diff_255": int(d.max()), "mean_diff_255": float(d.mean()), "psnr": psnr(img, ref_img),
-                  "pipeline_s": total, "ok": bool(precision not in EXACT or d.max() <= 2)},
+                  "pipeline_s": total, "ok": bool(ok),
+                  **({"min_psnr": MIN_PSNR[precision]} if precision in MIN_PSNR else {})},
     }

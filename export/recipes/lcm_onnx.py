@@ -6,7 +6,7 @@ time_cond_proj_dim, AutoencoderKL, AutoencoderTiny) with seeded random weights a
 vocabulary from the open_clip_torch wheel.
 
 Stages: 1. check -> 2. source (one module at a time, see export.lcm.sources.OnDemand) -> 3. export fp32 ONNX -> 4. quantize (int8 dynamic, fp16, QDQ static,
-Winograd) -> 5. verify every artifact against PyTorch and the final image against diffusers' pipeline ->
+Winograd, int8-ov: NNCF int8 as OpenVINO IR) -> 5. verify every artifact against PyTorch and the final image against diffusers' pipeline ->
 6. write tokenizer, report.json and edge-model.json, atomically (export.artifacts.ArtifactDir) -> 7. --add.
 The work of each stage lives in :mod:`export.lcm`; this module is the order of the stages and the options.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from edge import manifest
 from export.artifacts import REPORT, ArtifactDir, file_table, write_json
-from export.lcm.precisions import DEFAULT_PRECISIONS, EXACT, PRECISIONS
+from export.lcm.precisions import DEFAULT_PRECISIONS, EXACT, MIN_PSNR, PRECISIONS
 from export.lcm.sources import PRESETS, random_components  # noqa: F401 - tests/image/conftest.py, until it moves
 from export.recipes import _common
 from export.recipes._common import RecipeConfig, option, random_init_option, source_option
@@ -176,10 +176,11 @@ def run(cfg: Config) -> Path:
                     files[p][name] = shared
                     continue
                 with meter.stage(f"quantize {p} {name}"):
-                    P.make_precision(p, name, tmp / files["fp32"][name], tmp / p / f"{name}.onnx",
-                                     winograd_side=winograd_side, vae_scale=vae_scale, calibration=calibration)
+                    written = P.make_precision(p, name, tmp / files["fp32"][name], tmp / p / f"{name}.onnx",
+                                               winograd_side=winograd_side, vae_scale=vae_scale,
+                                               calibration=calibration)
                     release_memory()
-                files[p][name] = f"{p}/{name}.onnx"
+                files[p][name] = Path(written).relative_to(tmp).as_posix()  # int8-ov: an OpenVINO IR (.xml)
             bar.update()
 
         # 5. verify
@@ -191,6 +192,11 @@ def run(cfg: Config) -> Path:
             bad = [n for n, r in report["precisions"][p]["components"].items() if not r["ok"]]
             if bad or not report["precisions"][p]["image"]["ok"]:
                 raise RuntimeError(f"{p} verification failed for {bad or ['image']}: see the numbers below\n"
+                                   + json.dumps(report["precisions"][p], indent=1))
+        for p in (p for p in MIN_PSNR if p in report["precisions"]):  # gated on the image only
+            if not report["precisions"][p]["image"]["ok"]:
+                raise RuntimeError(f"{p} verification failed: image PSNR {report['precisions'][p]['image']['psnr']:.1f} "
+                                   f"dB vs diffusers' fp32 image, under the {MIN_PSNR[p]} dB it must reach\n"
                                    + json.dumps(report["precisions"][p], indent=1))
         bar.update()
 

@@ -61,7 +61,7 @@ def test_a_missing_device_names_what_is_present(relu_net):
     from edge.devices import make_session
 
     with pytest.raises(DeviceError) as e:
-        make_session(relu_net, threads=1, device="openvino")
+        make_session(relu_net, threads=1, device="coreml")  # (openvino is the OpenVINO runtime: tests/devices)
     assert "present: cpu, npu, qnn" in e.value.message and "--device" in e.value.message
 
 
