@@ -1,8 +1,10 @@
 """Image-generation benchmark: edge (onnxruntime fp32 / best precision, VAE / TAESD decoder) vs
-diffusers LatentConsistencyModelPipeline (PyTorch CPU fp32), same run, same weights, same noise.
+diffusers LatentConsistencyModelPipeline (PyTorch CPU fp32), same run, same weights, same noise; and the
+OpenVINO peer: OpenVINO running our exported fp32 graphs with its defaults (bf16 on CPUs with AVX-512 BF16 /
+AMX, f32 otherwise), as FastSD CPU does, beside edge's own OpenVINO precision (int8-ov: the NNCF int8 UNet).
 
     python bench/image.py --random-init sd15 [--size 512] [--steps 4] [--threads 2] [--export-dir DIR]
-                          [--best winograd,int8-winograd]
+                          [--best winograd,int8-winograd] [--openvino default,int8-ov | --openvino '']
 
 The SD1.5-size LCM is exported once (cached in --export-dir) by the real recipe with seeded random
 weights (speed does not depend on weight values). Every configuration runs in its own process so
@@ -84,7 +86,8 @@ def worker_edge(a) -> dict:
         folder = Path(a.export_dir)
         manifest = read(folder, task="image")
         t0 = time.perf_counter()
-        comps = components_from_manifest(manifest, folder, precision=a.precision, threads=a.threads, device="cpu")
+        comps = components_from_manifest(manifest, folder, precision=a.precision, threads=a.threads, device=a.device)
+        ov_precision = getattr(comps.unet.session, "edge_placement", {}).get("precision") if a.device != "cpu" else None
         pipe = LCMPipeline(comps)
         noise = np.load(a.noise)
         warm = ImageRequest(PROMPT, 256, 256, steps=1, seed=0, decoder=a.decoder)
@@ -106,7 +109,7 @@ def worker_edge(a) -> dict:
         total = time.perf_counter() - start
     np.save(a.image_out, image)
     return {"load_s": load_s, "text_s": sum(times["text_encode"]), "unet_s": float(np.mean(times["unet"])),
-            "decode_s": sum(times["decode"]), "total_s": total, "peak_rss": rss.peak}
+            "decode_s": sum(times["decode"]), "total_s": total, "peak_rss": rss.peak, "ov_precision": ov_precision}
 
 
 def worker_torch(a) -> dict:
@@ -171,6 +174,7 @@ def ensure_precision(folder: Path, precision: str) -> None:
         return
     if precision == "qdq":
         raise SystemExit("cannot add qdq here (it needs calibration); re-export with --precisions")
+    calibration = (lambda: unet_calibration(folder)) if precision == "int8-ov" else None
     print(f"adding precision {precision} to {folder} ...", file=sys.stderr, flush=True)
     (folder / precision).mkdir(exist_ok=True)
     table = dict(manifest["precisions"]["fp32"])
@@ -179,12 +183,34 @@ def ensure_precision(folder: Path, precision: str) -> None:
         if shared := shared_component(precision, name, manifest["precisions"]):
             table[name] = shared
         elif name in table:
-            make_precision(precision, name, folder / table[name], folder / precision / f"{name}.onnx",
-                           winograd_side=side, vae_scale=scale)
-            table[name] = f"{precision}/{name}.onnx"
+            written = make_precision(precision, name, folder / table[name], folder / precision / f"{name}.onnx",
+                                     winograd_side=side, vae_scale=scale, calibration=calibration)
+            table[name] = Path(written).relative_to(folder).as_posix()
     manifest["precisions"][precision] = table
     manifest["files"] = file_table(folder)
     write_json(folder / "edge-model.json", manifest)
+
+
+def unet_calibration(folder: Path, side: int = 256, steps: int = 2) -> list[dict]:
+    """The UNet inputs the fp32 export's pipeline sees rendering the recipe's calibration prompts at the recipe's
+    verification size (what export.lcm.calibrate records during `edge-run export lcm`, without the PyTorch source)."""
+    from edge.image.engine import components_from_manifest
+    from edge.image.pipeline import ImageRequest, LCMPipeline
+    from edge.manifest import read
+    from export.lcm.verify import VERIFY_PROMPT
+
+    comps = components_from_manifest(read(folder, task="image"), folder, precision="fp32", threads=2, device="cpu")
+    recorded: list[dict] = []
+    unet = comps.unet
+    comps.unet = lambda **feeds: (recorded.append({k: np.array(v) for k, v in feeds.items()}), unet(**feeds))[1]
+    pipe = LCMPipeline(comps)
+    for i, prompt in enumerate((VERIFY_PROMPT, "a red car in the rain", "portrait of an old fisherman")):
+        gen = pipe.generate_steps(ImageRequest(prompt, side, side, steps=steps, seed=i))
+        for step in gen:
+            if step.kind == "unet" and step.data.get("step") == step.data.get("steps"):
+                gen.close()
+                break
+    return recorded
 
 
 def draw_noise(a, path: Path) -> None:
@@ -226,6 +252,10 @@ def main(argv=None) -> int:
     p.add_argument("--best", default="winograd,int8-winograd",
                    help="comma list of the other precisions to compare with fp32 [winograd,int8-winograd]; the "
                         "RSS target applies to the last")
+    p.add_argument("--openvino", default="default,int8-ov",
+                   help="OpenVINO rows: default = the peer (OpenVINO's default precision on our fp32 graphs, as FastSD "
+                        "CPU runs it), int8-ov = edge's NNCF int8 UNet IR on OpenVINO (added to the export once); '' "
+                        "= none [default,int8-ov]")
     p.add_argument("--export-dir", default=None)
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--skip-torch", action="store_true")
@@ -234,6 +264,7 @@ def main(argv=None) -> int:
     p.add_argument("--worker", choices=("edge", "torch"), help=argparse.SUPPRESS)
     p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     p.add_argument("--decoder", default="vae", help=argparse.SUPPRESS)
+    p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     p.add_argument("--noise", help=argparse.SUPPRESS)
     p.add_argument("--image-out", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -248,13 +279,25 @@ def main(argv=None) -> int:
 
     ensure_export(a)
     bests = [b.strip() for b in a.best.split(",") if b.strip()]
-    for b in bests:
+    ov_rows = [o.strip() for o in a.openvino.split(",") if o.strip()]
+    if ov_rows:
+        from edge.ov_session import version
+
+        if version() is None:
+            print("openvino is not installed (pip install openvino nncf): no OpenVINO rows", file=sys.stderr)
+            ov_rows = []
+    for b in bests + [o for o in ov_rows if o != "default"]:
         ensure_precision(Path(a.export_dir), b)
     with tempfile.TemporaryDirectory(prefix="bench-image-") as t:
         tmp = Path(t)
         draw_noise(a, tmp / "noise.npz")
         runs = {f"edge ORT {p}, {d.upper() if d == 'vae' else 'TAESD'}": run_worker("edge", a, tmp, precision=p, decoder=d)
                 for d in ("vae", "taesd") for p in ["fp32", *bests]}
+        for o in ov_rows:  # the peer: OpenVINO's defaults on our fp32 graphs; ours: int8-ov, everything on OpenVINO
+            for d in ("vae", "taesd"):
+                r = run_worker("edge", a, tmp, precision="fp32" if o == "default" else o, decoder=d, device="openvino")
+                who = f"OpenVINO default ({r['ov_precision']}) fp32 graphs" if o == "default" else f"edge OV {o}"
+                runs[f"{who}, {d.upper() if d == 'vae' else 'TAESD'}"] = r
         if not a.skip_torch:
             runs["diffusers torch fp32, VAE"] = run_worker("torch", a, tmp)
     ref = runs["edge ORT fp32, VAE"]["image"]
@@ -272,6 +315,7 @@ def main(argv=None) -> int:
           f"onnxruntime vs diffusers (torch {_torch_version()}) on CPU\n")
     print(table(["run", "text enc ms", "UNet s/step", "decode s", "total s", "peak RSS GB", "max diff /255 vs fp32",
                  "mean diff", "speed vs torch"], rows))
+    _print_openvino(runs)
     if peer:
         best = runs[f"edge ORT {bests[-1]}, TAESD"] if bests else runs["edge ORT fp32, TAESD"]
         fastest = min(runs[k]["total_s"] for k in runs if k.startswith("edge"))
@@ -285,6 +329,23 @@ def main(argv=None) -> int:
         Path(a.json).write_text(json.dumps({k: {kk: vv for kk, vv in v.items() if kk != "image"}
                                             for k, v in runs.items()}, indent=1))
     return 0
+
+
+TARGET_VS_OPENVINO = 1.2  # issue 21: our best UNet step >= 1.2x faster than OpenVINO's best on the same graph and CPU
+
+
+def _print_openvino(runs: dict) -> None:
+    """Our fastest UNet step (any edge row: onnxruntime precisions, int8-ov on OpenVINO) against the OpenVINO peer's."""
+    peer = {k: r for k, r in runs.items() if k.startswith("OpenVINO")}
+    if not peer:
+        return
+    ours = {k: r for k, r in runs.items() if k.startswith("edge")}
+    pk = min(peer, key=lambda k: peer[k]["unet_s"])
+    ok = min(ours, key=lambda k: ours[k]["unet_s"])
+    ratio = peer[pk]["unet_s"] / ours[ok]["unet_s"]
+    print(f"\nUNet step vs the OpenVINO peer: ours {ours[ok]['unet_s']:.2f} s ({ok.rsplit(',', 1)[0]}) vs OpenVINO "
+          f"{peer[pk]['unet_s']:.2f} s ({pk.rsplit(',', 1)[0]}): {ratio:.2f}x (target >= {TARGET_VS_OPENVINO}x: "
+          f"{'MET' if ratio >= TARGET_VS_OPENVINO else 'MISSED'})")
 
 
 def _print_roofline(a, edge: dict, peer: dict, runs: dict) -> None:
