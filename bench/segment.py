@@ -1,11 +1,14 @@
 """Segmentation benchmark: edge (onnxruntime fp32 / int8) vs upstream MobileSAM (PyTorch CPU), same run,
-same weights, same threads, on a 1024-px photo.
+same weights, same threads, on a 1024-px photo; and the OpenVINO peer: OpenVINO running our exported fp32
+graphs with its defaults (bf16 on CPUs with AVX-512 BF16 / AMX, f32 otherwise), beside edge's int8-ov encoder
+(NNCF int8 IR) on OpenVINO.
 
     python bench/segment.py --random-init mobilesam [--threads 2] [--clicks 40] [--image photo.jpg]
+                            [--openvino default,int8-ov | --openvino '']
 
-Prints a table: encoder latency (edge fp32, edge int8, torch), decoder latency per click p50/p95 (edge
-vs torch), a cached re-click through the whole Runtime (scheduler + embedding cache, encoder skipped),
-ratios, and how far the CPU encode is from MobileSAM's published ~8 ms GPU encode.
+Prints a table: encoder latency (edge fp32, edge int8, OpenVINO, torch), decoder latency per click p50/p95
+(edge vs OpenVINO vs torch), a cached re-click through the whole Runtime (scheduler + embedding cache, encoder
+skipped), ratios, and how far the CPU encode is from MobileSAM's published ~8 ms GPU encode.
 """
 
 from __future__ import annotations
@@ -54,7 +57,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clicks", type=int, default=40, help="timed decoder clicks per engine")
     ap.add_argument("--image", default=None, help="photo to use (default: skimage astronaut at 1024 px)")
     ap.add_argument("--work", default=None, help="folder for the exported models (default: a temp folder)")
+    ap.add_argument("--openvino", default="default,int8-ov",
+                    help="OpenVINO rows: default = the peer (OpenVINO's default precision on our fp32 graphs), int8-ov "
+                         "= edge's NNCF int8 encoder IR on OpenVINO; '' = none [default,int8-ov]")
     args = ap.parse_args(argv)
+    ov_rows = [o.strip() for o in args.openvino.split(",") if o.strip()]
+    if ov_rows:
+        from edge.ov_session import version
+
+        if version() is None:
+            print("# openvino is not installed (pip install openvino nncf): no OpenVINO rows", flush=True)
+            ov_rows = []
 
     import torch
 
@@ -81,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     if not (int8 / "encoder.onnx").exists():
         R.quantize_dynamic_int8(fp32 / "encoder.onnx", int8 / "encoder.onnx")
         (int8 / "decoder.onnx").write_bytes((fp32 / "decoder.onnx").read_bytes())
+    int8_ov = work / "int8-ov"
+    if "int8-ov" in ov_rows and not (int8_ov / R.IR_ENCODER).exists():  # the recipe's int8-ov: calibration + NNCF
+        from export.quantize import nncf_int8
+
+        int8_ov.mkdir(parents=True, exist_ok=True)
+        nncf_int8(fp32 / "encoder.onnx", int8_ov / R.IR_ENCODER, R._calibration_feeds(sam, None, decoder=False)[0])
+        (int8_ov / "decoder.onnx").write_bytes((fp32 / "decoder.onnx").read_bytes())
     print(f"# export done in {time.perf_counter() - t0:.0f} s; image {w}x{h}; threads {args.threads}", flush=True)
 
     img = pre.load_image(rgb)
@@ -90,8 +110,13 @@ def main(argv: list[str] | None = None) -> int:
 
     # 1. encoder: edge fp32 / int8 (numpy preprocessing + ORT), torch (upstream set_image)
     rows: dict[str, dict] = {}
-    engines = {"fp32": SegmentEngine.from_folder(fp32, threads=args.threads),
-               "int8": SegmentEngine.from_folder(int8, threads=args.threads)}
+    engines = {"fp32": SegmentEngine.from_folder(fp32, threads=args.threads, device="cpu"),
+               "int8": SegmentEngine.from_folder(int8, threads=args.threads, device="cpu")}
+    if "default" in ov_rows:  # the peer: OpenVINO's defaults on our fp32 graphs
+        engines["ov"] = SegmentEngine.from_folder(fp32, threads=args.threads, device="openvino")
+    if "int8-ov" in ov_rows:  # ours: the NNCF int8 encoder IR (and the fp32 decoder) on OpenVINO
+        engines["int8-ov"] = SegmentEngine.from_folder(int8_ov, threads=args.threads, device="openvino")
+    ov_prec = {k: e.predictor.encoder.edge_placement.get("precision") for k, e in engines.items() if k in ("ov", "int8-ov")}
     ref = SamPredictor(sam)
 
     def torch_encode():
@@ -104,8 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     # 2. decoder per click, image already encoded (edge: prompt checks + ORT + threshold; torch: predict)
     e32 = engines["fp32"]
     emb, _ = _drain(e32.embed_steps(img))
+    eov = engines.get("ov")
+    if eov is not None:
+        _drain(eov.embed_steps(img))
     torch_encode()
-    dec_edge, dec_torch = [], []
+    dec_edge, dec_torch, dec_ov = [], [], []
     for i, c in enumerate([clicks[0]] + clicks):
         t = time.perf_counter()
         _drain(e32.decode_steps(DecodeRequest(image_id=img.image_id, points=c, multimask=True)))
@@ -113,9 +141,14 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             ref.predict(point_coords=np.array([c[0][:2]]), point_labels=np.array([1]), multimask_output=True)
         t2 = time.perf_counter()
+        if eov is not None:
+            _drain(eov.decode_steps(DecodeRequest(image_id=img.image_id, points=c, multimask=True)))
+        t3 = time.perf_counter()
         if i:  # the first is a warm-up
             dec_edge.append(t1 - t)
             dec_torch.append(t2 - t1)
+            if eov is not None:
+                dec_ov.append(t3 - t2)
 
     # sanity: same masks (fp32) and int8 agreement on this photo
     c = clicks[0]
@@ -126,19 +159,29 @@ def main(argv: list[str] | None = None) -> int:
     _drain(e8.embed_steps(img))
     ours8 = _drain(e8.decode_steps(DecodeRequest(image_id=img.image_id, points=c, multimask=True)))
     int8_iou = min(iou(m.mask, r) for m, r in zip(ours8.masks, ref_masks))
+    ov_iou = {}
+    for k in ("ov", "int8-ov"):
+        if k in engines:
+            _drain(engines[k].embed_steps(img))
+            got = _drain(engines[k].decode_steps(DecodeRequest(image_id=img.image_id, points=c, multimask=True)))
+            ov_iou[k] = min(iou(m.mask, r) for m, r in zip(got.masks, ref_masks))
 
     # 3. cached re-click through the whole Runtime (scheduler + cache), and the first click (encode + decode)
     rt_first, rt_clicks = _runtime_clicks(fp32, rgb, clicks, args.threads)
 
     # 4. table
     t_enc = statistics.median(enc["torch"]) * 1e3
-    for name in ("fp32", "int8", "torch"):
+    enc_label = {"fp32": "edge ORT fp32", "int8": "edge ORT int8", "torch": "upstream torch CPU",
+                 "ov": f"OpenVINO default ({ov_prec.get('ov')}) on the fp32 graph",
+                 "int8-ov": f"edge OV int8-ov ({ov_prec.get('int8-ov')} + NNCF int8)"}
+    for name in ("fp32", "int8", *[k for k in ("ov", "int8-ov") if k in engines], "torch"):
         p50, p95 = _ms(enc[name])
-        rows[f"encoder {name}"] = {"what": f"encoder ({'edge ORT ' + name if name != 'torch' else 'upstream torch CPU'})",
+        rows[f"encoder {name}"] = {"what": f"encoder ({enc_label[name]})",
                                    "p50_ms": p50, "p95_ms": p95, "vs_torch": t_enc / p50,
                                    "vs_8ms_gpu": p50 / PUBLISHED_GPU_ENCODE_MS}
     d_t50, d_t95 = _ms(dec_torch)
     for label, samples in (("decoder per click (edge ORT fp32)", dec_edge),
+                           *([(f"decoder per click (OpenVINO default, {ov_prec.get('ov')})", dec_ov)] if dec_ov else []),
                            ("decoder per click (upstream torch)", dec_torch),
                            ("cached re-click via Runtime (scheduler+cache)", rt_clicks)):
         p50, p95 = _ms(samples)
@@ -158,7 +201,15 @@ def main(argv: list[str] | None = None) -> int:
     i50 = _ms(enc["int8"])[0]
     dp95 = _ms(dec_edge)[1]
     print()
-    print(f"mask IoU vs torch on this photo (first click, 3 masks): fp32 min {fp32_iou:.4f}, int8 min {int8_iou:.4f}")
+    print(f"mask IoU vs torch on this photo (first click, 3 masks): fp32 min {fp32_iou:.4f}, int8 min {int8_iou:.4f}"
+          + "".join(f", {k} min {v:.4f}" for k, v in ov_iou.items()))
+    if "ov" in engines:  # issue 21: our best >= 1.2x OpenVINO's best on the same graph (encoder), decoder p95 no worse
+        ours = min(("fp32", "int8", "int8-ov"), key=lambda k: statistics.median(enc[k]) if k in enc else float("inf"))
+        ratio = statistics.median(enc["ov"]) / statistics.median(enc[ours])
+        print(f"vs the OpenVINO peer: encoder ours {ours} {statistics.median(enc[ours]) * 1e3:.0f} ms vs OpenVINO "
+              f"{statistics.median(enc['ov']) * 1e3:.0f} ms = {ratio:.2f}x (target >= 1.2x: "
+              f"{'MET' if ratio >= 1.2 else 'MISSED'}); decoder p95 ours {_ms(dec_edge)[1]:.1f} ms vs OpenVINO "
+              f"{_ms(dec_ov)[1]:.1f} ms")
     print(f"targets: decoder p95 <= {TARGET_DECODER_P95_MS:.0f} ms: {'MET' if dp95 <= TARGET_DECODER_P95_MS else 'MISSED'} "
           f"({dp95:.1f} ms); encoder >= {TARGET_ENCODER_SPEEDUP:.0f}x torch: fp32 {t_enc / e50:.2f}x, "
           f"int8 {t_enc / i50:.2f}x ({'MET' if max(t_enc / e50, t_enc / i50) >= TARGET_ENCODER_SPEEDUP else 'MISSED'}); "
