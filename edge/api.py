@@ -231,12 +231,25 @@ class Runtime:
             size = manifest.loaded_bytes() or size
         extra = 0
         if entry.task == "chat":
-            extra = 64 << 20  # KV cache + compute buffers of a small model at the default context
+            extra = (64 << 20) + self._kv_bytes(model_id)  # compute buffers and logits, plus every slot's KV stream
         elif entry.task == "segment":
             from edge.segment.engine import cache_budget
 
             extra = cache_budget(self.settings.ram_budget)  # the embedding cache may fill to its budget
         return int(size * 1.1) + extra
+
+    def _kv_bytes(self, model_id: str) -> int:
+        """The KV cache a GGUF chat model is loaded with: a ``ctx``-token stream per chat slot (0 if unknown)."""
+        ggufs = sorted(self.store.model_dir(model_id).glob("*.gguf"))
+        if not ggufs:
+            return 0
+        from edge.chat.batch import kv_cache_bytes
+
+        try:
+            return kv_cache_bytes(str(ggufs[0]), self.settings.ctx * self.settings.chat_slots)
+        except (ValueError, KeyError, OSError) as e:  # a GGUF without these keys: the load's measurement decides
+            log.info("no KV estimate for %s: %s", model_id, e)
+            return 0
 
     def _image_load_bytes(self, model_id: str, manifest: "mf.ImageManifest", opts: Any) -> int:
         """The files an image model holds once it has made an image with its default decoder: the text encoder,

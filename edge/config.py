@@ -142,7 +142,7 @@ class Settings:
     ctx: int = setting("EDGE_CTX", int, lambda: 4096,
                        "context window (tokens) chat models are loaded with", "8192")
     chat_slots: int = setting("EDGE_CHAT_SLOTS", int, lambda: 2,
-                              "concurrent chat contexts per loaded chat model", "2")
+                              "chats a loaded chat model runs at once (decoded in one batch, a KV stream of ctx tokens each)", "2")
     scheduler: str = setting("EDGE_SCHEDULER", _parse_policy, lambda: "lanes",
                              "scheduling policy: lanes (batch work in the OS idle class beside interactive work, "
                              "threads follow the free cores) | priority (one step at a time) | fifo", "lanes")

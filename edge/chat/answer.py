@@ -32,6 +32,8 @@ class AnswerText:
         self.data = b""
         self.end: int | None = None  # where a stop string cut the answer
         self.sent = 0  # bytes already streamed
+        self._searched = 0  # stop strings cannot start before this offset (checked up to here)
+        self._longest = max((len(s) for s in self.stops), default=0)
 
     @property
     def stopped(self) -> bool:
@@ -41,11 +43,13 @@ class AnswerText:
         """Append one token's bytes; the text that may be streamed now ("" while held back)."""
         self.data += piece
         unfinished = incomplete_utf8_tail(self.data)
-        if not unfinished:
-            found = [s for s in self.stops if s in self.data]
+        if not unfinished and self.stops:
+            start = max(0, self._searched - self._longest + 1)  # only the tail can hold a new occurrence
+            found = [s for s in self.stops if self.data.find(s, start) >= 0]
             if found:
-                self.end = self.data.index(found[0])
+                self.end = self.data.index(found[0], start)
                 return self._take(self.end)
+            self._searched = len(self.data)
         return self._take(len(self.data) - max(unfinished, self._stop_prefix()))
 
     def finish(self) -> str:

@@ -228,6 +228,33 @@ class BatchDecoder:
             return len(self._running)
 
 
+def kv_cache_bytes(gguf_path: str, tokens: int) -> int:
+    """Bytes of an f16 KV cache holding ``tokens`` tokens of the GGUF model at ``gguf_path`` (read from its
+    metadata by a vocabulary-only load, without the weights): K and V, every layer, every KV head."""
+    import llama_cpp
+    import llama_cpp._internals as internals
+    from llama_cpp._logger import set_verbose
+
+    set_verbose(False)
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True
+    model = internals.LlamaModel(path_model=gguf_path, params=params, verbose=False)
+    try:
+        meta = model.metadata()
+    finally:
+        model.close()
+    arch = meta.get("general.architecture", "")
+
+    def key(name: str) -> int:
+        return int(meta[f"{arch}.{name}"])
+
+    heads = key("attention.head_count")
+    kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", heads))
+    k_dim = int(meta.get(f"{arch}.attention.key_length", key("embedding_length") // heads))
+    v_dim = int(meta.get(f"{arch}.attention.value_length", k_dim))
+    return key("block_count") * kv_heads * (k_dim + v_dim) * 2 * tokens
+
+
 def detokenize_piece(model, token: int) -> bytes:
     """The bytes of one answer token (special tokens render as nothing), as llama-cpp-python detokenizes."""
     import llama_cpp
