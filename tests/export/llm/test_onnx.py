@@ -178,3 +178,21 @@ def test_runtime_chat_with_onnx_model(tiny_onnx, tmp_path):
         loaded = [m["id"] for m in rt.ps()]
     assert res.text == direct.text == streamed and res.usage()["completion_tokens"] == 16
     assert "tiny-onnx-chat" in loaded
+
+
+def test_engine_on_openvino_answers_as_onnxruntime(tiny_onnx):
+    """--device openvino (the OpenVINO runtime through edge.devices.make_session) runs the ONNX chat export: the
+    same greedy answers as onnxruntime, through an empty and then a reused KV cache (tests/devices has the rest)."""
+    pytest.importorskip("openvino")
+    msgs = [{"role": "user", "content": "Hello there"}]
+    answers = {}
+    for device in ("cpu", "openvino"):
+        eng = OnnxChatEngine(tiny_onnx, threads=THREADS, device=device, slots=1, n_ctx=256)
+        try:
+            _, one = drain(eng.chat_steps(ChatRequest(messages=msgs, max_tokens=16, temperature=0)))
+            turn2 = msgs + [{"role": "assistant", "content": one.text}, {"role": "user", "content": "again"}]
+            _, two = drain(eng.chat_steps(ChatRequest(messages=turn2, max_tokens=8, temperature=0)))
+            answers[device] = (one.text, two.text)
+        finally:
+            eng.close()
+    assert answers["openvino"] == answers["cpu"]
