@@ -7,8 +7,8 @@ Devices (``--device``, ``EDGE_DEVICE``, ``Runtime(device=...)``):
   auto       the NPU for NPU artifacts when an NPU EP is installed, falling back to the CPU for nodes
              (or whole graphs) it cannot run; the OpenVINO runtime for an OpenVINO IR (.xml, the int8-ov
              precision: nothing else reads it); onnxruntime's CPU EP otherwise (OpenVINO is not picked
-             for .onnx files: it was not measured faster at fp32 on AVX2-only CPUs, and its bf16 gain
-             needs AVX-512 BF16 / AMX). Placement is logged and kept.
+             for .onnx files until bench/image.py and bench/segment.py measure it faster on the full-size
+             graphs; its bf16 gain needs AVX-512 BF16 / AMX). Placement is logged and kept.
   npu | qnn  strict: the NPU must run the whole graph (CPU fallback disabled); otherwise a DeviceError
              naming the operators it cannot run. Components an NPU artifact declares as CPU parts (a
              small tail, an img2img encoder) still run on the CPU.

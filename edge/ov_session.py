@@ -21,6 +21,7 @@ image, segment and ONNX chat engines need no OpenVINO-specific code. Sessions ar
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -46,6 +47,7 @@ _core: Any = None
 _core_lock = threading.Lock()
 
 
+@functools.lru_cache(maxsize=1)
 def version() -> str | None:
     """The installed OpenVINO runtime's version, or None when it is not installed (without importing it:
     the CPU-only path never loads OpenVINO)."""
