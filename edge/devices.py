@@ -139,7 +139,10 @@ def _openvino(path: Path, threads: int, device: str):
         raise DeviceError(f"`device` {device!r}: {why}{ov_session.missing_reason()}. "
                           + ("Or load another precision." if device == "auto" else "Or use --device cpu."),
                           param="device")
-    sess = ov_session.open_session(path, threads=threads, cache_dir=cache_root(path, kind="openvino"))
+    # compiled models are cached for files in a store (what Runtime loads; the blob of an SD1.5 UNet is GBs): files
+    # outside one (an export being verified, a bench folder) would leave blobs nothing ever loads again
+    cache = cache_root(path, kind="openvino") if store_home(path) is not None else None
+    sess = ov_session.open_session(path, threads=threads, cache_dir=cache)
     _record(path, {}, sess.edge_placement)
     return sess
 
@@ -198,10 +201,9 @@ def cache_root(model_path: str | Path | None = None, kind: str = "npu") -> Path:
     env = os.environ.get("EDGE_NPU_CACHE") if kind == "npu" else None
     if env:
         return Path(env)
-    if model_path is not None:
-        for parent in Path(model_path).resolve().parents:
-            if parent.name == "models" and parent.parent != parent:
-                return parent.parent / "cache" / kind
+    home = store_home(model_path) if model_path is not None else None
+    if home is not None:
+        return home / "cache" / kind
     try:
         from edge.config import Settings
 
@@ -211,6 +213,14 @@ def cache_root(model_path: str | Path | None = None, kind: str = "npu") -> Path:
 
         home = _default_home()
     return Path(home) / "cache" / kind
+
+
+def store_home(model_path: str | Path) -> Path | None:
+    """The home of the store holding ``model_path`` (a file under ``<home>/models/<id>/``), or None."""
+    for parent in Path(model_path).resolve().parents:
+        if parent.name == "models" and parent.parent != parent:
+            return parent.parent
+    return None
 
 
 def npu_options(comp: dict | None = None) -> dict[str, str]:
@@ -403,8 +413,9 @@ def _openvino_plan(path: Path, device: str) -> dict[str, Any]:
         return {"device": "error", "why": f"an OpenVINO IR (int8-ov): only OpenVINO reads it; --device {device} refuses it"}
     why = ("an OpenVINO IR (int8-ov): only the OpenVINO runtime reads it" if ir and device == "auto"
            else "--device openvino: the OpenVINO runtime reads the file directly")
-    return {"device": "openvino", "why": f"{why}; precision {ov_session.precision_hint_text()}; compiled on first "
-                                         f"load, then from {cache_root(path, kind='openvino')}"}
+    cached = (f"compiled on first load, then from {cache_root(path, kind='openvino')}" if store_home(path) is not None
+              else "compiled at each load (not in a store: not cached)")
+    return {"device": "openvino", "why": f"{why}; precision {ov_session.precision_hint_text()}; {cached}"}
 
 
 def describe(device: str = "auto") -> dict[str, Any]:

@@ -10,9 +10,10 @@ image, segment and ONNX chat engines need no OpenVINO-specific code. Sessions ar
   time per compiled model, like onnxruntime's sequential mode). CPU pinning is off: the scheduler shares
   the cores with other programs and moves work between lanes; a pinned pool waits on a core another
   program took (the collapse edge/cpu.py measures for spinning pools).
-- Cache: compiled models go to ``$EDGE_HOME/cache/openvino`` (OpenVINO's own ``CACHE_DIR``, keyed by the
-  file, its modification time and the compile options), so a second load imports the compiled blob
-  instead of compiling again.
+- Cache: compiled models of files in a store go to ``<home>/cache/openvino`` (OpenVINO's own ``CACHE_DIR``,
+  keyed by the file, its modification time and the compile options), so a second load imports the compiled
+  blob instead of compiling again. Files outside a store (an export being verified, a bench folder) are
+  compiled at each load: their blobs (GBs for an SD1.5 UNet) would never be loaded again.
 - Precision: ``EDGE_OV_PRECISION`` = f32 | bf16 | f16 sets ``INFERENCE_PRECISION_HINT``; unset (or auto)
   keeps OpenVINO's default: bf16 on CPUs with AVX-512 BF16 / AMX, f32 otherwise. A hint the CPU has no
   instructions for is ignored by OpenVINO (it computes f32); the precision actually used is recorded in

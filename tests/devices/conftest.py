@@ -15,7 +15,7 @@ import pytest
 from support import CACHE, _export_key, export_lcm, export_sam
 
 OV_CODE = ("export/quantize.py", "export/recipes/lcm_onnx.py", "export/recipes/sam_onnx.py", "export/lcm",
-           "export/artifacts.py", "edge/manifest.py", "edge/ov_session.py")
+           "export/artifacts.py", "edge/manifest.py")
 
 
 def _cached(name: str, key: str, build) -> Path:

@@ -30,13 +30,23 @@ BF16_MIN_IOU = 0.97
 
 @pytest.fixture(scope="module", autouse=True)
 def ov_home(tmp_path_factory):
-    """Compiled-model caches of files outside a store go to EDGE_HOME/cache/openvino: one home for the module
-    (later tests load what earlier ones compiled, as a second run would)."""
+    """An EDGE_HOME of the module's own (files outside a store are not cached: nothing may appear in it)."""
     home = tmp_path_factory.mktemp("ov-home")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EDGE_HOME", str(home))
         mp.delenv("EDGE_OV_PRECISION", raising=False)
         yield home
+
+
+@pytest.fixture(scope="module")
+def stored(tiny_exports, ov_home) -> dict[str, Path]:
+    """The tiny fp32 exports copied into the module home's store: what later tests load comes from the compiled
+    models earlier tests cached (as a second run would). The cache test uses a store of its own."""
+    out = {}
+    for name in ("lcm", "sam"):
+        out[name] = ov_home / "models" / f"{name}-tiny"
+        shutil.copytree(tiny_exports[name], out[name])
+    return out
 
 
 def _image(folder: Path, device: str, precision: str = "fp32", decoder: str = "vae") -> np.ndarray:
@@ -60,7 +70,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 # -- the backend ------------------------------------------------------------------------------------
 
-def test_openvino_is_a_device_and_cpu_stays_onnxruntime(tiny_exports):
+def test_openvino_is_a_device_and_cpu_stays_onnxruntime(stored):
     from edge.devices import make_session
     from edge.npu import eps
     from edge.ov_session import OpenVinoSession
@@ -68,7 +78,7 @@ def test_openvino_is_a_device_and_cpu_stays_onnxruntime(tiny_exports):
     found = eps.discover()
     assert found["openvino"].provider == "OpenVINO runtime" and found["openvino"].source == "openvino"
     assert "openvino" in eps.present_names() and "openvino" not in eps.plugin_errors()
-    unet = tiny_exports["lcm"] / "fp32" / "unet.onnx"
+    unet = stored["lcm"] / "fp32" / "unet.onnx"
     assert isinstance(make_session(unet, threads=THREADS, device="cpu"), ort.InferenceSession)
     assert isinstance(make_session(unet, threads=THREADS, device="auto"), ort.InferenceSession)  # .onnx: not auto-picked
     sess = make_session(unet, threads=THREADS, device="openvino")
@@ -79,12 +89,12 @@ def test_openvino_is_a_device_and_cpu_stays_onnxruntime(tiny_exports):
     assert [o.name for o in sess.get_outputs()] == [o.name for o in ref.get_outputs()]
 
 
-def test_lcm_images_match_onnxruntime_fp32(tiny_exports):
+def test_lcm_images_match_onnxruntime_fp32(stored):
     """OpenVINO's default precision against onnxruntime fp32: within 2/255 where it is f32 (this CPU without
     AVX-512 BF16 / AMX), within BF16_MIN_PSNR where it is bf16."""
     from edge.devices import make_session
 
-    folder = tiny_exports["lcm"]
+    folder = stored["lcm"]
     precision = make_session(folder / "fp32" / "text_encoder.onnx", threads=1, device="openvino").edge_placement[
         "precision"]
     for decoder in ("vae", "taesd"):
@@ -95,13 +105,13 @@ def test_lcm_images_match_onnxruntime_fp32(tiny_exports):
             assert _psnr(cpu, ov) >= BF16_MIN_PSNR, (precision, decoder, _psnr(cpu, ov))
 
 
-def test_sam_masks_match_onnxruntime(tiny_exports):
+def test_sam_masks_match_onnxruntime(stored):
     from edge.segment import preprocess as pre
     from edge.segment.predictor import OnnxSamPredictor
     from export.recipes.sam_onnx import prompt_cases, synthetic_image
     from export.verify import iou
 
-    folder = tiny_exports["sam"]
+    folder = stored["sam"]
     cpu = OnnxSamPredictor.from_files(folder / "encoder.onnx", folder / "decoder.onnx", threads=THREADS, device="cpu")
     ov = OnnxSamPredictor.from_files(folder / "encoder.onnx", folder / "decoder.onnx", threads=THREADS,
                                      device="openvino")
@@ -122,7 +132,7 @@ def test_sam_masks_match_onnxruntime(tiny_exports):
     assert m1 and m1[0].mask.shape == (h, w)
 
 
-def test_compiled_models_are_cached_in_edge_home_and_the_second_load_is_faster(tiny_exports, tmp_path, ov_home):
+def test_compiled_models_are_cached_in_the_store_home_and_the_second_load_is_faster(tiny_exports, tmp_path, ov_home):
     from edge.devices import make_session
 
     model_dir = tmp_path / "store" / "models" / "lcm-tiny"  # a file in a store: its home's cache
@@ -136,16 +146,17 @@ def test_compiled_models_are_cached_in_edge_home_and_the_second_load_is_faster(t
     assert first.edge_placement["cache"] == str(cache) and any(cache.iterdir())
     assert first.edge_placement["loaded_from_cache"] is False and second.edge_placement["loaded_from_cache"] is True
     assert t2 - t1 < t1 - t0, (t1 - t0, t2 - t1)
+    before = sorted(cache.iterdir())
     outside = make_session(tiny_exports["sam"] / "decoder.onnx", threads=1, device="openvino")
-    assert Path(outside.edge_placement["cache"]) == ov_home / "cache" / "openvino"  # EDGE_HOME
+    assert outside.edge_placement["cache"] is None and sorted(cache.iterdir()) == before  # not in a store: no blob
 
 
-def test_precision_setting(tiny_exports, monkeypatch):
+def test_precision_setting(stored, monkeypatch):
     from edge.devices import make_session
 
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     has_bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
-    dec = tiny_exports["sam"] / "decoder.onnx"
+    dec = stored["sam"] / "decoder.onnx"
     assert make_session(dec, threads=1, device="openvino").edge_placement["precision"] == ("bf16" if has_bf16 else "f32")
     monkeypatch.setenv("EDGE_OV_PRECISION", "f32")
     p = make_session(dec, threads=1, device="openvino").edge_placement
