@@ -2,24 +2,40 @@
 llama-cpp-python, same model, same threads, same prompts, same run.
 
     python bench/chat.py [--threads 2] [--runs 5] [--tokens 128]
+    python bench/chat.py --concurrent 1,4,8 [--ctx 4096]   # N streamed chats at once, vs llama-server
 
 Decode tok/s = (tokens - 1) / (last token time - first token time); TTFT = request -> first token.
 Each run uses a different prompt so neither side answers from a cached prompt.
+
+--concurrent: for each N, llama.cpp's own `llama-server` (bench/llama_server.py builds it from the llama.cpp
+that llama-cpp-python vendors; -np N slots of a --ctx window each, continuous batching) and `edge-run serve`
+(EDGE_CHAT_SLOTS=N), one server at a time, each warmed with one request per slot; N streamed greedy chats
+through the `openai` client from N threads. Aggregate tok/s = streamed tokens / (last token - first request).
+Peak RSS = the server process and its children, polled every 50 ms.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import CHAT_MODEL, bench_home, median, table  # noqa: E402
+
+if TYPE_CHECKING:
+    import openai
 
 PROMPT = "Question {i}: write a detailed paragraph about the history of bread making in Europe."
 
@@ -95,14 +111,189 @@ def edge_http(home: Path, threads: int, tokens: int, port: int = 8791):
     return proc, run
 
 
+# --- concurrent chats: edge-run serve vs llama-server -------------------------------------------------------
+
+
+def cpu_flags() -> dict[str, bool]:
+    """The SIMD / matrix extensions llama.cpp can use here, from /proc/cpuinfo."""
+    try:
+        flags = set(next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags"))
+                    .split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        flags = set()
+    names = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16")
+    return {**{n: n in flags for n in names}, "amx": bool({"amx_tile", "amx_int8", "amx_bf16"} & flags)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PeakRss(threading.Thread):
+    """Polls a process's RSS plus its children's every 50 ms; .peak in bytes."""
+
+    def __init__(self, pid: int):
+        import psutil
+
+        super().__init__(daemon=True)
+        self.proc, self.peak, self.done = psutil.Process(pid), 0, threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        while not self.done.wait(0.05):
+            try:
+                procs = [self.proc, *self.proc.children(recursive=True)]
+                self.peak = max(self.peak, sum(p.memory_info().rss for p in procs))
+            except psutil.Error:
+                pass
+
+
+@contextlib.contextmanager
+def serving(cmd: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[tuple[str, PeakRss]]:
+    """Start a server, wait for /health, yield (base url, its RSS poller); stop it at the end."""
+    log = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    rss = PeakRss(proc.pid)
+    rss.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                ready = urllib.request.urlopen(url + "/health", timeout=1).status == 200  # llama-server: 503 loading
+                break
+            except OSError:
+                ready = False
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        if not ready:
+            log.seek(0)
+            raise RuntimeError(f"{cmd[0]} did not come up (exit code {proc.returncode}):\n"
+                               + log.read()[-2000:].decode(errors="replace"))
+        yield url, rss
+    finally:
+        rss.done.set()
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        rss.join()
+        log.close()
+
+
+def stream_chat(client: openai.OpenAI, prompt: str, tokens: int) -> tuple[str, int, list[float]]:
+    """One streamed greedy chat: (text, completion tokens, arrival time of each content piece)."""
+    stream = client.chat.completions.create(
+        model=CHAT_MODEL, messages=[{"role": "user", "content": prompt}], max_tokens=tokens, temperature=0,
+        stream=True, stream_options={"include_usage": True}, extra_body={"min_p": 0})
+    text, times, used = [], [], None
+    for chunk in stream:
+        if chunk.usage:
+            used = chunk.usage.completion_tokens
+        if chunk.choices and chunk.choices[0].delta.content:
+            text.append(chunk.choices[0].delta.content)
+            times.append(time.perf_counter())
+    return "".join(text), used or len(times), times
+
+
+def at_once(client: openai.OpenAI, prompts: list[str], tokens: int) -> tuple[float, float, list[str]]:
+    """All prompts streamed at once from one thread each: (aggregate tok/s, decode tok/s of the first, texts)."""
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        t0 = time.perf_counter()
+        outs = list(pool.map(lambda p: stream_chat(client, p, tokens), prompts))
+    end = max((times[-1] for _, _, times in outs if times), default=time.perf_counter())
+    times = outs[0][2]
+    decode = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 2 else float("nan")
+    return sum(n for _, n, _ in outs) / (end - t0), decode, [text for text, _, _ in outs]
+
+
+def server_cmd(name: str, n: int, args: argparse.Namespace, gguf: Path, home: Path,
+               port: int) -> tuple[list[str], dict[str, str]]:
+    """Command and environment of `llama-server` or `edge-run serve` with n slots of args.ctx tokens each."""
+    if name == "llama-server":
+        from llama_server import build
+
+        return [str(build()), "-m", str(gguf), "-t", str(args.threads), "-c", str(args.ctx * n), "-np", str(n),
+                "--host", "127.0.0.1", "--port", str(port), *LLAMA_SERVER_EXTRA], dict(os.environ)
+    env = {**os.environ, "EDGE_HOME": str(home), "EDGE_THREADS": str(args.threads), "EDGE_OFFLINE": "1",
+           "EDGE_CHAT_SLOTS": str(n), "EDGE_CTX": str(args.ctx), "EDGE_KEEP_ALIVE": "-1"}
+    return [sys.executable, "-m", "edge.cli", "serve", "--port", str(port)], env
+
+
+# llama.cpp's extra weight buffers (AMX, repack) segfault on AMX CPUs (see edge.chat.engine.open_llama, which
+# turns them off there too); elsewhere llama-server keeps its defaults
+LLAMA_SERVER_EXTRA = ["--no-repack"] if cpu_flags()["amx"] else []
+
+
+def concurrent_table(args: argparse.Namespace, home: Path, gguf: Path) -> None:
+    """The --concurrent table: aggregate tok/s and peak RSS of N simultaneous chats, llama-server vs edge-run."""
+    import openai
+
+    load = os.getloadavg()[0]  # llama.cpp's spinning threads collapse when another program takes a core
+    names = ("llama-server", "edge-run")
+    agg = {(name, n): [] for name in names for n in args.concurrent}
+    decode, rss, same = {name: [] for name in names}, dict.fromkeys(agg, 0), {}
+    for n in args.concurrent:
+        for rnd in range(args.runs):  # interleave the two servers so drift in machine load hits both alike
+            prompts = [PROMPT.format(i=f"{n}.{rnd}.{k}") for k in range(n)]
+            for name in names:
+                # 1. start the server alone, warm it with one request per slot
+                port = free_port()
+                cmd, env = server_cmd(name, n, args, gguf, home, port)
+                with serving(cmd, port, env) as (url, peak):
+                    client = openai.OpenAI(base_url=url + "/v1", api_key="x", timeout=600, max_retries=0)
+                    at_once(client, [f"warm up {k}" for k in range(n)], 2)
+                    # 2. edge-run, first run: is each concurrent answer its solo greedy answer? (info only)
+                    if name == "edge-run" and rnd == 0:
+                        check = [PROMPT.format(i=f"check {n}.{k}") for k in range(n)]
+                        solo = [stream_chat(client, p, args.tokens)[0] for p in check]
+                        same[n] = sum(a == b for a, b in zip(solo, at_once(client, check, args.tokens)[2]))
+                    # 3. the timed run: n fresh prompts at once
+                    rate, dec, _ = at_once(client, prompts, args.tokens)
+                agg[name, n].append(rate)
+                rss[name, n] = max(rss[name, n], peak.peak)
+                if n == 1:
+                    decode[name].append(dec)
+
+    # 4. the table
+    rows = []
+    for n in args.concurrent:
+        (a, b), (ra, rb) = [median(agg[k, n]) for k in names], [rss[k, n] / 2**20 for k in names]
+        rows.append([n, a, b, b / a, f"{ra:.0f} / {rb:.0f}", rb / ra])
+    flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in cpu_flags().items())
+    print(f"model {CHAT_MODEL}, threads {args.threads}, {args.tokens} tokens per chat, median of {args.runs} runs; "
+          f"CPU: {flags}; load average before the bench {load:.1f} (run it on an idle machine)")
+    flags = " ".join(["-t", str(args.threads), "-c", f"{args.ctx}*N", "-np", "N", *LLAMA_SERVER_EXTRA])
+    print(f"llama-server -m <gguf> {flags} (its other defaults); "
+          f"edge-run serve: EDGE_CHAT_SLOTS=N EDGE_CTX={args.ctx} EDGE_THREADS={args.threads}; "
+          "ratio = edge-run / llama-server\n")
+    print(table(["N", "llama-server agg tok/s", "edge-run agg tok/s", "ratio", "peak RSS llama-server / edge-run MB",
+                 "RSS ratio"], rows))
+    if 1 in args.concurrent:
+        a, b = median(decode["llama-server"]), median(decode["edge-run"])
+        print(f"\nsingle stream (N=1) decode tok/s: llama-server {a:.1f}, edge-run {b:.1f}, ratio {b / a:.2f}")
+    print("edge-run concurrent answer == its solo greedy answer: "
+          + ", ".join(f"N={n} {k}/{n}" for n, k in same.items()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--concurrent", type=lambda v: [int(n) for n in v.split(",")], default=None,
+                    help="e.g. 1,4,8: N simultaneous chats against llama-server instead of the single-stream table")
+    ap.add_argument("--ctx", type=int, default=4096, help="--concurrent: each chat's context window")
     args = ap.parse_args()
     home = bench_home()
     path = home / "models" / CHAT_MODEL / "model.gguf"
+    if args.concurrent:
+        return concurrent_table(args, home, path)
 
     rows = []
     llm, raw = raw_llama(path, args.threads, args.tokens)
