@@ -415,7 +415,11 @@ def _openvino_plan(path: Path, device: str) -> dict[str, Any]:
            else "--device openvino: the OpenVINO runtime reads the file directly")
     cached = (f"compiled on first load, then from {cache_root(path, kind='openvino')}" if store_home(path) is not None
               else "compiled at each load (not in a store: not cached)")
-    return {"device": "openvino", "why": f"{why}; precision {ov_session.precision_hint_text()}; {cached}"}
+    try:
+        precision = ov_session.effective_precision_text()
+    except DeviceError as e:  # a bad EDGE_OV_PRECISION: the load would refuse it
+        return {"device": "error", "why": e.message}
+    return {"device": "openvino", "why": f"{why}; precision {precision}; {cached}"}
 
 
 def describe(device: str = "auto") -> dict[str, Any]:
@@ -424,6 +428,16 @@ def describe(device: str = "auto") -> dict[str, Any]:
 
     found = eps.discover()
     npu = eps.npu_device()
+    if "openvino" in found:  # what its CPU plugin computes here (imports OpenVINO: this command only)
+        from dataclasses import replace
+
+        from edge import ov_session
+
+        try:
+            found["openvino"] = replace(found["openvino"], detail="reads the .onnx exports and int8-ov IR; precision "
+                                                                  + ov_session.effective_precision_text())
+        except Exception as e:  # noqa: BLE001 - a bad EDGE_OV_PRECISION or a broken install: say so, list the rest
+            found["openvino"] = replace(found["openvino"], detail=f"not usable: {str(e)[:200]}")
     return {"requested": device, "npu": npu.device if npu else None,
             "providers": [{"device": i.device, "provider": i.provider, "kind": i.kind, "version": i.version,
                            "source": i.source, "detail": i.detail} for i in found.values()],

@@ -105,6 +105,19 @@ def precision_hint_text() -> str:
     return f"{hint} ({PRECISION_ENV})" if hint else "OpenVINO's default (bf16 with AVX-512 BF16 / AMX, else f32)"
 
 
+def effective_precision_text() -> str:
+    """What the CPU plugin will compute in here, and why (imports OpenVINO: for `edge-run devices`)."""
+    default = default_precision()
+    caps = [str(c) for c in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
+    hint = precision_hint()
+    if hint is None:
+        return f"{default} (OpenVINO's default on this CPU; it offers {', '.join(c for c in caps if c.startswith(('FP', 'BF', 'INT')))})"
+    cap = {"f32": "FP32", "bf16": "BF16", "f16": "FP16"}[hint]
+    if cap not in caps:
+        return f"f32 ({PRECISION_ENV}={hint} asked, but this CPU has no {cap} instructions: OpenVINO computes f32)"
+    return f"{hint} ({PRECISION_ENV})"
+
+
 def default_precision() -> str:
     """The inference precision OpenVINO's CPU plugin uses here with no hint (bf16 / f32)."""
     return _short(core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
