@@ -119,14 +119,15 @@ def test_sam_masks_match_onnxruntime(stored):
     rgb = synthetic_image(0)
     loaded = pre.load_image(rgb)
     a, b = cpu.encode(loaded), ov.encode(loaded)
-    assert np.linalg.norm(a.features - b.features) / np.linalg.norm(a.features) < 1e-4
+    f32 = ov.encoder.edge_placement["precision"] == "f32"  # else bf16 / f16: OpenVINO's default on that CPU
+    assert np.linalg.norm(a.features - b.features) / np.linalg.norm(a.features) < (1e-4 if f32 else 2e-2)
     h, w = rgb.shape[:2]
     for case in prompt_cases(h, w):
         prompt = pre.parse_prompt(case["points"], case["box"], (h, w))
         ma, _ = cpu.decode(a, prompt, multimask=case["multimask"])
         mb, _ = ov.decode(b, prompt, multimask=case["multimask"])
         for x, y in zip(ma, mb):
-            assert iou(x.mask, y.mask) >= 0.99, case["name"]
+            assert iou(x.mask, y.mask) >= (0.99 if f32 else BF16_MIN_IOU), case["name"]
     ov.set_threads(1)
     m1, _ = ov.decode(b, pre.parse_prompt(prompt_cases(h, w)[0]["points"], None, (h, w)))
     assert m1 and m1[0].mask.shape == (h, w)
@@ -154,10 +155,12 @@ def test_compiled_models_are_cached_in_the_store_home_and_the_second_load_is_fas
 def test_precision_setting(stored, monkeypatch):
     from edge.devices import make_session
 
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    has_bf16 = "avx512_bf16" in flags or "amx_bf16" in flags
+    from edge.ov_session import core, default_precision
+
+    has_bf16 = "BF16" in [str(c) for c in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
     dec = stored["sam"] / "decoder.onnx"
-    assert make_session(dec, threads=1, device="openvino").edge_placement["precision"] == ("bf16" if has_bf16 else "f32")
+    assert make_session(dec, threads=1, device="openvino").edge_placement["precision"] == default_precision()
+    assert default_precision() in (("bf16",) if has_bf16 else ("f32", "f16"))  # f16: ARM CPUs with fp16 arithmetic
     monkeypatch.setenv("EDGE_OV_PRECISION", "f32")
     p = make_session(dec, threads=1, device="openvino").edge_placement
     assert p["precision"] == "f32" and p["precision_source"] == "EDGE_OV_PRECISION"
@@ -222,9 +225,15 @@ def test_lcm_int8_ov_export_is_verified_and_the_runtime_loads_its_ir(ov_exports)
     assert r["image"]["ok"] and r["image"]["min_psnr"] == 25.0 and r["image"]["psnr"] >= 35.0, r["image"]
     assert r["components"]["unet"]["max_rel_diff"] < 0.5
     # the runtime: auto runs the IR on OpenVINO and the .onnx files on onnxruntime; the image is the verified one
+    from edge.ov_session import default_precision
+
     auto = _image(folder, "auto", "int8-ov")
     assert _psnr(auto, _image(folder, "cpu", "fp32")) >= 30.0
-    assert np.abs(auto - _image(folder, "openvino", "int8-ov")).max() <= 2
+    everything_on_ov = _image(folder, "openvino", "int8-ov")
+    if default_precision() == "f32":
+        assert np.abs(auto - everything_on_ov).max() <= 2
+    else:
+        assert _psnr(auto, everything_on_ov) >= BF16_MIN_PSNR
 
 
 def test_sam_int8_ov_export_is_verified_and_segments_on_openvino(ov_exports, tiny_exports):
@@ -253,3 +262,27 @@ def test_sam_int8_ov_export_is_verified_and_segments_on_openvino(ov_exports, tin
     finally:
         int8.close()
         fp32.close()
+
+
+def test_runtime_on_device_openvino_images_and_masks_as_on_the_cpu(workloads_home):
+    """The public door with --device openvino: the scheduler's lanes (image steps in the batch lane, clicks
+    interactive) over OpenVINO sessions give the CPU's images (within 2/255 at f32) and masks."""
+    from export.recipes.sam_onnx import synthetic_image
+    from export.verify import iou
+    from support import IMAGE_MODEL, SEG_MODEL, open_runtime
+
+    out = {}
+    rgb = synthetic_image(2)
+    for device in ("cpu", "openvino"):
+        with open_runtime(workloads_home, device=device) as rt:
+            img = rt.imagine("a lighthouse at dusk", model=IMAGE_MODEL, size="64x64", steps=2, seed=7)[0]
+            seg = rt.segment(rgb, points=[(200, 150, 1)], model=SEG_MODEL)
+            out[device] = (np.asarray(img).astype(np.int16), seg.masks[seg.best].mask)
+    from edge.ov_session import default_precision
+
+    if default_precision() == "f32":
+        assert np.abs(out["cpu"][0] - out["openvino"][0]).max() <= 2
+        assert iou(out["cpu"][1], out["openvino"][1]) >= 0.99
+    else:
+        assert _psnr(out["cpu"][0], out["openvino"][0]) >= BF16_MIN_PSNR
+        assert iou(out["cpu"][1], out["openvino"][1]) >= BF16_MIN_IOU
