@@ -13,8 +13,8 @@ Devices (``--device``, ``EDGE_DEVICE``, ``Runtime(device=...)``):
              naming the operators it cannot run. Components an NPU artifact declares as CPU parts (a
              small tail, an img2img encoder) still run on the CPU.
   openvino   the OpenVINO runtime (the ``openvino`` package, not onnxruntime's OpenVINO EP) on the CPU,
-             reading the .onnx (or .xml IR) directly: edge/ov_session.py. Compiled models are cached in
-             ``$EDGE_HOME/cache/openvino``; EDGE_OV_PRECISION = f32|bf16|f16|auto sets its inference
+             reading the .onnx (or .xml IR) directly: edge/ov_session.py. Compiled models of files in a
+             store are cached in ``<home>/cache/openvino``; EDGE_OV_PRECISION = f32|bf16|f16|auto sets its inference
              precision (auto: bf16 where the CPU has it, f32 otherwise).
   coreml | nnapi   that built-in EP, with CPU fallback, when this onnxruntime build has it
 
@@ -123,7 +123,6 @@ def make_session(path: str | Path, *, threads: int, device: str = "auto", batch:
 def _openvino(path: Path, threads: int, device: str):
     """An OpenVINO IR (only OpenVINO reads it) or ``--device openvino``: the OpenVINO runtime's session."""
     from edge import ov_session
-
     from edge.npu import artifact
 
     if path.suffix != ".xml" and artifact.component_for(path) is not None:
