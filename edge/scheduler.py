@@ -158,17 +158,20 @@ class LoadedModel:
     measured: int = 0  # RSS growth around the load plus the net growth around this model's steps
     work: int = 0  # the largest work_bytes of a job admitted on this model (arenas keep it)
     measured_peak: int = 0
+    at_load: int = 0  # the RSS growth around the load alone (the model at rest, before any job)
 
     @property
     def footprint(self) -> int:
-        """Bytes this model is counted for: plan (estimate + working set) or measurement, the larger."""
-        return max(self.planned + self.work, self.measured_peak)
+        """Bytes this model is counted for: its own bytes (the plan, or the load's measured growth if larger)
+        plus the working set its jobs declared, or the whole measurement, the larger. A job is admitted against
+        exactly that, so a model that ran within a budget is counted within it afterwards too."""
+        return max(max(self.planned, self.at_load) + self.work, self.measured_peak)
 
     def learned(self) -> int:
         """What a reload of this model plans, before its first job's working set is added: the model's own
-        bytes as measured (the peak less the declared working set its jobs kept), or the plan if larger.
-        Planning the whole peak and then adding the working set again refused a reload that had just run."""
-        return max(self.planned, self.measured_peak - self.work)
+        bytes as measured (its load, or the peak less the declared working set its jobs kept), or the plan if
+        larger. Planning the whole peak and then adding the working set again refused a reload that had just run."""
+        return max(self.planned, self.at_load, self.measured_peak - self.work)
 
     @property
     def slots(self) -> int:
@@ -495,7 +498,7 @@ class Scheduler:
             now = time.monotonic()
             m = LoadedModel(id=mid, engine=engine, planned=need, loaded_at=now, last_used=now,
                             pinned=mid in self._pins, keep_until=self._expiry(None, now), measured=measured,
-                            measured_peak=measured)
+                            measured_peak=measured, at_load=measured)
             self._models[mid] = m
             self.metrics.loads += 1
             log.info("loaded %s in %.2f s (measured %s, planned %s)", mid, now - t0, _mib(measured), _mib(need))
