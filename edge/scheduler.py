@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterator, TypeVar
 from edge import cpu
 from edge.errors import Busy, Cancelled, EdgeError, OutOfMemory
 from edge.jobs import JobSpec, Outcome, Priority, Step
+from edge.memory import rss_bytes
 
 log = logging.getLogger("edge.scheduler")
 R = TypeVar("R")
@@ -214,6 +215,7 @@ class Scheduler:
         self.memory_wait = memory_wait  # seconds a load or job may wait for running jobs to free RAM
         self._mem_waits: dict[Any, float] = {}  # model id (a load) or job handle -> when it began to wait
         self._learned: dict[str, int] = {}  # model id -> bytes it was measured at when last loaded
+        self._closing: set[threading.Thread] = set()  # evicted engines closing in the background
         import psutil
 
         self._proc = psutil.Process()
@@ -475,14 +477,25 @@ class Scheduler:
         self.metrics.evictions += 1
         self.metrics.evicted = [*self.metrics.evicted[-99:], (m.id, reason)]
         log.info("unloading %s (%s)", m.id, reason)
-        threading.Thread(target=m.engine.close, name=f"edge-close-{m.id}", daemon=True).start()
+        closer = threading.Thread(target=self._close_engine, args=(m,), name=f"edge-close-{m.id}", daemon=True)
+        self._closing.add(closer)
+        closer.start()
+
+    def _close_engine(self, m: LoadedModel) -> None:
+        """An evicted model's engine, closed off the lock (freeing sessions can take a while)."""
+        try:
+            m.engine.close()
+        finally:
+            with self._cv:
+                self._closing.discard(threading.current_thread())
 
     def _load(self, mid: str, need: int) -> None:
-        import psutil
-
         cpu.set_lanes(self.policy == "lanes")  # batch-lane sessions get their threads in the batch class
-        proc = psutil.Process()
-        before = proc.memory_info().rss
+        with self._cv:
+            closing = list(self._closing)
+        for closer in closing:  # the room a load was evicted for is free, and not freed while it is measured
+            closer.join(timeout=30)
+        before = rss_bytes(settle=True)  # garbage freed or memory reused during the load would hide its growth
         t0 = time.monotonic()
         try:
             engine = self.loader(mid, self.threads)
@@ -492,7 +505,7 @@ class Scheduler:
                 self._load_errors[mid] = e
                 self._cv.notify_all()
             return
-        measured = max(0, proc.memory_info().rss - before)
+        measured = max(0, rss_bytes() - before)
         with self._cv:
             self._loading.pop(mid, None)
             now = time.monotonic()

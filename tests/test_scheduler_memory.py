@@ -139,11 +139,14 @@ def test_an_image_models_plan_counts_what_a_load_and_its_default_decoder_hold(wo
 
 def test_a_reload_plans_what_it_measured_not_its_working_set_twice(workloads_home):
     """A model that ran within a budget reloads within it: its measured peak already holds the job's declared
-    working set, so the reload's plan is the peak less that set, plus the set once."""
+    working set, so the reload's plan is the peak less that set, plus the set once. The slack is what two loads
+    of the same model measure apart in one process (42 and 67 MiB after the segment suite, with garbage
+    collected, free lists trimmed and evicted engines closed first); the bug it guards counts the 375 MiB
+    working set twice."""
     with open_runtime(workloads_home, ram_budget="4G") as rt:
         rt.imagine("a lighthouse", size=256, steps=1, seed=1)
         footprint = _footprint(rt, IMAGE_MODEL)
         assert rt.scheduler.unload(IMAGE_MODEL)
-        rt.scheduler.ram_budget = footprint + 16 * MiB
+        rt.scheduler.ram_budget = footprint + 64 * MiB
         rt.imagine("a lighthouse", size=256, steps=1, seed=1)  # OutOfMemory when the working set counted twice
         assert _footprint(rt, IMAGE_MODEL) <= rt.scheduler.ram_budget

@@ -29,6 +29,7 @@ from typing import Any
 from edge.chat.sampling import Sampling
 from edge.chat.slots import PREFILL_CHUNK
 from edge.errors import EdgeError
+from edge.memory import trim_heap
 
 FLASH_ATTENTION = False
 """llama.cpp's flash attention: off, as ``llama_cpp.Llama``'s default (llama-server's auto turns it on for CPUs).
@@ -252,7 +253,7 @@ def kv_cache_bytes(gguf_path: str, tokens: int) -> int:
         meta = model.metadata()
     finally:
         model.close()
-        _trim_heap()  # the vocabulary's 16 MB (SmolLM2) stayed in malloc's free lists: 1.35x llama-server's RSS at N=1
+        trim_heap()  # the vocabulary's 16 MB (SmolLM2) stayed in malloc's free lists: 1.35x llama-server's RSS at N=1
     arch = meta.get("general.architecture", "")
 
     def key(name: str) -> int:
@@ -263,14 +264,6 @@ def kv_cache_bytes(gguf_path: str, tokens: int) -> int:
     k_dim = int(meta.get(f"{arch}.attention.key_length", key("embedding_length") // heads))
     v_dim = int(meta.get(f"{arch}.attention.value_length", k_dim))
     return key("block_count") * kv_heads * (k_dim + v_dim) * 2 * tokens
-
-
-def _trim_heap() -> None:
-    """Give malloc's free memory back to the OS (glibc's malloc_trim; a no-op elsewhere)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def detokenize_piece(model, token: int) -> bytes:
