@@ -58,10 +58,10 @@ def measure(stream_fn, runs: int) -> tuple[float, float]:
 def raw_llama(path: Path, threads: int, tokens: int):
     from edge.chat.engine import open_llama  # llama_cpp.Llama, minus the AMX path that crashes on AMX CPUs
 
-    from edge.chat.batch import FLASH_ATTENTION  # the engine's setting, so both compute the same graph
+    from edge.chat.batch import llama_kwargs  # the engine's attention settings, so both compute the same graph
 
     llm = open_llama(model_path=str(path), n_ctx=4096, n_threads=threads, n_threads_batch=threads,
-                     flash_attn=FLASH_ATTENTION, verbose=False)
+                     **llama_kwargs(), verbose=False)
 
     def run(i):
         for chunk in llm.create_chat_completion([{"role": "user", "content": PROMPT.format(i=i)}], temperature=0,

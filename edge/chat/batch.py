@@ -13,8 +13,8 @@ token or decoded token was in the batch samples its next token. A job's step cal
 it has no sampled token waiting, so N chats cost one decode per N token steps, not N decodes.
 
 Determinism: llama.cpp computes every row of a batch by itself (each matmul output element is one dot
-product; flash attention runs per query row over the row's own stream, whose cells stay in position
-order because streams are not shared), so a sequence's logits are bit-identical whatever else is in its
+product; flash attention, with a q8_0 cache, runs per query row over the row's own stream, whose cells
+stay in position order because streams are not shared), so a sequence's logits are bit-identical whatever else is in its
 batch: alone, beside other chats' tokens, or beside another prompt's chunk (tests/chat/test_batch.py
 checks all three). Concurrent greedy answers therefore equal solo ones.
 """
@@ -31,13 +31,26 @@ from edge.chat.slots import PREFILL_CHUNK
 from edge.errors import EdgeError
 from edge.memory import trim_heap
 
-FLASH_ATTENTION = False
-"""llama.cpp's flash attention: off, as ``llama_cpp.Llama``'s default (llama-server's auto turns it on for CPUs).
-Measured here (2 threads, AVX2, SmolLM2 Q4_1, 128-token answers, same process interleaved) it is faster -- 58.5
--> 64.8 tok/s alone, 70 -> 78 with 4 chats, 76 -> 93 with 8 -- and a decoded token's logits stay bit-identical
-beside any batch neighbours, but a prompt's logits then depend on how it was split into pieces (600 tokens as
-37 + 563: up to 0.2 apart), so a reused prefix would change answers (tests/chat/test_chat.py,
-test_llama_cpp_logits_do_not_depend_on_how_the_prompt_is_batched, fails with it on)."""
+FLASH_ATTENTION = True
+"""llama.cpp's flash attention: on, as llama-server's auto turns it on for CPUs, with the KV cache in q8_0
+(:data:`KV_TYPE`). Measured (2 threads, AVX2, SmolLM2 Q4_1, 128-token greedy answers, one process, 2026-12-07):
+alone 94.2 -> 109.4 tok/s, 4 chats 114.3 -> 152.7, 8 chats 153.7 -> 170.0 against no flash attention with an f16
+cache, and as fast as flash attention with an f16 cache (111.1 / 151.0 / 163.8), in half its KV memory. The
+greedy answers part from the no-flash-attention ones after ~10 tokens (a 135M model's near-ties), as the f16
+flash-attention ones do. With an f16 cache llama.cpp takes a tiled kernel for prompt pieces of many rows and
+a KV-split kernel for a lone query over 512+ cells, so a prompt's logits depended on how it was split (600 tokens
+as 37 + 563: up to 0.5 apart) and a reused prefix would change answers; with a q8_0 cache every row takes the
+one per-row kernel, and the logits are bit-identical however the prompt is split (tests/chat/test_chat.py)."""
+
+KV_TYPE = 8  # GGML_TYPE_Q8_0: 34 bytes a block of 32 values, against f16's 64
+KV_BYTES_PER_VALUE = 34 / 32
+
+
+def llama_kwargs() -> dict[str, Any]:
+    """The attention settings of the engine's context as ``llama_cpp.Llama`` keyword arguments, for the raw
+    llama-cpp-python references (tests, bench) to compute the same graph."""
+    return {"flash_attn": FLASH_ATTENTION, "type_k": KV_TYPE, "type_v": KV_TYPE}
+
 
 PENALTY_LAST_N = 64
 """Tokens the repeat penalty looks back over (llama-cpp-python's ``last_n_tokens_size``)."""
@@ -92,6 +105,7 @@ class BatchDecoder:
         params.n_threads = params.n_threads_batch = threads
         params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if FLASH_ATTENTION
                                   else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        params.type_k = params.type_v = KV_TYPE
         self.ctx = internals.LlamaContext(model=model, params=params, verbose=False)
         self._memory = llama_cpp.llama_get_memory(self.ctx.ctx)
         self._batch = llama_cpp.llama_batch_init(self.capacity, 0, 1)
@@ -239,7 +253,7 @@ class BatchDecoder:
 
 
 def kv_cache_bytes(gguf_path: str, tokens: int) -> int:
-    """Bytes of an f16 KV cache holding ``tokens`` tokens of the GGUF model at ``gguf_path`` (read from its
+    """Bytes of the KV cache (:data:`KV_TYPE`) holding ``tokens`` tokens of the GGUF model at ``gguf_path`` (read from its
     metadata by a vocabulary-only load, without the weights): K and V, every layer, every KV head."""
     import llama_cpp
     import llama_cpp._internals as internals
@@ -263,7 +277,7 @@ def kv_cache_bytes(gguf_path: str, tokens: int) -> int:
     kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", heads))
     k_dim = int(meta.get(f"{arch}.attention.key_length", key("embedding_length") // heads))
     v_dim = int(meta.get(f"{arch}.attention.value_length", k_dim))
-    return key("block_count") * kv_heads * (k_dim + v_dim) * 2 * tokens
+    return int(key("block_count") * kv_heads * (k_dim + v_dim) * KV_BYTES_PER_VALUE * tokens)
 
 
 def detokenize_piece(model, token: int) -> bytes:

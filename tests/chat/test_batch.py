@@ -56,7 +56,7 @@ def test_concurrent_chats_share_each_decode_and_answer_as_when_alone(engine):
                 del gens[q]
     decodes = engine.decoder.decodes - before
     assert {q: r.text for q, r in results.items()} == {q: r.text for q, r in solo.items()}
-    assert [r.completion_tokens for r in results.values()] == [r.completion_tokens for r in solo.values()]
+    assert {q: r.completion_tokens for q, r in results.items()} == {q: r.completion_tokens for q, r in solo.items()}
     # each chat's first step starts it with a decode of its own (its prompt beside the others' tokens), then one
     # decode serves a whole round
     longest = max(r.completion_tokens + (r.finish_reason == "stop") for r in solo.values())

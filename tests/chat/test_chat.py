@@ -33,10 +33,10 @@ def test_greedy_factual_answers_contain_the_right_word(runtime, question, word):
 def test_greedy_text_equals_raw_llama_cpp_python(runtime, chat_model_path):
     from edge.chat.engine import open_llama  # llama_cpp.Llama, minus the AMX path that crashes on AMX CPUs
 
-    from edge.chat.batch import FLASH_ATTENTION
+    from edge.chat.batch import llama_kwargs
 
     raw = open_llama(model_path=str(chat_model_path), n_ctx=4096, n_threads=THREADS, n_threads_batch=THREADS,
-                     flash_attn=FLASH_ATTENTION, verbose=False)
+                     **llama_kwargs(), verbose=False)
     try:
         for q in ["Name three fruits.", "Write one sentence about the sea.", "What is 2 + 2?"]:
             want = raw.create_chat_completion(ask(q), temperature=0, max_tokens=48)
@@ -158,10 +158,10 @@ def test_llama_cpp_logits_do_not_depend_on_how_the_prompt_is_batched(chat_model_
     import numpy as np
     from edge.chat.engine import open_llama
 
-    from edge.chat.batch import FLASH_ATTENTION
+    from edge.chat.batch import llama_kwargs
 
     llm = open_llama(model_path=str(chat_model_path), n_ctx=2048, n_threads=THREADS, n_batch=1024, n_ubatch=1024,
-                     flash_attn=FLASH_ATTENTION, verbose=False)
+                     **llama_kwargs(), verbose=False)
     text = " ".join(f"Line {i}: the quick brown fox jumps over the lazy dog." for i in range(60))
     tokens = llm.tokenize(text.encode(), add_bos=True)[:600]
 

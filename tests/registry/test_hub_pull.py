@@ -60,9 +60,9 @@ def _reference_answer(question: str, max_tokens: int) -> str:
     """llama-cpp-python's own greedy chat answer on the same GGUF (its chat template from the metadata)."""
     import llama_cpp
 
-    from edge.chat.batch import FLASH_ATTENTION
+    from edge.chat.batch import llama_kwargs
 
-    llm = llama_cpp.Llama(str(chat_model_cached()), n_ctx=512, flash_attn=FLASH_ATTENTION, verbose=False)
+    llm = llama_cpp.Llama(str(chat_model_cached()), n_ctx=512, **llama_kwargs(), verbose=False)
     try:
         out = llm.create_chat_completion([{"role": "user", "content": question}], temperature=0, max_tokens=max_tokens)
     finally:
