@@ -206,7 +206,8 @@ class Runtime:
         from edge.image.options import image_options
 
         manifest = self.manifest(model_id)
-        return image_options(manifest, precision=self.settings.image_precision, decoder=self.settings.image_decoder)
+        return image_options(manifest, precision=self.settings.image_precision, decoder=self.settings.image_decoder,
+                             device=self.settings.device)
 
     def _estimate(self, model_id: str) -> int:
         """RAM ``model_id`` holds once loaded and used, before any measurement: the loaded precision's files
@@ -225,7 +226,7 @@ class Runtime:
             from edge.image.options import image_options
 
             opts = image_options(manifest, precision=self.settings.image_precision,
-                                 decoder=self.settings.image_decoder)
+                                 decoder=self.settings.image_decoder, device=self.settings.device)
             size = self._image_load_bytes(model_id, manifest, opts) or manifest.load_bytes.get(opts.precision) or size
         elif manifest is not None:
             size = manifest.loaded_bytes() or size

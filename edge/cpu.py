@@ -200,7 +200,8 @@ def monitor() -> CpuLoad:
 
 # ---------------------------------------------------------------------------------------------- facts
 
-SIMD_FLAGS = ("avx", "avx2", "avx512f", "avx512_vnni", "avx_vnni", "fma", "f16c",  # x86 (/proc/cpuinfo flags)
+SIMD_FLAGS = ("avx", "avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8",  # x86
+              "fma", "f16c",  # (/proc/cpuinfo flags)
               "neon", "asimd", "asimddp", "fphp", "asimdhp", "i8mm", "sve", "bf16")  # arm ("Features")
 
 

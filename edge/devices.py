@@ -6,9 +6,10 @@ Devices (``--device``, ``EDGE_DEVICE``, ``Runtime(device=...)``):
   cpu        onnxruntime's CPU EP
   auto       the NPU for NPU artifacts when an NPU EP is installed, falling back to the CPU for nodes
              (or whole graphs) it cannot run; the OpenVINO runtime for an OpenVINO IR (.xml, the int8-ov
-             precision: nothing else reads it); onnxruntime's CPU EP otherwise (OpenVINO is not picked
-             for .onnx files until bench/image.py and bench/segment.py measure it faster on the full-size
-             graphs; its bf16 gain needs AVX-512 BF16 / AMX). Placement is logged and kept.
+             precision: nothing else reads it); for float (fp32 / fp16) graphs where OpenVINO's CPU plugin
+             computes in bf16 (AVX-512 BF16 / AMX) the OpenVINO runtime (``cpu_backend``: the engines ask it
+             per model and component, `edge-run devices` shows its pick and why); onnxruntime's CPU EP
+             otherwise. Placement is logged and kept.
   npu | qnn  strict: the NPU must run the whole graph (CPU fallback disabled); otherwise a DeviceError
              naming the operators it cannot run. Components an NPU artifact declares as CPU parts (a
              small tail, an img2img encoder) still run on the CPU.
@@ -27,11 +28,13 @@ extra QNN provider options), EDGE_NPU_CACHE (cache folder).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import shutil
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -419,6 +422,66 @@ def _openvino_plan(path: Path, device: str) -> dict[str, Any]:
     except DeviceError as e:  # a bad EDGE_OV_PRECISION: the load would refuse it
         return {"device": "error", "why": e.message}
     return {"device": "openvino", "why": f"{why}; precision {precision}; {cached}"}
+
+
+# Precisions whose graphs are float (OpenVINO computes them in bf16 where the CPU has it); int8 / Winograd / QDQ graphs
+# keep onnxruntime's int8 kernels, and the int8-ov IR only OpenVINO reads.
+FLOAT_PRECISIONS = ("fp32", "fp16")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of the CPUs OpenVINO computes bf16 on by default
+
+
+@dataclass(frozen=True)
+class Backend:
+    """The device a plain (not NPU) ONNX graph runs on, and why: what ``auto`` picks for the CPU it finds."""
+
+    device: str  # "auto" (onnxruntime's CPU EP; NPU artifacts still go to the NPU) | "openvino" | what was asked
+    why: str
+
+
+def cpu_backend(device: str, precision: str | None, *, click: bool = False) -> Backend:
+    """The fastest installed CPU backend for a graph of ``precision`` when ``device`` is auto (any other device is
+    kept as asked). OpenVINO for float graphs where its CPU plugin computes in bf16 (AVX-512 BF16 / AMX): the
+    512x512 UNet step took 2.20 s there against onnxruntime's 4.33 (fp32) and 3.73 (int8-winograd), same run
+    (issue 21's table). Without bf16, OpenVINO's f32 UNet step (12.02 s) lost to onnxruntime's Winograd
+    precision (10.30 s) on an AVX2 CPU and peaked at 8.7 GB against 1.7, so onnxruntime stays. ``click``: the
+    SAM decoder, whose p50 onnxruntime ran in 109 ms against OpenVINO's 128 (AVX2): it stays on onnxruntime."""
+    if device != "auto":
+        return Backend(device, f"--device {device}")
+    if precision is None:
+        return Backend("auto", "onnxruntime: the graph's precision is unknown (no manifest)")
+    if precision not in FLOAT_PRECISIONS:
+        return Backend("auto", f"{precision} graph: onnxruntime's int8 kernels")
+    if click:
+        return Backend("auto", "a click's decoder: onnxruntime answers it fastest")
+    from edge import ov_session
+    from edge.config import device_facts
+
+    if ov_session.version() is None:
+        return Backend("auto", "onnxruntime: OpenVINO is not installed (its bf16 is 1.7x faster on CPUs with "
+                               "AVX-512 BF16 / AMX)")
+    if not device_facts().flags & set(BF16_FLAGS):  # told without importing OpenVINO (the CPU-only path never does)
+        return Backend("auto", "onnxruntime: no AVX-512 BF16 / AMX on this CPU, where OpenVINO computes in f32 and "
+                               "onnxruntime's int8-winograd UNet was faster")
+    try:
+        bf16 = ov_session.precision_hint() in (None, "bf16") and _ov_default_precision() == "bf16"
+    except Exception as e:  # noqa: BLE001 - a bad EDGE_OV_PRECISION is the OpenVINO session's to report
+        return Backend("auto", f"onnxruntime: OpenVINO is not usable here ({str(e)[:120]})")
+    if not bf16:
+        return Backend("auto", "onnxruntime: OpenVINO computes in f32 on this CPU (no AVX-512 BF16 / AMX, or "
+                               f"{ov_session.PRECISION_ENV}), where onnxruntime's int8-winograd UNet was faster")
+    return Backend("openvino", "OpenVINO in bf16 on this CPU: 1.7-2.0x onnxruntime on the 512x512 UNet")
+
+
+@functools.lru_cache(maxsize=1)
+def _ov_default_precision() -> str:
+    from edge import ov_session
+
+    return ov_session.default_precision()
+
+
+def prefers_openvino() -> bool:
+    """Whether ``auto`` runs float graphs on OpenVINO here (installed, bf16 on this CPU)."""
+    return cpu_backend("auto", "fp32").device == "openvino"
 
 
 def describe(device: str = "auto") -> dict[str, Any]:

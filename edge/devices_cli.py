@@ -25,6 +25,24 @@ def model_components(model) -> list[Path]:
     return [Path(model.dir) / f for f in dict.fromkeys(files)]
 
 
+def component_backend(model, path: Path, device: str):
+    """The backend the engine would open ``path`` (a file of the installed ``model``) on: what
+    edge.devices.cpu_backend picks for its precision -- the image precision folder it sits in, or the SAM
+    manifest's encoder precision (the decoder answers clicks)."""
+    from edge.devices import cpu_backend
+    from edge.manifest import ImageManifest
+    from edge.segment.engine import encoder_precision
+
+    manifest = model.manifest
+    if isinstance(manifest, ImageManifest):
+        rel = path.relative_to(model.dir).as_posix()
+        precision = next((p for p, files in manifest.precisions.items() if rel in files.values()), None)
+        return cpu_backend(device, precision)
+    if path.stem == "decoder":
+        return cpu_backend(device, "fp32", click=True)
+    return cpu_backend(device, encoder_precision(manifest, path))
+
+
 def profile_report(settings) -> dict:
     """The detected facts, the profile and why, and each setting's value, source and reason."""
     from dataclasses import fields
@@ -67,11 +85,15 @@ def collect(settings) -> dict:
             rows.append({"model": entry.id, "task": entry.task, "component": "-", "device": "error", "why": str(e)})
             continue
         if entry.task == "image":
-            o = image_options(model.manifest, precision=settings.image_precision, decoder=settings.image_decoder)
+            o = image_options(model.manifest, precision=settings.image_precision, decoder=settings.image_decoder,
+                              device=settings.device)
             images.append({"model": entry.id, "precision": o.precision, "precision_why": o.precision_why,
                            "decoder": o.decoder, "decoder_why": o.decoder_why})
         for path in model_components(model):
-            p = devices.plan(path, settings.device)
+            backend = component_backend(model, path, settings.device)
+            p = devices.plan(path, backend.device)
+            if backend.device != settings.device or (settings.device == "auto" and p["device"] == "cpu"):
+                p["why"] = f"{backend.why}; {p['why']}"  # the backend auto picked, and why
             rows.append({"model": entry.id, "task": entry.task,
                          "component": path.relative_to(model.dir).as_posix(), **p})
     out["models"] = rows

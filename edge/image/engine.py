@@ -44,11 +44,12 @@ def components_from_manifest(manifest: ImageManifest, folder: Path, *, precision
     """Components over the ONNX files an lcm export wrote (``precision`` defaults to the manifest's,
     ``default_decoder`` -- the decoder of requests that name none -- too); ``manifest`` is the typed
     manifest (InstalledModel.manifest, edge.manifest.read)."""
-    from edge.devices import make_session
+    from edge.devices import cpu_backend, make_session
 
     folder = Path(folder)
     m = manifest
     precision = precision or m.precision or "fp32"
+    device = cpu_backend(device, precision).device  # auto: OpenVINO for float graphs where it computes in bf16
     if not m.precisions:
         raise ModelNotInstalled(f"{m.origin or folder}: lists no ONNX files (`precisions`); the folder is not an "
                                 "exported LCM model. Export one with `edge-run export lcm ...`.", param="model")

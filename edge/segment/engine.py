@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from edge.devices import cpu_backend
 from edge.errors import BadRequest
 from edge.jobs import Step, StepGen
 from edge.manifest import SegmentManifest
@@ -25,6 +26,16 @@ from edge.segment.request import DecodeRequest, EmbeddingMissing
 DEFAULT_CACHE_BYTES = 256 << 20  # 64 embeddings of 4 MiB
 FILES = ("encoder.onnx", "decoder.onnx")
 IR_ENCODER = "encoder.xml"  # int8-ov exports (NNCF int8, OpenVINO IR + encoder.bin) have it instead of encoder.onnx
+
+
+def encoder_precision(manifest: Any, encoder: Path) -> str | None:
+    """The precision of a SAM model's encoder file: the manifest's per-component one, else the model's; the
+    int8-ov IR is int8 whatever it says; None when unknown (no manifest)."""
+    if encoder.suffix == ".xml":
+        return "int8-ov"
+    if not isinstance(manifest, SegmentManifest):
+        return None
+    return manifest.components.get("encoder") or manifest.precision
 
 
 def cache_budget(ram_budget: int | None = None) -> int:
@@ -65,11 +76,12 @@ class SegmentEngine:
                 raise BadRequest(f"model {model.id!r} has no {name} (looked in {model.dir}); export it with "
                                  "`edge-run export sam ... --add`.", param="model")
             paths[name] = p
+        manifest = getattr(model, "manifest", None)
+        encoder_device = cpu_backend(device, encoder_precision(manifest, paths["encoder.onnx"])).device
         predictor = OnnxSamPredictor.from_files(paths["encoder.onnx"], paths["decoder.onnx"], threads=threads,
-                                                device=device)
+                                                device=device, encoder_device=encoder_device)
         if cache_bytes is None and ram_budget is not None:
             cache_bytes = cache_budget(ram_budget)
-        manifest = getattr(model, "manifest", None)
         return cls(predictor, model_id=model.id, manifest=manifest if isinstance(manifest, SegmentManifest) else None,
                    cache_bytes=cache_bytes)
 

@@ -42,7 +42,9 @@ class OnnxSamPredictor:
 
     @classmethod
     def from_files(cls, encoder: str | Path, decoder: str | Path, *, threads: int = 1,
-                   device: str = "auto") -> "OnnxSamPredictor":
+                   device: str = "auto", encoder_device: str | None = None) -> "OnnxSamPredictor":
+        """Sessions over an exported encoder / decoder pair; ``encoder_device`` (default ``device``): the
+        encoder's own, e.g. OpenVINO where ``edge.devices.cpu_backend`` picks it for a float encoder."""
         import onnxruntime as ort
 
         from edge.devices import make_session
@@ -53,7 +55,7 @@ class OnnxSamPredictor:
         if threads > 1 and isinstance(dec, (ort.InferenceSession, OpenVinoSession)) and \
                 getattr(dec, "edge_placement", {}).get("device", "cpu") in ("cpu", "openvino"):
             one = make_session(decoder, threads=1, device=device)  # for when another program takes a core
-        return cls(make_session(encoder, threads=threads, device=device, batch=True),  # the batch lane's encoder
+        return cls(make_session(encoder, threads=threads, device=encoder_device or device, batch=True),  # batch lane
                    dec, one)
 
     def set_threads(self, n: int) -> None:

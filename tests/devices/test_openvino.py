@@ -286,3 +286,67 @@ def test_runtime_on_device_openvino_images_and_masks_as_on_the_cpu(workloads_hom
     else:
         assert _psnr(out["cpu"][0], out["openvino"][0]) >= BF16_MIN_PSNR
         assert iou(out["cpu"][1], out["openvino"][1]) >= BF16_MIN_IOU
+
+
+
+def test_auto_runs_float_graphs_on_openvino_exactly_where_it_computes_bf16(workloads_home, monkeypatch, capsys):
+    """`--device auto` (the default) picks the backend per model and component for the CPU it finds: OpenVINO
+    for the float graphs where its CPU plugin computes in bf16 (AVX-512 BF16 / AMX), onnxruntime for int8 graphs,
+    a click's decoder and every other CPU -- and `edge-run devices` shows the pick and why. Asserted against what
+    OpenVINO itself reports for this CPU, so it holds (differently) on either kind of machine."""
+    from edge import devices
+    from edge.cli import main
+    from edge.ov_session import default_precision
+    from export.recipes.sam_onnx import synthetic_image
+    from support import IMAGE_MODEL, SEG_MODEL, open_runtime
+
+    # 1. the rule, against OpenVINO's own default precision here
+    bf16 = default_precision() == "bf16"
+    want = "openvino" if bf16 else "auto"
+    assert devices.cpu_backend("auto", "fp32").device == want
+    assert devices.cpu_backend("auto", "int8-winograd").device == "auto"
+    assert devices.cpu_backend("auto", "fp32", click=True).device == "auto"
+    assert devices.cpu_backend("cpu", "fp32").device == "cpu"
+    if not bf16:
+        assert "no AVX-512 BF16 / AMX" in devices.cpu_backend("auto", "fp32").why
+    monkeypatch.setenv("EDGE_OV_PRECISION", "f32")  # OpenVINO told to compute in f32: onnxruntime's kernels win
+    assert devices.cpu_backend("auto", "fp32").device == "auto"
+    monkeypatch.delenv("EDGE_OV_PRECISION")
+
+    # 2. an image model exported in several precisions loads the one fastest here when none is asked
+    from dataclasses import replace
+
+    from edge.image.options import image_options
+    from edge.manifest import read
+
+    tiny = read(workloads_home / "models" / IMAGE_MODEL, task="image")
+    files = tiny.precisions["fp32"]
+    several = replace(tiny, precision="int8", precisions={"int8": files, "fp32": files, "int8-ov": files})
+    assert image_options(several).precision == ("int8-ov" if bf16 else "int8")
+    assert image_options(several, device="cpu").precision == "int8"
+    assert image_options(several, precision="fp32").precision == "fp32"
+
+    # 3. `edge-run devices` shows it per component, with why
+    assert main(["devices", "--json", "--home", str(workloads_home)]) == 0
+    rows = {(r["model"], r["component"]): r for r in json.loads(capsys.readouterr().out)["models"]}
+    shown = "openvino" if bf16 else "cpu"
+    unet = next(r for (m, c), r in rows.items() if m == IMAGE_MODEL and c.endswith("fp32/unet.onnx"))
+    encoder = rows[(SEG_MODEL, "encoder.onnx")]
+    decoder = rows[(SEG_MODEL, "decoder.onnx")]
+    assert unet["device"] == shown and ("bf16" in unet["why"]) == bf16 and "AVX-512 BF16" in unet["why"]
+    sam_fp32 = "int8" not in encoder["why"]
+    assert encoder["device"] == (shown if sam_fp32 else "cpu")
+    assert decoder["device"] == "cpu" and "click" in decoder["why"]
+
+    # 4. the engines open what it showed
+    from edge.ov_session import OpenVinoSession
+
+    with open_runtime(workloads_home) as rt:
+        rt.imagine("a lighthouse", model=IMAGE_MODEL, size=64, steps=1, seed=1)
+        rt.segment(synthetic_image(2), points=[(200, 150, 1)], model=SEG_MODEL)
+        engines = {m.id: m.engine for m in rt.scheduler._models.values()}
+        unet = engines[IMAGE_MODEL].components.unet.session
+        predictor = engines[SEG_MODEL].predictor
+        assert isinstance(unet, OpenVinoSession if bf16 else ort.InferenceSession)
+        assert isinstance(predictor.encoder, OpenVinoSession) == (encoder["device"] == "openvino")
+        assert isinstance(predictor.decoder, ort.InferenceSession)
