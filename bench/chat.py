@@ -61,7 +61,7 @@ def raw_llama(path: Path, threads: int, tokens: int):
     from edge.chat.batch import llama_kwargs  # the engine's attention settings, so both compute the same graph
 
     llm = open_llama(model_path=str(path), n_ctx=4096, n_threads=threads, n_threads_batch=threads,
-                     **llama_kwargs(), verbose=False)
+                     **llama_kwargs(str(path)), verbose=False)
 
     def run(i):
         for chunk in llm.create_chat_completion([{"role": "user", "content": PROMPT.format(i=i)}], temperature=0,

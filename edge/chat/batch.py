@@ -43,13 +43,72 @@ as 37 + 563: up to 0.5 apart) and a reused prefix would change answers; with a q
 one per-row kernel, and the logits are bit-identical however the prompt is split (tests/chat/test_chat.py)."""
 
 KV_TYPE = 8  # GGML_TYPE_Q8_0: 34 bytes a block of 32 values, against f16's 64
-KV_BYTES_PER_VALUE = 34 / 32
+F16 = 1  # GGML_TYPE_F16
+Q8_BLOCK = 32
 
 
-def llama_kwargs() -> dict[str, Any]:
-    """The attention settings of the engine's context as ``llama_cpp.Llama`` keyword arguments, for the raw
-    llama-cpp-python references (tests, bench) to compute the same graph."""
-    return {"flash_attn": FLASH_ATTENTION, "type_k": KV_TYPE, "type_v": KV_TYPE}
+@dataclass(frozen=True)
+class Attention:
+    """A model's attention settings: flash attention with a q8_0 cache where its K and V head sizes are whole
+    q8_0 blocks (every common model: 64, 128 ...); else the f16 cache without flash attention, the other
+    combination whose logits do not depend on how a prompt is split (a head of 16, as the tiny distilled
+    students have, cannot be stored in q8_0: llama.cpp refuses the context)."""
+
+    flash: bool
+    kv_type: int
+
+    @classmethod
+    def for_heads(cls, k_dim: int, v_dim: int) -> "Attention":
+        if FLASH_ATTENTION and k_dim % Q8_BLOCK == 0 and v_dim % Q8_BLOCK == 0:
+            return cls(True, KV_TYPE)
+        return cls(False, F16)
+
+    @property
+    def bytes_per_value(self) -> float:
+        return 34 / 32 if self.kv_type == KV_TYPE else 2.0
+
+    def llama_kwargs(self) -> dict[str, Any]:
+        """As ``llama_cpp.Llama`` keyword arguments."""
+        return {"flash_attn": self.flash, "type_k": self.kv_type, "type_v": self.kv_type}
+
+
+@dataclass(frozen=True)
+class KvShape:
+    """What a GGUF's KV cache holds per token, from its metadata."""
+
+    layers: int
+    kv_heads: int
+    k_dim: int
+    v_dim: int
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str]) -> "KvShape":
+        arch = meta.get("general.architecture", "")
+
+        def key(name: str) -> int:
+            return int(meta[f"{arch}.{name}"])
+
+        heads = key("attention.head_count")
+        k_dim = int(meta.get(f"{arch}.attention.key_length", key("embedding_length") // heads))
+        return cls(layers=key("block_count"), kv_heads=int(meta.get(f"{arch}.attention.head_count_kv", heads)),
+                   k_dim=k_dim, v_dim=int(meta.get(f"{arch}.attention.value_length", k_dim)))
+
+    @property
+    def attention(self) -> Attention:
+        return Attention.for_heads(self.k_dim, self.v_dim)
+
+    def cache_bytes(self, tokens: int) -> int:
+        """Bytes of this cache holding ``tokens`` tokens: K and V, every layer, every KV head."""
+        return int(self.layers * self.kv_heads * (self.k_dim + self.v_dim) * self.attention.bytes_per_value * tokens)
+
+
+def llama_kwargs(gguf_path: str | None = None) -> dict[str, Any]:
+    """The engine's attention settings for the GGUF at ``gguf_path`` (None: a model with whole q8_0 heads, as
+    SmolLM2's 64) as ``llama_cpp.Llama`` keyword arguments, for raw llama-cpp-python references (tests,
+    bench) to compute the same graph."""
+    if gguf_path is None:
+        return Attention.for_heads(Q8_BLOCK, Q8_BLOCK).llama_kwargs()
+    return KvShape.from_metadata(gguf_metadata(gguf_path)).attention.llama_kwargs()
 
 
 PENALTY_LAST_N = 64
@@ -103,9 +162,10 @@ class BatchDecoder:
         params.kv_unified = False  # a stream per sequence: its cells stay in position order (determinism)
         params.n_batch = params.n_ubatch = self.capacity
         params.n_threads = params.n_threads_batch = threads
-        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if FLASH_ATTENTION
+        self.attention = KvShape.from_metadata(model.metadata()).attention
+        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.attention.flash
                                   else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
-        params.type_k = params.type_v = KV_TYPE
+        params.type_k = params.type_v = self.attention.kv_type
         self.ctx = internals.LlamaContext(model=model, params=params, verbose=False)
         self._memory = llama_cpp.llama_get_memory(self.ctx.ctx)
         self._batch = llama_cpp.llama_batch_init(self.capacity, 0, 1)
@@ -252,9 +312,8 @@ class BatchDecoder:
             return len(self._running)
 
 
-def kv_cache_bytes(gguf_path: str, tokens: int) -> int:
-    """Bytes of the KV cache (:data:`KV_TYPE`) holding ``tokens`` tokens of the GGUF model at ``gguf_path`` (read from its
-    metadata by a vocabulary-only load, without the weights): K and V, every layer, every KV head."""
+def gguf_metadata(gguf_path: str) -> dict[str, str]:
+    """The GGUF's metadata, by a vocabulary-only load (without the weights)."""
     import llama_cpp
     import llama_cpp._internals as internals
     from llama_cpp._logger import set_verbose
@@ -264,20 +323,15 @@ def kv_cache_bytes(gguf_path: str, tokens: int) -> int:
     params.vocab_only = True
     model = internals.LlamaModel(path_model=gguf_path, params=params, verbose=False)
     try:
-        meta = model.metadata()
+        return model.metadata()
     finally:
         model.close()
         trim_heap()  # the vocabulary's 16 MB (SmolLM2) stayed in malloc's free lists: 1.35x llama-server's RSS at N=1
-    arch = meta.get("general.architecture", "")
 
-    def key(name: str) -> int:
-        return int(meta[f"{arch}.{name}"])
 
-    heads = key("attention.head_count")
-    kv_heads = int(meta.get(f"{arch}.attention.head_count_kv", heads))
-    k_dim = int(meta.get(f"{arch}.attention.key_length", key("embedding_length") // heads))
-    v_dim = int(meta.get(f"{arch}.attention.value_length", k_dim))
-    return int(key("block_count") * kv_heads * (k_dim + v_dim) * KV_BYTES_PER_VALUE * tokens)
+def kv_cache_bytes(gguf_path: str, tokens: int) -> int:
+    """Bytes of the KV cache the engine gives the GGUF at ``gguf_path`` holding ``tokens`` tokens."""
+    return KvShape.from_metadata(gguf_metadata(gguf_path)).cache_bytes(tokens)
 
 
 def detokenize_piece(model, token: int) -> bytes:

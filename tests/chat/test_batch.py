@@ -109,3 +109,17 @@ def test_answer_text_cuts_at_stop_strings_and_never_splits_a_character():
     assert "".join(got) + held.finish() == held.text == "one <|im two"
     assert incomplete_utf8_tail(b"a\xe2\x82") == 2 and incomplete_utf8_tail(b"a\xe2\x82\xac") == 0
     assert incomplete_utf8_tail(b"\xf0\x9f\x98") == 3 and incomplete_utf8_tail(b"abc") == 0
+
+
+def test_attention_settings_follow_the_models_head_size(engine, chat_model_path):
+    """Flash attention with a q8_0 cache where K and V heads are whole q8_0 blocks (SmolLM2: 64), else the f16
+    cache without it (llama.cpp refuses a q8_0 cache for a head of 16, as the distilled students have; the KD
+    student test chats through that path); the KV estimate follows the cache type."""
+    from edge.chat.batch import F16, KV_TYPE, Attention, KvShape, gguf_metadata, kv_cache_bytes
+
+    assert Attention.for_heads(64, 64) == Attention(True, KV_TYPE)
+    assert Attention.for_heads(16, 16) == Attention(False, F16) == Attention.for_heads(64, 48)
+    shape = KvShape.from_metadata(gguf_metadata(str(chat_model_path)))
+    assert (shape.k_dim, shape.v_dim) == (64, 64) and engine.decoder.attention == Attention(True, KV_TYPE)
+    f16 = shape.layers * shape.kv_heads * (shape.k_dim + shape.v_dim) * 2 * 1000
+    assert kv_cache_bytes(str(chat_model_path), 1000) == int(f16 * 34 / 64)

@@ -36,7 +36,7 @@ def test_greedy_text_equals_raw_llama_cpp_python(runtime, chat_model_path):
     from edge.chat.batch import llama_kwargs
 
     raw = open_llama(model_path=str(chat_model_path), n_ctx=4096, n_threads=THREADS, n_threads_batch=THREADS,
-                     **llama_kwargs(), verbose=False)
+                     **llama_kwargs(str(chat_model_path)), verbose=False)
     try:
         for q in ["Name three fruits.", "Write one sentence about the sea.", "What is 2 + 2?"]:
             want = raw.create_chat_completion(ask(q), temperature=0, max_tokens=48)
@@ -161,7 +161,7 @@ def test_llama_cpp_logits_do_not_depend_on_how_the_prompt_is_batched(chat_model_
     from edge.chat.batch import llama_kwargs
 
     llm = open_llama(model_path=str(chat_model_path), n_ctx=2048, n_threads=THREADS, n_batch=1024, n_ubatch=1024,
-                     **llama_kwargs(), verbose=False)
+                     **llama_kwargs(str(chat_model_path)), verbose=False)
     text = " ".join(f"Line {i}: the quick brown fox jumps over the lazy dog." for i in range(60))
     tokens = llm.tokenize(text.encode(), add_bos=True)[:600]
 

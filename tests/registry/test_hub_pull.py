@@ -62,7 +62,8 @@ def _reference_answer(question: str, max_tokens: int) -> str:
 
     from edge.chat.batch import llama_kwargs
 
-    llm = llama_cpp.Llama(str(chat_model_cached()), n_ctx=512, **llama_kwargs(), verbose=False)
+    gguf = str(chat_model_cached())
+    llm = llama_cpp.Llama(gguf, n_ctx=512, **llama_kwargs(gguf), verbose=False)
     try:
         out = llm.create_chat_completion([{"role": "user", "content": question}], temperature=0, max_tokens=max_tokens)
     finally:
