@@ -57,10 +57,10 @@ def build_grammar(schema: Any) -> str:
         raise _bad(f"the schema is not plain JSON ({e}).") from None
     if len(text) > MAX_SCHEMA_CHARS:
         raise _bad(f"the schema is {len(text):,} characters; at most {MAX_SCHEMA_CHARS:,} are accepted.")
-    from llama_cpp.llama_grammar import json_schema_to_gbnf
-
     try:
-        gbnf = json_schema_to_gbnf(text)
+        conv = schema_converter()
+        conv.visit(conv.resolve_refs(json.loads(text), "stdin"), "")
+        gbnf = conv.format_grammar()
     except RecursionError:
         raise _bad("the schema refers to itself too deeply to turn into a grammar.") from None
     except Exception as e:  # the converter's own refusals (unsupported keywords, bad $ref, bad pattern ...)
@@ -230,6 +230,89 @@ class _Parser:
         missing = self.used - self.defined
         if missing:
             raise self.error(f"undefined rule {sorted(missing)[0]!r}")
+
+
+MAX_INT_DIGITS = 16  # an integer bounded on one side only still ends (llama.cpp's own converter caps at 16 too)
+
+
+def schema_converter():
+    """llama-cpp-python's JSON-Schema-to-GBNF converter, plus what it leaves out: integer ``minimum`` /
+    ``maximum`` / ``exclusiveMinimum`` / ``exclusiveMaximum`` (it emitted any integer, so a forced tool call
+    could give ``"day": 2022`` against ``maximum: 31``)."""
+    from llama_cpp.llama_grammar import RESERVED_NAMES, SchemaConverter
+
+    class BoundedConverter(SchemaConverter):
+        def visit(self, schema, name):
+            bounds = int_bounds(schema) if isinstance(schema, dict) and schema.get("type") == "integer" else None
+            if bounds is None:
+                return super().visit(schema, name)
+            rule_name = name + "-" if name in RESERVED_NAMES else name or "root"
+            return self._add_rule(rule_name, f"({int_range_gbnf(*bounds)}) space")
+
+    return BoundedConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+
+
+def int_bounds(schema: dict) -> tuple[int | None, int | None] | None:
+    """The integer range [lo, hi] a schema allows (None: unbounded that side), or None when it sets no bound."""
+    keys = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+    if not any(isinstance(schema.get(k), (int, float)) and not isinstance(schema.get(k), bool) for k in keys):
+        return None
+    import math
+
+    lo = hi = None
+    if isinstance(schema.get("minimum"), (int, float)):
+        lo = math.ceil(schema["minimum"])
+    if isinstance(schema.get("exclusiveMinimum"), (int, float)):
+        lo = max(lo if lo is not None else -math.inf, math.floor(schema["exclusiveMinimum"]) + 1)
+    if isinstance(schema.get("maximum"), (int, float)):
+        hi = math.floor(schema["maximum"])
+    if isinstance(schema.get("exclusiveMaximum"), (int, float)):
+        hi = min(hi if hi is not None else math.inf, math.ceil(schema["exclusiveMaximum"]) - 1)
+    if lo is not None and hi is not None and lo > hi:
+        raise _bad(f"no integer lies in [{lo}, {hi}] (minimum / maximum).")
+    limit = 10 ** MAX_INT_DIGITS - 1
+    if (lo is not None and abs(lo) > limit) or (hi is not None and abs(hi) > limit):
+        raise _bad(f"integer bounds beyond {MAX_INT_DIGITS} digits are not supported.")
+    return (None if lo is None else int(lo)), (None if hi is None else int(hi))
+
+
+def int_range_gbnf(lo: int | None, hi: int | None) -> str:
+    """A GBNF expression matching exactly the integers in [lo, hi] (None: unbounded, up to MAX_INT_DIGITS
+    digits), written as JSON writes them: no leading zeros, "-" before negatives, no "-0"."""
+    top = 10 ** MAX_INT_DIGITS - 1
+    lo, hi = (-top if lo is None else lo), (top if hi is None else hi)
+    alts = []
+    if lo < 0:
+        alts.append('"-" (' + " | ".join(_uint_range(max(1, -hi), -lo)) + ")")
+    if hi >= 0:
+        alts.extend(_uint_range(max(0, lo), hi))
+    return " | ".join(alts)
+
+
+def _uint_range(lo: int, hi: int) -> list[str]:
+    """GBNF alternatives for the non-negative integers lo..hi (0 <= lo <= hi), by digit count."""
+    out = []
+    for n in range(len(str(lo)), len(str(hi)) + 1):
+        a, b = max(lo, 10 ** (n - 1) if n > 1 else 0), min(hi, 10 ** n - 1)
+        if a <= b:
+            out.extend(_same_length(str(a), str(b)))
+    return out
+
+
+def _same_length(a: str, b: str) -> list[str]:
+    """GBNF alternatives for the digit strings from a to b, both of one length."""
+    if len(a) == 1:
+        return [f"[{a}-{b}]"]
+    rest = len(a) - 1
+    if a[1:] == "0" * rest and b[1:] == "9" * rest:
+        return [f"[{a[0]}-{b[0]}]" + " [0-9]" * rest]
+    if a[0] == b[0]:
+        return [f'"{a[0]}" (' + " | ".join(_same_length(a[1:], b[1:])) + ")"]
+    out = [f'"{a[0]}" (' + " | ".join(_same_length(a[1:], "9" * rest)) + ")"]
+    if int(a[0]) + 1 <= int(b[0]) - 1:
+        out.append(f"[{int(a[0]) + 1}-{int(b[0]) - 1}]" + " [0-9]" * rest)
+    out.append(f'"{b[0]}" (' + " | ".join(_same_length("0" * rest, b[1:])) + ")")
+    return out
 
 
 def check_gbnf(text: str) -> None:

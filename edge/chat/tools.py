@@ -255,11 +255,9 @@ def call_grammar(tools: list[Tool]) -> str:
     """GBNF for one call of one of ``tools``: ``<tool_call>\\n{"name": N, "arguments": A}\\n</tool_call>``
     where A matches N's parameters schema. Each schema was checked by build_grammar at the door; the
     combined grammar is checked again (size, nesting) before it is returned."""
-    from llama_cpp.llama_grammar import SchemaConverter
+    from edge.chat.grammar import check_gbnf, schema_converter
 
-    from edge.chat.grammar import check_gbnf
-
-    conv = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    conv = schema_converter()
     alternatives = []
     for i, tool in enumerate(tools):
         try:
