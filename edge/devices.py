@@ -28,7 +28,6 @@ extra QNN provider options), EDGE_NPU_CACHE (cache folder).
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -463,20 +462,13 @@ def cpu_backend(device: str, precision: str | None, *, click: bool = False) -> B
         return Backend("auto", "onnxruntime: no AVX-512 BF16 / AMX on this CPU, where OpenVINO computes in f32 and "
                                "onnxruntime's int8-winograd UNet was faster")
     try:
-        bf16 = ov_session.precision_hint() in (None, "bf16") and _ov_default_precision() == "bf16"
+        bf16 = ov_session.precision_hint() in (None, "bf16") and ov_session.default_precision() == "bf16"
     except Exception as e:  # noqa: BLE001 - a bad EDGE_OV_PRECISION is the OpenVINO session's to report
         return Backend("auto", f"onnxruntime: OpenVINO is not usable here ({str(e)[:120]})")
     if not bf16:
         return Backend("auto", "onnxruntime: OpenVINO computes in f32 on this CPU (no AVX-512 BF16 / AMX, or "
                                f"{ov_session.PRECISION_ENV}), where onnxruntime's int8-winograd UNet was faster")
     return Backend("openvino", "OpenVINO in bf16 on this CPU: 1.7-2.0x onnxruntime on the 512x512 UNet")
-
-
-@functools.lru_cache(maxsize=1)
-def _ov_default_precision() -> str:
-    from edge import ov_session
-
-    return ov_session.default_precision()
 
 
 def prefers_openvino() -> bool:

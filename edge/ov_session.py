@@ -118,8 +118,10 @@ def effective_precision_text() -> str:
     return f"{hint} ({PRECISION_ENV})"
 
 
+@functools.lru_cache(maxsize=1)
 def default_precision() -> str:
-    """The inference precision OpenVINO's CPU plugin uses here with no hint (bf16 / f32)."""
+    """The inference precision OpenVINO's CPU plugin uses here with no hint (bf16 / f32): a fact of the CPU,
+    asked once per process."""
     return _short(core().get_property("CPU", "INFERENCE_PRECISION_HINT"))
 
 

@@ -102,12 +102,9 @@ class KvShape:
         return int(self.layers * self.kv_heads * (self.k_dim + self.v_dim) * self.attention.bytes_per_value * tokens)
 
 
-def llama_kwargs(gguf_path: str | None = None) -> dict[str, Any]:
-    """The engine's attention settings for the GGUF at ``gguf_path`` (None: a model with whole q8_0 heads, as
-    SmolLM2's 64) as ``llama_cpp.Llama`` keyword arguments, for raw llama-cpp-python references (tests,
-    bench) to compute the same graph."""
-    if gguf_path is None:
-        return Attention.for_heads(Q8_BLOCK, Q8_BLOCK).llama_kwargs()
+def llama_kwargs(gguf_path: str) -> dict[str, Any]:
+    """The engine's attention settings for the GGUF at ``gguf_path`` as ``llama_cpp.Llama`` keyword arguments,
+    for raw llama-cpp-python references (tests, bench) to compute the same graph."""
     return KvShape.from_metadata(gguf_metadata(gguf_path)).attention.llama_kwargs()
 
 
@@ -147,7 +144,7 @@ class BatchDecoder:
     """The one llama.cpp context of a GGUF model and the sequences decoding in it (thread-safe: the
     scheduler's two lanes may both step chats of one model)."""
 
-    def __init__(self, model, *, n_ctx: int, slots: int, threads: int):
+    def __init__(self, model, *, n_ctx: int, slots: int, threads: int, attention: Attention):
         import llama_cpp
         import llama_cpp._internals as internals
 
@@ -162,7 +159,7 @@ class BatchDecoder:
         params.kv_unified = False  # a stream per sequence: its cells stay in position order (determinism)
         params.n_batch = params.n_ubatch = self.capacity
         params.n_threads = params.n_threads_batch = threads
-        self.attention = KvShape.from_metadata(model.metadata()).attention
+        self.attention = attention
         params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if self.attention.flash
                                   else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         params.type_k = params.type_v = self.attention.kv_type

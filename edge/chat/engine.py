@@ -23,7 +23,7 @@ from typing import Any
 
 from edge.chat import tools
 from edge.chat.answer import AnswerText
-from edge.chat.batch import BatchDecoder, detokenize_piece, prompt_piece
+from edge.chat.batch import BatchDecoder, KvShape, detokenize_piece, prompt_piece
 from edge.chat.request import ChatRequest, ChatResult
 from edge.chat.sampling import Sampling
 from edge.chat.slots import SlotPool, check_context
@@ -48,9 +48,10 @@ class LlamaChatEngine:
         self.model = internals.LlamaModel(path_model=model_path, params=model_params(), verbose=False)
         # the context and every slot's stream now, not on first use: the scheduler measures the footprint
         # around load() (the RAM budget must see the KV cache), and a burst of chats must not pay for it.
-        self.decoder = BatchDecoder(self.model, n_ctx=n_ctx, slots=slots, threads=threads)
-        self.pool: SlotPool[int] = SlotPool(range(slots))  # a slot's state is its sequence id
         metadata = self.model.metadata()
+        self.decoder = BatchDecoder(self.model, n_ctx=n_ctx, slots=slots, threads=threads,
+                                    attention=KvShape.from_metadata(metadata).attention)
+        self.pool: SlotPool[int] = SlotPool(range(slots))  # a slot's state is its sequence id
         self.formatter = self._make_formatter(self.model, metadata, model_path)
         self.native_tools = tools.template_knows_tools(self.formatter.template)
         self.recommended = Sampling.from_gguf(metadata, source=model_id or model_path)

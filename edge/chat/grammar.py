@@ -254,20 +254,19 @@ def schema_converter():
 
 def int_bounds(schema: dict) -> tuple[int | None, int | None] | None:
     """The integer range [lo, hi] a schema allows (None: unbounded that side), or None when it sets no bound."""
-    keys = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
-    if not any(isinstance(schema.get(k), (int, float)) and not isinstance(schema.get(k), bool) for k in keys):
-        return None
     import math
 
-    lo = hi = None
-    if isinstance(schema.get("minimum"), (int, float)):
-        lo = math.ceil(schema["minimum"])
-    if isinstance(schema.get("exclusiveMinimum"), (int, float)):
-        lo = max(lo if lo is not None else -math.inf, math.floor(schema["exclusiveMinimum"]) + 1)
-    if isinstance(schema.get("maximum"), (int, float)):
-        hi = math.floor(schema["maximum"])
-    if isinstance(schema.get("exclusiveMaximum"), (int, float)):
-        hi = min(hi if hi is not None else math.inf, math.ceil(schema["exclusiveMaximum"]) - 1)
+    def number(key: str) -> float | None:
+        v = schema.get(key)
+        return v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+    lows = [math.ceil(v) for v in [number("minimum")] if v is not None] + \
+        [math.floor(v) + 1 for v in [number("exclusiveMinimum")] if v is not None]
+    highs = [math.floor(v) for v in [number("maximum")] if v is not None] + \
+        [math.ceil(v) - 1 for v in [number("exclusiveMaximum")] if v is not None]
+    if not lows and not highs:
+        return None
+    lo, hi = max(lows, default=None), min(highs, default=None)
     if lo is not None and hi is not None and lo > hi:
         raise _bad(f"no integer lies in [{lo}, {hi}] (minimum / maximum).")
     limit = 10 ** MAX_INT_DIGITS - 1
