@@ -5,7 +5,10 @@ llama-cpp-python, same model, same threads, same prompts, same run.
     python bench/chat.py --concurrent 1,4,8 [--ctx 4096]   # N streamed chats at once, vs llama-server
 
 Decode tok/s = (tokens - 1) / (last token time - first token time); TTFT = request -> first token.
-Each run uses a different prompt so neither side answers from a cached prompt.
+Each run uses a different prompt so neither side answers from a cached prompt. Each engine runs in its own
+process: llama.cpp's OpenMP workers spin at their barriers only while libgomp manages no more threads than
+there are CPUs, so raw llama-cpp-python decoding on the main thread beside edge-run's scheduler thread (each
+with a team) halves both (measured: 124 -> 57 tok/s on 2 cores).
 
 --concurrent: for each N, llama.cpp's own `llama-server` (bench/llama_server.py builds it from the llama.cpp
 that llama-cpp-python vendors; -np N slots of a --ctx window each, continuous batching) and `edge-run serve`
@@ -80,6 +83,37 @@ def edge_api(home: Path, threads: int, tokens: int):
         yield from rt.chat([{"role": "user", "content": PROMPT.format(i=i)}], stream=True, temperature=0, min_p=0,
                            max_tokens=tokens)
     return rt, run
+
+
+class Worker:
+    """``raw_llama`` or ``edge_api`` in a child process of its own (see the module docstring); ``run(i)``
+    measures one chat there: (decode tok/s, TTFT ms)."""
+
+    def __init__(self, name: str, threads: int, tokens: int):
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", name, "--threads", str(threads),
+                                      "--tokens", str(tokens)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the {name} worker did not start (exit code {self.proc.wait()})")
+
+    def run(self, i: int) -> tuple[float, float]:
+        self.proc.stdin.write(f"{i}\n")
+        self.proc.stdin.flush()
+        return tuple(json.loads(self.proc.stdout.readline()))
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(60)
+
+
+def worker(name: str, home: Path, threads: int, tokens: int) -> None:
+    """The child side of :class:`Worker`: one measured chat per run index read from stdin."""
+    path = home / "models" / CHAT_MODEL / "model.gguf"
+    obj, fn = raw_llama(path, threads, tokens) if name == "raw" else edge_api(home, threads, tokens)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        print(json.dumps(measure(lambda _: fn(int(line)), 1)), flush=True)
+    obj.close()
 
 
 def edge_http(home: Path, threads: int, tokens: int, port: int = 8791):
@@ -292,21 +326,25 @@ def main() -> None:
     ap.add_argument("--concurrent", type=lambda v: [int(n) for n in v.split(",")], default=None,
                     help="e.g. 1,4,8: N simultaneous chats against llama-server instead of the single-stream table")
     ap.add_argument("--ctx", type=int, default=4096, help="--concurrent: each chat's context window")
+    ap.add_argument("--worker", choices=("raw", "api"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     home = bench_home()
+    if args.worker:
+        return worker(args.worker, home, args.threads, args.tokens)
     path = home / "models" / CHAT_MODEL / "model.gguf"
     if args.concurrent:
         return concurrent_table(args, home, path)
 
     rows = []
-    llm, raw = raw_llama(path, args.threads, args.tokens)
-    rt, api = edge_api(home, args.threads, args.tokens)
+    raw = Worker("raw", args.threads, args.tokens)
+    api = Worker("api", args.threads, args.tokens)
     proc, http = edge_http(home, args.threads, args.tokens)
     try:
         results = {"raw": [], "api": [], "http": []}
         for rnd in range(args.runs):  # interleave the three so drift in machine load hits all alike
-            for name, fn in (("raw", raw), ("api", api), ("http", http)):
-                results[name].append(measure(lambda i: fn(i + rnd * 100), 1))
+            results["raw"].append(raw.run(rnd * 100))
+            results["api"].append(api.run(rnd * 100))
+            results["http"].append(measure(lambda i: http(i + rnd * 100), 1))
         agg = {k: (median([r for r, _ in v]), median([t for _, t in v])) for k, v in results.items()}
         base_rate, base_ttft = agg["raw"]
         for name, label in (("raw", "raw llama-cpp-python (peer)"), ("api", "edge-run Runtime.chat stream"),
@@ -315,8 +353,8 @@ def main() -> None:
             rows.append([label, rate, ttft, rate / base_rate, ttft / base_ttft])
     finally:
         proc.terminate()
-        rt.close()
-        llm.close()
+        api.close()
+        raw.close()
     print(f"model {CHAT_MODEL}, threads {args.threads}, {args.tokens} tokens, median of {args.runs} runs\n")
     print(table(["engine", "decode tok/s", "TTFT ms", "tok/s vs raw", "TTFT vs raw"], rows))
 

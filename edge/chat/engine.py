@@ -13,6 +13,11 @@ evaluates at least its last two prompt tokens together, so the same prompt gets 
 answer whatever the slot served before and however many chats run beside it (tests/chat checks both).
 
 A job is a step generator: it yields after each prefill piece and after each answer token.
+
+One decoding thread per process: llama.cpp's OpenMP workers spin at their barriers only while libgomp
+manages no more threads than there are CPUs, and every thread that has decoded keeps a team of workers.
+The scheduler steps every chat on its interactive lane's one thread; a program that embeds the Runtime and
+also decodes with llama.cpp on a thread of its own halves both (measured on 2 cores: 124 -> 57 tok/s).
 """
 
 from __future__ import annotations
