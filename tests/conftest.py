@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from support import (CHAT_MODEL, IMAGE_MODEL, THREADS, ServerProcess, chat_model_cached, edge_env, export_lcm,
+from support import (CHAT_MODEL, IMAGE_MODEL, THREADS, ServerProcess, cached_build, chat_model_cached, edge_env,
                      export_sam, make_workloads_home, open_runtime, tiny_exports_cached)
 
 
@@ -62,12 +62,20 @@ def tiny_src():
     return random_components("tiny", 0)
 
 
+LCM_ALL_PRECISIONS = f"""
+from support import export_lcm
+# --winograd-size 256: the tiny UNet's convolutions are all under 16 px at its own 64 px default
+export_lcm(OUT / {IMAGE_MODEL!r}, "fp32,int8,fp16,qdq,winograd,int8-winograd", "--winograd-size", "256")
+"""
+EXPORT_DISTS = ("torch", "onnx", "onnxruntime", "onnxscript", "diffusers", "transformers", "tokenizers", "numpy")
+"""The libraries an export's bytes depend on (a cached_build key part)."""
+
+
 @pytest.fixture(scope="session")
-def tiny_export(tmp_path_factory) -> Path:
-    """`edge-run export lcm --random-init tiny` output folder in every precision (verified by the recipe)."""
-    out = tmp_path_factory.mktemp("lcm-export") / IMAGE_MODEL
-    # --winograd-size 256: the tiny UNet's convolutions are all under 16 px at its own 64 px default
-    return export_lcm(out, "fp32,int8,fp16,qdq,winograd,int8-winograd", "--winograd-size", "256")
+def tiny_export() -> Path:
+    """`edge-run export lcm --random-init tiny` output folder in every precision (verified by the recipe), built
+    once per version of the code the export runs (cached_build: any edit to a module it loaded rebuilds it)."""
+    return cached_build("lcm-all-precisions", LCM_ALL_PRECISIONS, dists=EXPORT_DISTS) / IMAGE_MODEL
 
 
 # -- the tiny MobileSAM (tests/segment, tests/export/sam) --------------------------------------------

@@ -136,12 +136,25 @@ def sd_teacher(work) -> Path:
                           **params)
 
 
+LCM_STUDENT = """
+import torch
+from support import DISTILL_CONFIGS, THREADS, run_distill
+torch.set_num_threads(THREADS)
+code = run_distill(["lcm", "--config", str(DISTILL_CONFIGS / "lcm-tiny.toml"), "--teacher", TEACHER,
+                    "--out", str(OUT / "lcm-student"), "--threads", str(THREADS), "--no-progress"], home=OUT / "home")
+assert code == 0, f"edge-run distill lcm failed ({code})"
+"""
+LCM_STUDENT_DISTS = ("torch", "diffusers", "transformers", "accelerate", "peft", "numpy", "pillow", "tokenizers")
+
+
 @pytest.fixture(scope="session")
-def lcm_student(work, sd_teacher) -> Path:
-    out = work / "lcm-student"
-    assert run_distill(["lcm", "--config", str(DISTILL_CONFIGS / "lcm-tiny.toml"), "--teacher", str(sd_teacher),
-                    "--out", str(out), "--threads", str(THREADS), "--no-progress"], home=work / "home") == 0
-    return out
+def lcm_student(sd_teacher) -> Path:
+    """`edge-run distill lcm --config lcm-tiny.toml` of the cached teacher (~2 min), run once per version of
+    the code it runs, its config and the teacher (cached_build: the teacher's folder is content-keyed)."""
+    from support import cached_build
+
+    return cached_build("lcm-student", f"TEACHER = {str(sd_teacher)!r}\n" + LCM_STUDENT,
+                        data=("export/distill/configs/lcm-tiny.toml",), dists=LCM_STUDENT_DISTS) / "lcm-student"
 
 
 @pytest.fixture(scope="session")
