@@ -7,6 +7,7 @@ edge/models.lock) and the user's ($EDGE_HOME/models.lock, written by `edge-run e
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 import tempfile
@@ -216,17 +217,29 @@ def bundled_lock_text() -> str:
     return resources.files("edge").joinpath("models.lock").read_text()
 
 
+@functools.lru_cache(maxsize=16)
+def _parsed_lock(text: str, origin: str) -> tuple[ModelEntry, ...]:
+    """parse_lock, once per document text: a Catalog is made for every request (a TOML parse and its checks
+    were ~3 ms of each; the entries are frozen). A malformed lock raises every time (errors are not cached)."""
+    return tuple(parse_lock(text, origin))
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed_recipes(text: str, origin: str) -> tuple[RecipeEntry, ...]:
+    return tuple(parse_recipes(text, origin))
+
+
 class Catalog:
     """All known models: bundled lock + user lock (user entries may not shadow bundled ids)."""
 
     def __init__(self, user_lock: Path | None = None):
         self.entries: dict[str, ModelEntry] = {}
         bundled = bundled_lock_text()
-        for e in parse_lock(bundled, "models.lock"):
+        for e in _parsed_lock(bundled, "models.lock"):
             self.entries[e.id] = e
-        self.recipes: dict[str, RecipeEntry] = {r.id: r for r in parse_recipes(bundled, "models.lock")}
+        self.recipes: dict[str, RecipeEntry] = {r.id: r for r in _parsed_recipes(bundled, "models.lock")}
         if user_lock is not None and user_lock.exists():
-            for e in parse_lock(user_lock.read_text(), str(user_lock)):
+            for e in _parsed_lock(user_lock.read_text(), str(user_lock)):
                 self.entries.setdefault(e.id, e)
 
     def get(self, model_id: str) -> ModelEntry:

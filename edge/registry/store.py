@@ -189,11 +189,8 @@ def read_manifest(folder: Path, entry: ModelEntry) -> manifests.Manifest:
 
 def _inside(path: Path, root: Path) -> bool:
     """True when ``path`` (resolved, following links) lies strictly inside ``root``."""
-    try:
-        path.resolve().relative_to(root.resolve())
-    except ValueError:
-        return False
-    return path.resolve() != root.resolve()
+    p, r = path.resolve(), root.resolve()  # once each: resolving walks every component (runs per request)
+    return p != r and p.is_relative_to(r)
 
 
 def add_local_model(settings: Settings, folder: str | Path, *, model_id: str, task: str, fmt: str,
