@@ -216,9 +216,6 @@ class Scheduler:
         self._mem_waits: dict[Any, float] = {}  # model id (a load) or job handle -> when it began to wait
         self._learned: dict[str, int] = {}  # model id -> bytes it was measured at when last loaded
         self._closing: set[threading.Thread] = set()  # evicted engines closing in the background
-        import psutil
-
-        self._proc = psutil.Process()
         adaptive = policy == "lanes" if adaptive_threads is None else adaptive_threads
         self.cpu_load = (cpu_load or cpu.monitor()) if adaptive else None
         self.metrics = Metrics()
@@ -587,7 +584,7 @@ class Scheduler:
             return 0.0
         self._set_threads(h)
         t0 = time.monotonic()
-        rss0 = self._proc.memory_info().rss
+        rss0 = rss_bytes()
         try:
             if h._gen is None:
                 h._gen = h.spec.work(h._engine)
@@ -631,7 +628,7 @@ class Scheduler:
         if m is None:
             return
         before = m.footprint
-        m.measured += self._proc.memory_info().rss - rss_before
+        m.measured += rss_bytes() - rss_before
         m.measured_peak = max(m.measured_peak, m.measured)
         if m.footprint > before and sum(x.footprint for x in self._models.values()) > self.ram_budget:
             self._over_budget(m)
