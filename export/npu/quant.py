@@ -4,6 +4,8 @@ configuration helpers (``get_qnn_qdq_config``, ``qnn_preprocess_model``) — no 
 Schemes (activations / weights):
   a8w8    uint8 / uint8   smallest and fastest on the HTP; least accurate
   a16w8   uint16 / uint8  the usual HTP choice for transformers and diffusion models
+  fp16    (FLOAT_SCHEMES) no QDQ: the float graph, which the HTP computes in fp16 (QNN's
+          enable_htp_fp16_precision; HTP v69 and later)
 Calibration: MinMax over representative feeds the family converters record from the fp32 model
 on real inputs (images, prompts, text).
 """
@@ -17,6 +19,8 @@ from typing import Iterable
 import numpy as np
 
 SCHEMES = {"a8w8": ("QUInt8", "QUInt8"), "a16w8": ("QUInt16", "QUInt8")}
+FLOAT_SCHEMES = {"fp16": {"enable_htp_fp16_precision": "1"}}
+"""Schemes that keep the float graph, with the QNN provider options that run it in that precision."""
 
 
 class FeedsReader:

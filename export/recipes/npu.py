@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.npu.quant import SCHEMES
+from export.npu.quant import FLOAT_SCHEMES, SCHEMES
 from export.recipes import _common
 from export.recipes._common import RecipeConfig, option
 
@@ -47,9 +47,11 @@ class Config(RecipeConfig):
                                                              "generated shapes + scikit-image photos)")
     gelu: str = option("--gelu", default="native", choices=("native", "tanh"),
                        help="exact GELU as one Gelu node (QNN HTP runs it natively) or as its tanh approximation")
-    sam_decoder_quant: str = option("--sam-decoder-quant", default="a16w8",
-                                    help="sam: scheme of the decoder body in every variant ('same' = the variant's "
-                                         "own); default a16w8 (8-bit activations lose the masks)")
+    sam_decoder_quant: str = option("--sam-decoder-quant", default="fp16",
+                                    help="sam: scheme of the decoder body in every variant: fp16 (the float graph, "
+                                         "computed in fp16 by the HTP; the default: a16w8 lost an 8-token prompt's "
+                                         "masks on the HTP), a16w8, a8w8 (8-bit activations lose the masks) or "
+                                         "'same' (the variant's own)")
     verify_devices: str = option("--verify-devices", default="cpu,auto",
                                  help="where to verify each scheme: cpu (QDQ on the CPU EP), auto/npu (on the NPU EP "
                                       "when installed); 'none' skips verification")
@@ -90,10 +92,11 @@ def run(cfg: Config) -> Path:
     src_manifest = src_m.to_dict()  # what export.npu's manifest builders extend
     schemes = [s.strip() for s in cfg.quant.split(",") if s.strip()]
     bad = [s for s in schemes if s not in SCHEMES]
-    if cfg.sam_decoder_quant not in (*SCHEMES, "same"):
-        bad.append(cfg.sam_decoder_quant)
     if not schemes or bad:
         raise BadRequest(f"`--quant` {cfg.quant!r} must list schemes from {', '.join(SCHEMES)}.", param="quant")
+    if cfg.sam_decoder_quant not in (*SCHEMES, *FLOAT_SCHEMES, "same"):
+        raise BadRequest(f"`--sam-decoder-quant` {cfg.sam_decoder_quant!r} must be one of "
+                         f"{', '.join((*FLOAT_SCHEMES, *SCHEMES, 'same'))}.", param="sam_decoder_quant")
     devices = [] if cfg.verify_devices.strip() == "none" else [d.strip() for d in cfg.verify_devices.split(",")]
     if any(d not in ("cpu", "auto", "npu") for d in devices):
         raise BadRequest(f"`--verify-devices` {cfg.verify_devices!r}: use cpu, auto, npu or none.", param="verify_devices")
