@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from export.npu import graph as G
+from export.quantize import save_onnx
 
 
 @dataclass
@@ -55,9 +56,7 @@ def prepare(src: str | Path, dst: str | Path, *, dims: dict[str, int] | None = N
         # 2. rewrites
         n_native = 0
         if gelu == "native":
-            from onnxruntime.quantization.execution_providers.qnn import qnn_preprocess_model
-
-            if qnn_preprocess_model(str(cur), str(scratch / "fused.onnx")):
+            if G.qnn_preprocess(cur, scratch / "fused.onnx"):
                 cur = scratch / "fused.onnx"
                 n_native = G.op_counts(onnx.load(str(cur))).get("Gelu", 0)
         model = onnx.load(str(cur))
@@ -71,13 +70,14 @@ def prepare(src: str | Path, dst: str | Path, *, dims: dict[str, int] | None = N
                 if any(isinstance(d, str) and d not in keep_symbolic for d in v)}
         if left:
             raise ValueError(f"inputs still have symbolic dimensions after fixing: {left}")
-        onnx.save(model, str(scratch / "rw.onnx"))
+        save_onnx(model, scratch / "rw.onnx")
+        del model
         # 4. fold / simplify until stable (static shapes make more chunk-Slices recognisable afterwards)
         G.fold(scratch / "rw.onnx", scratch / "f.onnx")
         model = onnx.load(str(scratch / "f.onnx"))
         model, n_split2 = G.slices_to_split(model)
         model, n_mask = G.clamp_masks(model)
-        onnx.save(model, str(scratch / "f.onnx"))
+        save_onnx(model, scratch / "f.onnx")
         n_known = n_noop = 0
         for _ in range(6):
             model = onnx.load(str(scratch / "f.onnx"))
@@ -86,13 +86,15 @@ def prepare(src: str | Path, dst: str | Path, *, dims: dict[str, int] | None = N
             n_known, n_noop = n_known + k, n_noop + r
             if k == 0 and r == 0:
                 break
-            onnx.save(model, str(scratch / "k.onnx"))
+            save_onnx(model, scratch / "k.onnx")
+            del model  # one copy of the weights at a time (the SD1.5 UNet's are 3.4 GB; its session holds more)
             G.fold(scratch / "k.onnx", scratch / "f.onnx")
+        model = None
         # value_info for every tensor (the calibrator only sees tensors whose type onnx's own inference
         # reaches, and it stops at contrib ops such as com.microsoft Gelu)
         final = G._infer(onnx.load(str(scratch / "f.onnx")))  # noqa: SLF001
         del final.metadata_props[:]   # onnxruntime's qnn_preprocess_model fails on models that carry any
-        onnx.save(final, str(dst))
+        save_onnx(final, dst)
         return Prepared(dst, {"gelu_fused_native": n_native, "gelu_erf_to_sigmoid": n_gelu, "erf_to_tanh": n_erf, "convtranspose_to_depth_to_space": n_ct,
                               "slices_to_split": n_split + n_split2, "masks_clamped": n_mask,
                               "shape_ops_folded": n_known, "noops_removed": n_noop,

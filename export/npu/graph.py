@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
+from export.quantize import is_large, save_onnx
 
 # erf(z) ~= tanh(a*z + b*z^3): the tanh form of GELU, 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))),
 # written for erf's argument z = x / sqrt(2).
@@ -27,17 +30,46 @@ ERF_A = 2.0 / math.sqrt(math.pi)
 ERF_B = ERF_A * 0.044715 * 2.0
 
 
-def _constants(graph) -> dict[str, np.ndarray]:
-    """Values of initializers and ``Constant`` node outputs, by tensor name."""
-    from onnx import helper, numpy_helper
+class _Arrays(Mapping):
+    """Tensor values by name, each converted to numpy when first read: a graph's weights are GBs (the SD1.5
+    UNet's 3.4), and the passes read a few small ones (shape constants, repeats, masks)."""
 
-    out = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    def __init__(self, tensors: dict):
+        self._tensors, self._values = tensors, {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._values:
+            from onnx import numpy_helper
+
+            self._values[name] = numpy_helper.to_array(self._tensors[name])
+        return self._values[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tensors
+
+    def __iter__(self):
+        return iter(self._tensors)
+
+    def __len__(self) -> int:
+        return len(self._tensors)
+
+
+def _initializers(graph) -> _Arrays:
+    """Values of the graph's initializers, by tensor name (read lazily)."""
+    return _Arrays({i.name: i for i in graph.initializer})
+
+
+def _constants(graph) -> _Arrays:
+    """Values of initializers and ``Constant`` node outputs, by tensor name (read lazily)."""
+    from onnx import helper
+
+    tensors = {i.name: i for i in graph.initializer}
     for n in graph.node:
         if n.op_type == "Constant":
             for a in n.attribute:
                 if a.name == "value":
-                    out[n.output[0]] = numpy_helper.to_array(helper.get_attribute_value(a))
-    return out
+                    tensors[n.output[0]] = helper.get_attribute_value(a)
+    return _Arrays(tensors)
 
 
 class _Names:
@@ -223,7 +255,8 @@ def _drop_unused_initializers(model) -> None:
 def fix_dims(model, dims: dict[str, int] | None = None, shapes: dict[str, list[int]] | None = None):
     """Make symbolic dimensions static: ``dims`` maps a dim_param name (e.g. "batch") to a number,
     ``shapes`` maps an input name to its full shape. Output shapes are refreshed by shape inference."""
-    from onnxruntime.tools.onnx_model_utils import fix_output_shapes, make_dim_param_fixed, make_input_shape_fixed
+    import onnx
+    from onnxruntime.tools.onnx_model_utils import is_fixed_size_tensor, make_dim_param_fixed, make_input_shape_fixed
 
     for name, value in (dims or {}).items():
         make_dim_param_fixed(model.graph, name, int(value))
@@ -231,7 +264,11 @@ def fix_dims(model, dims: dict[str, int] | None = None, shapes: dict[str, list[i
         make_input_shape_fixed(model.graph, name, [int(s) for s in shape])
     for vi in list(model.graph.value_info):  # stale symbolic intermediate shapes would fight inference
         model.graph.value_info.remove(vi)
-    fix_output_shapes(model)
+    # onnxruntime's fix_output_shapes, on the graph without its weights when it is over 2 GB
+    inferred = onnx.shape_inference.infer_shapes(_weightless(model) if _too_big(model) else model)
+    for out, new in zip(model.graph.output, inferred.graph.output):
+        if not is_fixed_size_tensor(out) and is_fixed_size_tensor(new):
+            out.type.tensor_type.shape.CopyFrom(new.type.tensor_type.shape)
     return model
 
 
@@ -267,8 +304,25 @@ def prune(src: str | Path, dst: str | Path, outputs: list[str], inputs: list[str
     nodes = ex._collect_reachable_nodes(all_inputs, outputs)  # noqa: SLF001 - the public API needs the inputs
     reached = {i for n in nodes for i in n.input}
     keep = [i for i in (inputs or all_inputs) if i in reached]
-    onnx.save(ex.extract_model(keep, outputs), str(dst))
+    save_onnx(ex.extract_model(keep, outputs), dst)
     return Path(dst)
+
+
+def qnn_preprocess(src: str | Path, dst: str | Path, **kw) -> bool:
+    """onnxruntime's ``qnn_preprocess_model`` (``kw``: its options), writing a model over 2 GB with its
+    tensors in ``<dst>.data``; False when it changed nothing (``dst`` then not written)."""
+    import contextlib
+
+    from onnxruntime.quantization.execution_providers.qnn import qnn_preprocess_model
+
+    dst = Path(dst)
+    if is_large(src):
+        if Path(src).resolve() != dst.resolve():  # (in place, the tensors are read before the file is rewritten)
+            Path(str(dst) + ".data").unlink(missing_ok=True)
+        kw = {**kw, "save_as_external_data": True, "all_tensors_to_one_file": True,
+              "external_data_location": dst.name + ".data"}
+    with contextlib.chdir(dst.parent):  # onnx resolves the data file against the working directory too
+        return bool(qnn_preprocess_model(str(src), str(dst), **kw))
 
 
 def fold(src: str | Path, dst: str | Path, *, free_dims: dict[str, int] | None = None) -> Path:
@@ -282,6 +336,10 @@ def fold(src: str | Path, dst: str | Path, *, free_dims: dict[str, int] | None =
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.optimized_model_filepath = str(dst)
     so.log_severity_level = 3
+    if is_large(src):  # the optimized model is written with its tensors in <dst>.data (protobuf's 2 GB limit)
+        Path(str(dst) + ".data").unlink(missing_ok=True)
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", Path(dst).name + ".data")
+        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     # MatMulAddFusion (MatMul + Add -> Gemm) is not needed to fold, and onnxruntime's pass fails on the
     # MobileSAM-size decoder body ("AddInitializedOrtValue Attempt to replace the existing tensor")
     so.add_session_config_entry("optimization.disable_specified_optimizers", "MatMulAddFusion")
@@ -300,9 +358,46 @@ def _static_shape(shapes: dict[str, list], name: str) -> list[int] | None:
     return s if s is not None and all(isinstance(d, int) and d > 0 for d in s) else None
 
 
+def _weightless(model):
+    """A copy of ``model`` whose large initializers keep name, type and dims but no data (marked external):
+    shape inference needs only their dims, and a model over protobuf's 2 GB (the SD1.5 UNet, 3.4 GB)
+    cannot be serialized, which every shape inference does first. Small tensors (shape constants) stay;
+    no weight is copied."""
+    import onnx
+
+    light = onnx.ModelProto()
+    light.ir_version, light.producer_name, light.domain = model.ir_version, model.producer_name, model.domain
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    g, lg = model.graph, light.graph
+    lg.name = g.name
+    for field in ("node", "input", "output", "value_info", "sparse_initializer"):
+        getattr(lg, field).extend(getattr(g, field))
+    for t in g.initializer:
+        if t.ByteSize() <= 4096:
+            lg.initializer.append(t)
+            continue
+        stub = lg.initializer.add(name=t.name, data_type=t.data_type, dims=t.dims)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        stub.external_data.add(key="location", value="(not loaded)")
+    return light
+
+
+def _too_big(model) -> bool:
+    from export.quantize import needs_external_data
+
+    return needs_external_data(model)
+
+
 def _infer(model):
     """The model with value_info filled by onnxruntime's symbolic shape inference (it knows contrib
-    ops such as com.microsoft Gelu, where onnx's inference stops), else by onnx's."""
+    ops such as com.microsoft Gelu, where onnx's inference stops), else by onnx's. A model over 2 GB is
+    inferred without its weights and gets the value_info in place."""
+    if _too_big(model):
+        inferred = _infer(_weightless(model))
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(inferred.graph.value_info)
+        return model
     import onnx
 
     try:
@@ -322,6 +417,7 @@ def _shape_table(model) -> dict[str, list]:
     falling back to onnx's."""
     import onnx
 
+    full, model = model, (_weightless(model) if _too_big(model) else model)
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
@@ -336,7 +432,7 @@ def _shape_table(model) -> dict[str, list]:
         t = vi.type.tensor_type
         if t.HasField("shape"):
             out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-    for init in model.graph.initializer:
+    for init in full.graph.initializer:
         out[init.name] = list(init.dims)
     return out
 
@@ -352,7 +448,7 @@ def remove_noops(model):
     while True:
         g = model.graph
         shapes = _shape_table(model)
-        inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+        inits = _initializers(g)
         consumers: dict[str, int] = {}
         for n in g.node:
             for i in n.input:
@@ -404,7 +500,7 @@ def fold_known_dims(model):
 
     g = model.graph
     shapes = _shape_table(model)
-    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    inits = _initializers(g)
     producer = {o: n for n in g.node for o in n.output}
     names = _Names(g)
 
@@ -462,7 +558,7 @@ def slices_to_split(model):
     from onnx import helper, numpy_helper
 
     g = model.graph
-    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    inits = _initializers(g)
     shapes = _shape_table(model)
     names = _Names(g)
     groups: dict[tuple[str, int], list] = {}

@@ -12,7 +12,6 @@ on real inputs (images, prompts, text).
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Iterable
 
@@ -41,7 +40,9 @@ def quantize_qdq(src: str | Path, dst: str | Path, feeds: list[dict[str, np.ndar
                  *, nodes_to_exclude: list[str] | None = None) -> Path:
     """``src`` (fp32, static shapes) -> ``dst`` (QDQ) calibrated on ``feeds`` with ``scheme``."""
     from onnxruntime.quantization import CalibrationMethod, QuantType, quantize
-    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config, qnn_preprocess_model
+    from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
+
+    from export.npu import graph as G
 
     if scheme not in SCHEMES:
         raise ValueError(f"unknown quantization scheme {scheme!r}; use one of {', '.join(SCHEMES)}")
@@ -53,17 +54,19 @@ def quantize_qdq(src: str | Path, dst: str | Path, feeds: list[dict[str, np.ndar
     try:
         import onnx
 
-        model = onnx.load(str(src))
-        if model.metadata_props:       # qnn_preprocess_model fails on models that carry metadata_props
+        from export.quantize import save_onnx
+
+        if onnx.load(str(src), load_external_data=False).metadata_props:  # qnn_preprocess_model fails on them
+            model = onnx.load(str(src))
             del model.metadata_props[:]
-            onnx.save(model, str(pre))
+            src = save_onnx(model, pre)
+        if G.qnn_preprocess(src, pre, fuse_layernorm=True):
             src = pre
-        if not qnn_preprocess_model(str(src), str(pre), fuse_layernorm=True) and src != pre:
-            shutil.copyfile(src, pre)
-        cfg = get_qnn_qdq_config(str(pre), FeedsReader(feeds), calibrate_method=CalibrationMethod.MinMax,
+        # (a model over 2 GB: the config sees its external data and has the quantizer write <dst>.data)
+        cfg = get_qnn_qdq_config(str(src), FeedsReader(feeds), calibrate_method=CalibrationMethod.MinMax,
                                  activation_type=getattr(QuantType, act), weight_type=getattr(QuantType, weight),
                                  per_channel=False, nodes_to_exclude=nodes_to_exclude)
-        quantize(str(pre), str(dst), cfg)
+        quantize(str(src), str(dst), cfg)
     finally:
         pre.unlink(missing_ok=True)
         for junk in dst.parent.glob("*.qnnpre*"):

@@ -160,3 +160,43 @@ def test_sam_mask_resize_outside_the_graph_matches_upstream(orig):
     assert got.shape == ref.shape == (1, 4, *orig)
     np.testing.assert_allclose(got, ref, atol=2e-4)
     assert np.mean((got > 0) == (ref > 0)) > 0.9999
+
+
+def test_a_model_over_protobufs_2_gb_limit_is_prepared_and_quantized_with_external_data(tmp_path, monkeypatch):
+    """The SD1.5 UNet (3.4 GB) failed at `edge-run export npu`'s first save ("Failed to serialize proto"). The
+    same pipeline with the limit lowered to a few KB, so this small net takes every large-model path (weights
+    in <name>.data, shape inference on the graph without its weights): the same graph and numbers as the
+    in-memory path, prepared and A16W8-quantized."""
+    import export.quantize as Q
+    from export.npu.convert import prepare
+    from export.npu.quant import quantize_qdq
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.a, self.b = torch.nn.Linear(64, 128), torch.nn.Linear(128, 32)
+
+        def forward(self, x):
+            return self.b(torch.nn.functional.gelu(self.a(x))).reshape(x.shape[0], -1)
+
+    x = torch.randn(2, 8, 64)
+    onnx.save(_export(Net(), x, dynamic={"x": {0: "batch"}}), tmp_path / "a.onnx")
+    feeds = [{"x": np.random.default_rng(i).standard_normal((1, 8, 64)).astype(np.float32)} for i in range(3)]
+
+    def run(path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds[0])[0]
+
+    small = prepare(tmp_path / "a.onnx", tmp_path / "small.onnx", dims={"batch": 1})
+    quantize_qdq(small.path, tmp_path / "small_q.onnx", feeds, "a16w8")
+    monkeypatch.setattr(Q, "PROTOBUF_LIMIT", 4096)
+    assert Q.is_large(tmp_path / "a.onnx")
+    large = prepare(tmp_path / "a.onnx", tmp_path / "large.onnx", dims={"batch": 1})
+    quantize_qdq(large.path, tmp_path / "large_q.onnx", feeds, "a16w8")
+    assert (tmp_path / "large.onnx.data").is_file() and not (tmp_path / "small.onnx.data").exists()
+    assert (tmp_path / "large_q.onnx.data").is_file()
+    assert large.ops_after == small.ops_after and large.inputs == small.inputs == {"x": [1, 8, 64]}
+    assert large.rewrites == small.rewrites and large.rewrites["gelu_fused_native"] == 1
+    np.testing.assert_allclose(run(large.path), Net()(torch.from_numpy(feeds[0]["x"])).detach().numpy(), atol=1e-5)
+    np.testing.assert_array_equal(run(tmp_path / "large_q.onnx"), run(tmp_path / "small_q.onnx"))
+    assert not list(tmp_path.glob("*qnnpre*")) and not list(tmp_path.glob(".npu-prepare-*"))
