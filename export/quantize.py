@@ -28,10 +28,24 @@ def onnx_size(path: str | Path) -> int:
     if path.suffix == ".xml":
         return ir_size(path)
     total = path.stat().st_size
-    data = path.with_name(path.name + ".data")
-    if data.exists():
-        total += data.stat().st_size
+    for name in _external_files(path):  # any name: a graph rewritten beside its source keeps the source's file
+        data = path.parent / name
+        if data.is_file():
+            total += data.stat().st_size
     return total
+
+
+def _external_files(path: Path) -> set[str]:
+    """The data files ``path``'s tensors refer to (read without the weights; a model of several hundred
+    MB with inline weights has none, and is not parsed for it)."""
+    import onnx
+    from onnx.external_data_helper import _get_all_tensors
+
+    if path.stat().st_size > 256 << 20:
+        return set()
+    graph = onnx.load(str(path), load_external_data=False)
+    return {_external_info(t)["location"] for t in _get_all_tensors(graph)
+            if t.data_location == onnx.TensorProto.EXTERNAL and "location" in _external_info(t)}
 
 
 def needs_external_data(model) -> bool:
@@ -192,7 +206,7 @@ def static_qdq(src: str | Path, dst: str | Path, reader, *, per_channel: bool = 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     if is_large(src):
-        _static_qdq_streamed(Path(src), Path(dst), reader, per_channel, op_types, getattr(QuantType, activation_type),
+        static_qdq_streamed(Path(src), Path(dst), reader, per_channel, op_types, getattr(QuantType, activation_type),
                              QuantType.QInt8, getattr(CalibrationMethod, calibrate_method))
         return Path(dst)
     quantize_static(str(src), str(dst), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
@@ -233,13 +247,15 @@ def ir_size(path: str | Path) -> int:
     return path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.with_suffix(".bin").exists() else 0)
 
 
-def _static_qdq_streamed(src: Path, dst: Path, reader, per_channel: bool, op_types: Sequence[str] | None,
-                         activation_type, weight_type, calibrate_method) -> None:
+def static_qdq_streamed(src: Path, dst: Path, reader, per_channel: bool, op_types: Sequence[str] | None,
+                        activation_type, weight_type, calibrate_method, *, extra_options: dict | None = None,
+                        nodes_to_exclude: Sequence[str] = ()) -> None:
     """quantize_static's own two steps, one after the other instead of overlapping, neither holding the weights:
     1. onnxruntime's calibrator on the graph read without its weights (its session reads them from src's data
     file), freed before 2. its QDQQuantizer on the same graph (each weight read from disk as it is quantized),
     written with :func:`save_streamed`. quantize_static keeps the whole model loaded while its calibrator
-    holds another and the calibration session a third (11 GB for the SD1.5 UNet)."""
+    holds another and the calibration session a third (11 GB for the SD1.5 UNet). ``extra_options`` and
+    ``nodes_to_exclude``: the quantizer's (export.npu.quant passes a QNN configuration's)."""
     from unittest import mock
 
     import onnx
@@ -279,7 +295,8 @@ def _static_qdq_streamed(src: Path, dst: Path, reader, per_channel: bool, op_typ
     model = update_opset_version(reinfer(model), weight_type)
     with contextlib.chdir(src.parent), mock.patch.object(base_quantizer, "save_and_reload_model_with_shape_infer",
                                                          reinfer):
-        quantizer = QDQQuantizer(model, per_channel, False, weight_type, activation_type, ranges, [], [], ops, {})
+        quantizer = QDQQuantizer(model, per_channel, False, weight_type, activation_type, ranges, [],
+                                 list(nodes_to_exclude), ops, dict(extra_options or {}))
         quantizer.quantize_model()
         quantizer.model.topological_sort()
         save_streamed(quantizer.model.model, dst, src.parent)

@@ -191,8 +191,11 @@ def test_a_model_over_protobufs_2_gb_limit_is_prepared_and_quantized_with_extern
     quantize_qdq(small.path, tmp_path / "small_q.onnx", feeds, "a16w8")
     monkeypatch.setattr(Q, "PROTOBUF_LIMIT", 4096)
     assert Q.is_large(tmp_path / "a.onnx")
+    streamed, real = [], Q.static_qdq_streamed  # quantize() holds the weights three times: OOM for the UNet
+    monkeypatch.setattr(Q, "static_qdq_streamed", lambda src, *a, **k: (streamed.append(src), real(src, *a, **k)))
     large = prepare(tmp_path / "a.onnx", tmp_path / "large.onnx", dims={"batch": 1})
     quantize_qdq(large.path, tmp_path / "large_q.onnx", feeds, "a16w8")
+    assert len(streamed) == 1  # (its input, the opset-21 graph beside large.onnx, keeps large.onnx.data)
     assert (tmp_path / "large.onnx.data").is_file() and not (tmp_path / "small.onnx.data").exists()
     assert (tmp_path / "large_q.onnx.data").is_file()
     assert large.ops_after == small.ops_after and large.inputs == small.inputs == {"x": [1, 8, 64]}
