@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from export.quantize import is_large, save_onnx
+from export.quantize import is_large, needs_external_data, save_onnx
 
 # erf(z) ~= tanh(a*z + b*z^3): the tanh form of GELU, 0.5x(1 + tanh(sqrt(2/pi)(x + 0.044715x^3))),
 # written for erf's argument z = x / sqrt(2).
@@ -265,7 +265,7 @@ def fix_dims(model, dims: dict[str, int] | None = None, shapes: dict[str, list[i
     for vi in list(model.graph.value_info):  # stale symbolic intermediate shapes would fight inference
         model.graph.value_info.remove(vi)
     # onnxruntime's fix_output_shapes, on the graph without its weights when it is over 2 GB
-    inferred = onnx.shape_inference.infer_shapes(_weightless(model) if _too_big(model) else model)
+    inferred = onnx.shape_inference.infer_shapes(_weightless(model) if needs_external_data(model) else model)
     for out, new in zip(model.graph.output, inferred.graph.output):
         if not is_fixed_size_tensor(out) and is_fixed_size_tensor(new):
             out.type.tensor_type.shape.CopyFrom(new.type.tensor_type.shape)
@@ -383,17 +383,11 @@ def _weightless(model):
     return light
 
 
-def _too_big(model) -> bool:
-    from export.quantize import needs_external_data
-
-    return needs_external_data(model)
-
-
 def _infer(model):
     """The model with value_info filled by onnxruntime's symbolic shape inference (it knows contrib
     ops such as com.microsoft Gelu, where onnx's inference stops), else by onnx's. A model over 2 GB is
     inferred without its weights and gets the value_info in place."""
-    if _too_big(model):
+    if needs_external_data(model):
         inferred = _infer(_weightless(model))
         del model.graph.value_info[:]
         model.graph.value_info.extend(inferred.graph.value_info)
@@ -417,7 +411,7 @@ def _shape_table(model) -> dict[str, list]:
     falling back to onnx's."""
     import onnx
 
-    full, model = model, (_weightless(model) if _too_big(model) else model)
+    full, model = model, (_weightless(model) if needs_external_data(model) else model)
     try:
         from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
