@@ -50,20 +50,44 @@ def matmul_onnx(tmp_path_factory) -> Path:
     return path
 
 
+_SESSION_THREADS = """
+import json, os, sys, threading
+import numpy as np
+from edge import cpu
+from edge.devices import make_session
+
+lanes, batch, path = sys.argv[1] == "1", sys.argv[2] == "1", sys.argv[3]
+tids = lambda: {int(t) for t in os.listdir("/proc/self/task")}
+before, box = tids(), {}
+
+def run():
+    cpu.set_lanes(lanes)
+    box["sess"] = make_session(path, threads=2, device="cpu", batch=batch)
+
+t = threading.Thread(target=run)
+t.start()
+t.join()
+new = tids() - before - {t.native_id for t in threading.enumerate()}
+box["sess"].run(None, {"x": np.ones((512, 512), np.float32)})
+print(json.dumps({"new": sorted({cpu.thread_class(t) for t in new if os.path.exists(f"/proc/self/task/{t}")}),
+                  "caller": cpu.thread_class()}))
+"""
+
+
 @linux_only
 @pytest.mark.parametrize("lanes,batch,want", [(True, True, "idle"), (True, False, "normal"), (False, True, "normal")])
 def test_batch_sessions_create_their_pool_threads_in_the_idle_class(matmul_onnx, lanes, batch, want):
-    from edge.devices import make_session
+    # a fresh process: in the suite's own, a thread another test left winding down (a scheduler's closer, a
+    # server's, a native one past its Python end) can appear meanwhile in the normal class (CI saw it twice)
+    import json
 
-    before = _tids()
-    sess = _in_thread(lambda: make_session(matmul_onnx, threads=2, device="cpu", batch=batch), lanes=lanes)
-    # native threads only: a Python thread an earlier test left winding down (a scheduler's closer, a server) may
-    # start meanwhile, in the normal class, and is not onnxruntime's (CI saw {'idle', 'normal'} once)
-    new = _tids() - before - {t.native_id for t in threading.enumerate()}
-    sess.run(None, {"x": np.ones((512, 512), np.float32)})
-    assert new, "onnxruntime made no intra-op thread: the test proves nothing"
-    assert {cpu.thread_class(t) for t in new if os.path.exists(f"/proc/self/task/{t}")} == {want}
-    assert cpu.thread_class() == "normal"  # the caller's own class is untouched
+    out = subprocess.run([sys.executable, "-c", _SESSION_THREADS, str(int(lanes)), str(int(batch)), str(matmul_onnx)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["new"], "onnxruntime made no intra-op thread: the test proves nothing"
+    assert got["new"] == [want]
+    assert got["caller"] == "normal"  # the caller's own class is untouched
 
 
 @linux_only
