@@ -69,24 +69,26 @@ def session_options(threads: int):
     return so
 
 
-def make_session(path: str | Path, *, threads: int, device: str = "auto", batch: bool = False):
+def make_session(path: str | Path, *, threads: int, device: str = "auto", batch: bool = False,
+                 keep_f32: bool = False):
     """An onnxruntime session (or an adapter with the same ``run``/``get_inputs``/``get_outputs``) for
     ``path`` on ``device``. Raises DeviceError (naming what is present / what the NPU cannot run)
     when ``device`` cannot be honoured.
 
     ``batch``: the graph runs in the scheduler's batch lane, so its intra-op threads are created in the
-    OS idle class (edge/cpu.py; a no-op outside a lanes scheduler)."""
+    OS idle class (edge/cpu.py; a no-op outside a lanes scheduler). ``keep_f32``: the graph's outputs are cut
+    at a threshold (SAM's mask logits), so OpenVINO computes it in f32 where its default is bf16."""
     if batch:
         from edge import cpu
 
-        return cpu.in_batch_class(lambda: make_session(path, threads=threads, device=device))
+        return cpu.in_batch_class(lambda: make_session(path, threads=threads, device=device, keep_f32=keep_f32))
     from edge.npu import artifact, eps
 
     # 1. check the request against what is installed
     path = Path(path)
     device = (device or "auto").strip().lower()
     if path.suffix == ".xml" or device == "openvino":
-        return _openvino(path, threads, device)
+        return _openvino(path, threads, device, keep_f32)
     present = eps.present_names()
     if device not in ("auto", "cpu", *NPU_NAMES) and device not in present:
         raise DeviceError(f"`device` {device!r} is not available here; present: {', '.join(present)}"
@@ -122,7 +124,7 @@ def make_session(path: str | Path, *, threads: int, device: str = "auto", batch:
     return sess
 
 
-def _openvino(path: Path, threads: int, device: str):
+def _openvino(path: Path, threads: int, device: str, keep_f32: bool = False):
     """An OpenVINO IR (only OpenVINO reads it) or ``--device openvino``: the OpenVINO runtime's session."""
     from edge import ov_session
     from edge.npu import artifact
@@ -143,7 +145,7 @@ def _openvino(path: Path, threads: int, device: str):
     # compiled models are cached for files in a store (what Runtime loads; the blob of an SD1.5 UNet is GBs): files
     # outside one (an export being verified, a bench folder) would leave blobs nothing ever loads again
     cache = cache_root(path, kind="openvino") if store_home(path) is not None else None
-    sess = ov_session.open_session(path, threads=threads, cache_dir=cache)
+    sess = ov_session.open_session(path, threads=threads, cache_dir=cache, keep_f32=keep_f32)
     _record(path, {}, sess.edge_placement)
     return sess
 
@@ -365,14 +367,14 @@ def placements() -> dict[str, dict]:
         return {k: dict(v) for k, v in _placements.items()}
 
 
-def plan(path: str | Path, device: str = "auto") -> dict[str, Any]:
-    """What ``make_session(path, device=device)`` would do, without compiling anything: the device,
-    and for NPU components whether a compiled graph (or a recorded failure) is cached."""
+def plan(path: str | Path, device: str = "auto", *, keep_f32: bool = False) -> dict[str, Any]:
+    """What ``make_session(path, device=device, keep_f32=keep_f32)`` would do, without compiling anything: the
+    device, and for NPU components whether a compiled graph (or a recorded failure) is cached."""
     from edge.npu import artifact, cache as C, eps
 
     path = Path(path)
     if path.suffix == ".xml" or device == "openvino":
-        return _openvino_plan(path, device)
+        return _openvino_plan(path, device, keep_f32)
     comp = artifact.component_for(path)
     npu = eps.npu_device()
     if comp is None:
@@ -404,7 +406,7 @@ def plan(path: str | Path, device: str = "auto") -> dict[str, Any]:
             "why": f"cached compiled graph: {pl.get('npu')} nodes on the NPU, {pl.get('cpu')} on the CPU"}
 
 
-def _openvino_plan(path: Path, device: str) -> dict[str, Any]:
+def _openvino_plan(path: Path, device: str, keep_f32: bool = False) -> dict[str, Any]:
     from edge import ov_session
 
     ir = path.suffix == ".xml"
@@ -417,7 +419,7 @@ def _openvino_plan(path: Path, device: str) -> dict[str, Any]:
     cached = (f"compiled on first load, then from {cache_root(path, kind='openvino')}" if store_home(path) is not None
               else "compiled at each load (not in a store: not cached)")
     try:
-        precision = ov_session.effective_precision_text()
+        precision = ov_session.effective_precision_text(keep_f32=keep_f32)
     except DeviceError as e:  # a bad EDGE_OV_PRECISION: the load would refuse it
         return {"device": "error", "why": e.message}
     return {"device": "openvino", "why": f"{why}; precision {precision}; {cached}"}
@@ -468,7 +470,8 @@ def cpu_backend(device: str, precision: str | None, *, click: bool = False) -> B
     if not bf16:
         return Backend("auto", "onnxruntime: OpenVINO computes in f32 on this CPU (no AVX-512 BF16 / AMX, or "
                                f"{ov_session.PRECISION_ENV}), where onnxruntime's int8-winograd UNet was faster")
-    return Backend("openvino", "OpenVINO in bf16 on this CPU: 1.7-2.0x onnxruntime on the 512x512 UNet")
+    found = " / ".join(n for f, n in zip(BF16_FLAGS, ("AVX-512 BF16", "AMX")) if f in device_facts().flags)
+    return Backend("openvino", f"OpenVINO in bf16 on this CPU ({found}): 1.7-2.0x onnxruntime on the 512x512 UNet")
 
 
 def prefers_openvino() -> bool:

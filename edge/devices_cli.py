@@ -91,7 +91,7 @@ def collect(settings) -> dict:
                            "decoder": o.decoder, "decoder_why": o.decoder_why})
         for path in model_components(model):
             backend = component_backend(model, path, settings.device)
-            p = devices.plan(path, backend.device)
+            p = devices.plan(path, backend.device, keep_f32=entry.task == "segment" and path.stem == "decoder")
             if backend.device != settings.device or (settings.device == "auto" and p["device"] == "cpu"):
                 p["why"] = f"{backend.why}; {p['why']}"  # the backend auto picked, and why
             rows.append({"model": entry.id, "task": entry.task,

@@ -15,7 +15,9 @@ image, segment and ONNX chat engines need no OpenVINO-specific code. Sessions ar
   blob instead of compiling again. Files outside a store (an export being verified, a bench folder) are
   compiled at each load: their blobs (GBs for an SD1.5 UNet) would never be loaded again.
 - Precision: ``EDGE_OV_PRECISION`` = f32 | bf16 | f16 sets ``INFERENCE_PRECISION_HINT``; unset (or auto)
-  keeps OpenVINO's default: bf16 on CPUs with AVX-512 BF16 / AMX, f32 otherwise. A hint the CPU has no
+  keeps OpenVINO's default: bf16 on CPUs with AVX-512 BF16 / AMX, f32 otherwise -- except for graphs opened
+  with ``keep_f32`` (the SAM decoder: its mask logits are cut at 0, and in bf16 its boundary pixels flipped,
+  mask IoU 0.963-0.973 vs f32 against 0.98-0.999 with the bf16 encoder and an f32 decoder). A hint the CPU has no
   instructions for is ignored by OpenVINO (it computes f32); the precision actually used is recorded in
   the session's placement (``edge-run devices`` shows it).
 """
@@ -105,11 +107,13 @@ def precision_hint_text() -> str:
     return f"{hint} ({PRECISION_ENV})" if hint else "OpenVINO's default (bf16 with AVX-512 BF16 / AMX, else f32)"
 
 
-def effective_precision_text() -> str:
+def effective_precision_text(*, keep_f32: bool = False) -> str:
     """What the CPU plugin will compute in here, and why (imports OpenVINO: for `edge-run devices`)."""
     default = default_precision()
     caps = [str(c) for c in core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")]
     hint = precision_hint()
+    if hint is None and keep_f32:
+        return f"f32 (kept: this graph's outputs are cut at a threshold; OpenVINO's default here is {default})"
     if hint is None:
         return f"{default} (OpenVINO's default on this CPU; it offers {', '.join(c for c in caps if c.startswith(('FP', 'BF', 'INT')))})"
     cap = {"f32": "FP32", "bf16": "BF16", "f16": "FP16"}[hint]
@@ -133,11 +137,12 @@ def _short(t: Any) -> str:
     return {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(s, s)
 
 
-def compile_config(threads: int, cache_dir: Path | None) -> dict[str, Any]:
-    """The compile options: scheduler threads, latency, one stream, no pinning, the precision, the cache."""
+def compile_config(threads: int, cache_dir: Path | None, *, keep_f32: bool = False) -> dict[str, Any]:
+    """The compile options: scheduler threads, latency, one stream, no pinning, the precision, the cache.
+    ``keep_f32``: f32 unless EDGE_OV_PRECISION asks for another precision."""
     cfg: dict[str, Any] = {"INFERENCE_NUM_THREADS": max(1, int(threads)), "PERFORMANCE_HINT": "LATENCY",
                            "NUM_STREAMS": 1, "ENABLE_CPU_PINNING": False}
-    hint = precision_hint()
+    hint = precision_hint() or ("f32" if keep_f32 else None)
     if hint:
         cfg["INFERENCE_PRECISION_HINT"] = hint
     if cache_dir is not None:
@@ -234,12 +239,13 @@ class OpenVinoSession:
         self.compiled = None
 
 
-def open_session(path: Path, *, threads: int, cache_dir: Path | None) -> OpenVinoSession:
-    """Compile ``path`` (.onnx or .xml IR) for the CPU, from / into OpenVINO's cache in ``cache_dir``."""
+def open_session(path: Path, *, threads: int, cache_dir: Path | None, keep_f32: bool = False) -> OpenVinoSession:
+    """Compile ``path`` (.onnx or .xml IR) for the CPU, from / into OpenVINO's cache in ``cache_dir``;
+    ``keep_f32``: in f32 where OpenVINO's default is bf16 (EDGE_OV_PRECISION still decides when set)."""
     import time
 
     c = core()
-    cfg = compile_config(threads, cache_dir)
+    cfg = compile_config(threads, cache_dir, keep_f32=keep_f32)
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -255,7 +261,8 @@ def open_session(path: Path, *, threads: int, cache_dir: Path | None) -> OpenVin
         cached = None
     placement = {"device": "openvino", "runtime": f"openvino {version()}",
                  "precision": _short(compiled.get_property("INFERENCE_PRECISION_HINT")),
-                 "precision_source": PRECISION_ENV if precision_hint() else "OpenVINO's default for this CPU",
+                 "precision_source": PRECISION_ENV if precision_hint() else
+                 "f32 kept: outputs cut at a threshold" if keep_f32 else "OpenVINO's default for this CPU",
                  "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")), "compile_s": round(seconds, 3),
                  "cache": str(cache_dir) if cache_dir is not None else None, "loaded_from_cache": cached}
     log.info("%s: OpenVINO %s, %s threads, %s (%.2f s%s)", path.name, placement["precision"], placement["threads"],

@@ -50,11 +50,11 @@ class OnnxSamPredictor:
         from edge.devices import make_session
         from edge.ov_session import OpenVinoSession
 
-        dec = make_session(decoder, threads=threads, device=device)
+        dec = make_session(decoder, threads=threads, device=device, keep_f32=True)  # masks are logits cut at 0
         one = None
         if threads > 1 and isinstance(dec, (ort.InferenceSession, OpenVinoSession)) and \
                 getattr(dec, "edge_placement", {}).get("device", "cpu") in ("cpu", "openvino"):
-            one = make_session(decoder, threads=1, device=device)  # for when another program takes a core
+            one = make_session(decoder, threads=1, device=device, keep_f32=True)  # for when another program takes a core
         return cls(make_session(encoder, threads=threads, device=encoder_device or device, batch=True),  # batch lane
                    dec, one)
 

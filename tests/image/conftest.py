@@ -20,12 +20,12 @@ def tokenizer_dir(tiny_export) -> Path:
     return tiny_export / "tokenizer"
 
 
-def components(folder: Path, precision: str = "fp32"):
+def components(folder: Path, precision: str = "fp32", device: str = "cpu"):
     from edge.image.engine import components_from_manifest
     from edge.manifest import read
 
     return components_from_manifest(read(folder, task="image"), folder, precision=precision, threads=THREADS,
-                                    device="cpu")
+                                    device=device)
 
 
 @pytest.fixture(scope="session")
@@ -35,8 +35,8 @@ def fp32_components(tiny_export):
 
 @pytest.fixture(scope="session")
 def make_components(tiny_export):
-    """precision -> Components over the tiny export."""
-    return lambda precision: components(tiny_export, precision)
+    """(precision, device="cpu") -> Components over the tiny export."""
+    return lambda precision, device="cpu": components(tiny_export, precision, device)
 
 
 @pytest.fixture(scope="session")

@@ -28,14 +28,17 @@ def api_images(image_runtime):
 
 
 # ---------------------------------------------------------------------------------------------- API
-def test_api_imagine_returns_images_with_metadata(api_images, make_components):
+def test_api_imagine_returns_images_with_metadata(api_images, image_runtime, make_components):
     from edge.image.pipeline import ImageRequest, LCMPipeline
 
     assert [i.size for i in api_images] == [(64, 64), (64, 64)]
     assert [i.info["seed"] for i in api_images] == ["7", "8"]
     assert api_images[0].info["model"] == MODEL_ID and api_images[0].info["steps"] == "2"
-    # the scheduler ran exactly what the pipeline computes for the model's default precision (int8)
-    _, direct = drain(LCMPipeline(make_components("int8")).generate_steps(
+    # the scheduler ran exactly what the pipeline computes for the precision the runtime picked: the model's
+    # default (int8), or where OpenVINO computes in bf16 int8-ov / fp32 on it (edge.image.options._fastest_here)
+    precision = image_runtime.image_options(MODEL_ID).precision
+    assert precision in ("int8", "int8-ov", "fp32")
+    _, direct = drain(LCMPipeline(make_components(precision, device="auto")).generate_steps(
         ImageRequest("a lighthouse at dusk", 64, 64, steps=2, n=2, seed=7)))
     assert all(np.array_equal(pixels(a), pixels(b)) for a, b in zip(api_images, direct))
     assert not np.array_equal(pixels(api_images[0]), pixels(api_images[1]))

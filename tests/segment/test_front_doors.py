@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from edge.devices import cpu_backend
 from edge.errors import BadRequest
 from edge.jobs import JobSpec, Priority, Step
 from edge.segment import postprocess as post
@@ -63,7 +64,9 @@ def test_api_second_click_skips_the_encoder(seg_runtime, shapes_path, shapes_ima
     for m in r1.masks:
         assert m.mask.shape == shapes_image.shape[:2] and m.area == int(m.mask.sum())
     # the API's masks are exactly the predictor's for the same prompt (no plumbing drift)
-    p = OnnxSamPredictor.from_files(sam_fp32_dir / "encoder.onnx", sam_fp32_dir / "decoder.onnx", threads=THREADS)
+    # (the fp32 encoder on the backend auto picks for it: OpenVINO where it computes in bf16, else onnxruntime)
+    p = OnnxSamPredictor.from_files(sam_fp32_dir / "encoder.onnx", sam_fp32_dir / "decoder.onnx", threads=THREADS,
+                                    encoder_device=cpu_backend("auto", "fp32").device)
     direct = p.segment(shapes_image, points=[(170, 200, 1)], multimask=True)
     for a, b in zip(r1.masks, direct.masks):
         np.testing.assert_array_equal(a.mask, b.mask)
