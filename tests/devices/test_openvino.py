@@ -119,6 +119,10 @@ def test_sam_masks_match_onnxruntime(stored):
     # the decoder's mask logits are cut at 0: it stays f32 where OpenVINO's default is bf16 (in bf16 its masks
     # fell to IoU 0.963 against 0.98 with the bf16 encoder and the f32 decoder)
     assert {d.edge_placement["precision"] for d in (ov.decoder, *ov._decoders.values())} == {"f32"}
+    from edge.devices import plan  # and `edge-run devices` says so before anything is compiled
+
+    assert "precision f32 (kept: this graph's outputs are cut at a threshold" in \
+        plan(folder / "decoder.onnx", "openvino", keep_f32=True)["why"]
     rgb = synthetic_image(0)
     loaded = pre.load_image(rgb)
     a, b = cpu.encode(loaded), ov.encode(loaded)
