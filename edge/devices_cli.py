@@ -25,6 +25,14 @@ def model_components(model) -> list[Path]:
     return [Path(model.dir) / f for f in dict.fromkeys(files)]
 
 
+def is_sam_decoder(model, path: Path) -> bool:
+    """The SAM decoder of a segmentation model: it answers clicks, and its mask logits are cut at 0 (so
+    OpenVINO keeps it f32, edge.segment.predictor)."""
+    from edge.manifest import ImageManifest
+
+    return not isinstance(model.manifest, ImageManifest) and path.stem == "decoder"
+
+
 def component_backend(model, path: Path, device: str):
     """The backend the engine would open ``path`` (a file of the installed ``model``) on: what
     edge.devices.cpu_backend picks for its precision -- the image precision folder it sits in, or the SAM
@@ -38,7 +46,7 @@ def component_backend(model, path: Path, device: str):
         rel = path.relative_to(model.dir).as_posix()
         precision = next((p for p, files in manifest.precisions.items() if rel in files.values()), None)
         return cpu_backend(device, precision)
-    if path.stem == "decoder":
+    if is_sam_decoder(model, path):
         return cpu_backend(device, "fp32", click=True)
     return cpu_backend(device, encoder_precision(manifest, path))
 
@@ -91,7 +99,7 @@ def collect(settings) -> dict:
                            "decoder": o.decoder, "decoder_why": o.decoder_why})
         for path in model_components(model):
             backend = component_backend(model, path, settings.device)
-            p = devices.plan(path, backend.device, keep_f32=entry.task == "segment" and path.stem == "decoder")
+            p = devices.plan(path, backend.device, keep_f32=is_sam_decoder(model, path))
             if backend.device != settings.device or (settings.device == "auto" and p["device"] == "cpu"):
                 p["why"] = f"{backend.why}; {p['why']}"  # the backend auto picked, and why
             rows.append({"model": entry.id, "task": entry.task,

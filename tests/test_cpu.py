@@ -53,22 +53,15 @@ def matmul_onnx(tmp_path_factory) -> Path:
 _SESSION_THREADS = """
 import json, os, sys, threading
 import numpy as np
-from edge import cpu
+sys.path.insert(0, sys.argv[4])
+from test_cpu import _in_thread, _tids, cpu
 from edge.devices import make_session
 
 lanes, batch, path = sys.argv[1] == "1", sys.argv[2] == "1", sys.argv[3]
-tids = lambda: {int(t) for t in os.listdir("/proc/self/task")}
-before, box = tids(), {}
-
-def run():
-    cpu.set_lanes(lanes)
-    box["sess"] = make_session(path, threads=2, device="cpu", batch=batch)
-
-t = threading.Thread(target=run)
-t.start()
-t.join()
-new = tids() - before - {t.native_id for t in threading.enumerate()}
-box["sess"].run(None, {"x": np.ones((512, 512), np.float32)})
+before = _tids()
+sess = _in_thread(lambda: make_session(path, threads=2, device="cpu", batch=batch), lanes=lanes)
+new = _tids() - before - {t.native_id for t in threading.enumerate()}
+sess.run(None, {"x": np.ones((512, 512), np.float32)})
 print(json.dumps({"new": sorted({cpu.thread_class(t) for t in new if os.path.exists(f"/proc/self/task/{t}")}),
                   "caller": cpu.thread_class()}))
 """
@@ -81,7 +74,8 @@ def test_batch_sessions_create_their_pool_threads_in_the_idle_class(matmul_onnx,
     # server's, a native one past its Python end) can appear meanwhile in the normal class (CI saw it twice)
     import json
 
-    out = subprocess.run([sys.executable, "-c", _SESSION_THREADS, str(int(lanes)), str(int(batch)), str(matmul_onnx)],
+    out = subprocess.run([sys.executable, "-c", _SESSION_THREADS, str(int(lanes)), str(int(batch)), str(matmul_onnx),
+                          str(Path(__file__).parent)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout.strip().splitlines()[-1])
