@@ -12,8 +12,9 @@ with a team) halves both (measured: 124 -> 57 tok/s on 2 cores).
 
 --concurrent: for each N, llama.cpp's own `llama-server` (bench/llama_server.py builds it from the llama.cpp
 that llama-cpp-python vendors; -np N slots of a --ctx window each, continuous batching) and `edge-run serve`
-(EDGE_CHAT_SLOTS=N), one server at a time, each warmed with one request per slot; N streamed greedy chats
-through the `openai` client from N threads. Aggregate tok/s = streamed tokens / (last token - first request).
+(EDGE_CHAT_SLOTS=N), both up, each warmed with one request per slot; N streamed greedy chats through the
+`openai` client from N threads, in paired rounds (see concurrent_table). Aggregate tok/s = streamed tokens /
+(last token - first request).
 Peak RSS = the server process and its children, polled every 50 ms.
 """
 
@@ -268,7 +269,13 @@ LLAMA_SERVER_EXTRA = ["--no-repack"] if cpu_flags()["amx"] else []
 
 
 def concurrent_table(args: argparse.Namespace, home: Path, gguf: Path) -> None:
-    """The --concurrent table: aggregate tok/s and peak RSS of N simultaneous chats, llama-server vs edge-run."""
+    """The --concurrent table: aggregate tok/s and peak RSS of N simultaneous chats, llama-server vs edge-run.
+
+    Paired rounds: for each N both servers are up (an idle server takes no CPU), and each round runs the same
+    N fresh prompts on one, then on the other (the order alternating), a pause apart: the ratio of a round
+    compares the two a few seconds apart, so the drift of a shared machine's speed (20-40 % over minutes
+    here) cancels; the table gives the median of the rounds' ratios and their range. The pause lets edge-run's
+    CPU-load average forget the other server's run (it reads the other server as another program)."""
     import openai
 
     load = os.getloadavg()[0]  # llama.cpp's spinning threads collapse when another program takes a core
@@ -276,46 +283,58 @@ def concurrent_table(args: argparse.Namespace, home: Path, gguf: Path) -> None:
     agg = {(name, n): [] for name in names for n in args.concurrent}
     decode, rss, same = {name: [] for name in names}, dict.fromkeys(agg, 0), {}
     for n in args.concurrent:
-        for rnd in range(args.runs):  # interleave the two servers so drift in machine load hits both alike
-            prompts = [PROMPT.format(i=f"{n}.{rnd}.{k}") for k in range(n)]
+        with contextlib.ExitStack() as stack:
+            # 1. both servers, each warmed with one request per slot
+            clients, peaks = {}, {}
             for name in names:
-                # 1. start the server alone, warm it with one request per slot
                 port = free_port()
                 cmd, env = server_cmd(name, n, args, gguf, home, port)
-                with serving(cmd, port, env) as (url, peak):
-                    client = openai.OpenAI(base_url=url + "/v1", api_key="x", timeout=600, max_retries=0)
-                    at_once(client, [f"warm up {k}" for k in range(n)], 2)
-                    # 2. edge-run, first run: is each concurrent answer its solo greedy answer? (info only)
-                    if name == "edge-run" and rnd == 0:
-                        check = [PROMPT.format(i=f"check {n}.{k}") for k in range(n)]
-                        solo = [stream_chat(client, p, args.tokens)[0] for p in check]
-                        same[n] = sum(a == b for a, b in zip(solo, at_once(client, check, args.tokens)[2]))
-                    # 3. the timed run: n fresh prompts at once
-                    rate, dec, _ = at_once(client, prompts, args.tokens)
-                agg[name, n].append(rate)
-                rss[name, n] = max(rss[name, n], peak.peak)
-                if n == 1:
-                    decode[name].append(dec)
+                url, peaks[name] = stack.enter_context(serving(cmd, port, env))
+                clients[name] = openai.OpenAI(base_url=url + "/v1", api_key="x", timeout=600, max_retries=0)
+                at_once(clients[name], [f"warm up {k}" for k in range(n)], 2)
+            # 2. edge-run: is each concurrent answer its solo greedy answer? (info only)
+            check = [PROMPT.format(i=f"check {n}.{k}") for k in range(n)]
+            solo = [stream_chat(clients["edge-run"], p, args.tokens)[0] for p in check]
+            same[n] = sum(a == b for a, b in zip(solo, at_once(clients["edge-run"], check, args.tokens)[2]))
+            # 3. the timed rounds: n fresh prompts at once, on each server in turn
+            for rnd in range(args.runs):
+                prompts = [PROMPT.format(i=f"{n}.{rnd}.{k}") for k in range(n)]
+                for name in (names if rnd % 2 == 0 else names[::-1]):
+                    time.sleep(PAUSE)
+                    rate, dec, _ = at_once(clients[name], prompts, args.tokens)
+                    agg[name, n].append(rate)
+                    if n == 1:
+                        decode[name].append(dec)
+            for name in names:
+                rss[name, n] = peaks[name].peak
 
     # 4. the table
     rows = []
     for n in args.concurrent:
         (a, b), (ra, rb) = [median(agg[k, n]) for k in names], [rss[k, n] / 2**20 for k in names]
-        rows.append([n, a, b, b / a, f"{ra:.0f} / {rb:.0f}", rb / ra])
+        ratios = [e / s for s, e in zip(agg["llama-server", n], agg["edge-run", n])]
+        rows.append([n, a, b, median(ratios), f"{min(ratios):.2f}-{max(ratios):.2f}", f"{ra:.0f} / {rb:.0f}",
+                     rb / ra])
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in cpu_flags().items())
-    print(f"model {CHAT_MODEL}, threads {args.threads}, {args.tokens} tokens per chat, median of {args.runs} runs; "
+    print(f"model {CHAT_MODEL}, threads {args.threads}, {args.tokens} tokens per chat, {args.runs} paired rounds; "
           f"CPU: {flags}; load average before the bench {load:.1f} (run it on an idle machine)")
     flags = " ".join(["-t", str(args.threads), "-c", f"{args.ctx}*N", "-np", "N", *LLAMA_SERVER_EXTRA])
     print(f"llama-server -m <gguf> {flags} (its other defaults); "
           f"edge-run serve: EDGE_CHAT_SLOTS=N EDGE_CTX={args.ctx} EDGE_THREADS={args.threads}; "
-          "ratio = edge-run / llama-server\n")
-    print(table(["N", "llama-server agg tok/s", "edge-run agg tok/s", "ratio", "peak RSS llama-server / edge-run MB",
-                 "RSS ratio"], rows))
+          "ratio = edge-run / llama-server in the same round\n")
+    print(table(["N", "llama-server agg tok/s", "edge-run agg tok/s", "ratio (median of rounds)", "rounds' range",
+                 "peak RSS llama-server / edge-run MB", "RSS ratio"], rows))
     if 1 in args.concurrent:
         a, b = median(decode["llama-server"]), median(decode["edge-run"])
-        print(f"\nsingle stream (N=1) decode tok/s: llama-server {a:.1f}, edge-run {b:.1f}, ratio {b / a:.2f}")
+        ratios = [e / s for s, e in zip(decode["llama-server"], decode["edge-run"])]
+        print(f"\nsingle stream (N=1) decode tok/s: llama-server {a:.1f}, edge-run {b:.1f}, "
+              f"ratio {median(ratios):.2f} (median of rounds)")
     print("edge-run concurrent answer == its solo greedy answer: "
           + ", ".join(f"N={n} {k}/{n}" for n, k in same.items()))
+
+
+PAUSE = 2.0
+"""Seconds between two timed runs of a round (edge-run's CPU-load average decays by 2x every 0.2 s)."""
 
 
 def main() -> None:
