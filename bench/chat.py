@@ -360,9 +360,14 @@ def main() -> None:
     proc, http = edge_http(home, args.threads, args.tokens)
     try:
         results = {"raw": [], "api": [], "http": []}
-        for rnd in range(args.runs):  # interleave the three so drift in machine load hits all alike
+        for rnd in range(args.runs):  # interleave the three so drift in machine load hits all alike; the pause
+            # lets edge-run's CPU-load average forget the previous engine's run (else it reads it as another
+            # program's and prefills its prompt on one thread: TTFT 1.8x raw's)
+            time.sleep(PAUSE)
             results["raw"].append(raw.run(rnd * 100))
+            time.sleep(PAUSE)
             results["api"].append(api.run(rnd * 100))
+            time.sleep(PAUSE)
             results["http"].append(measure(lambda i: http(i + rnd * 100), 1))
         agg = {k: (median([r for r, _ in v]), median([t for _, t in v])) for k, v in results.items()}
         base_rate, base_ttft = agg["raw"]
