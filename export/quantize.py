@@ -216,6 +216,11 @@ def static_qdq(src: str | Path, dst: str | Path, reader, *, per_channel: bool = 
     return Path(dst)
 
 
+OV_WEIGHT_LIMIT = 64
+"""The largest |int8 weight| in an int8-ov IR (NNCF's overflow fix: 7-bit weights, so two u8 x s8 products summed in a
+16-bit register cannot saturate on CPUs without VNNI)."""
+
+
 def nncf_int8(src: str | Path, dst: str | Path, feeds: Sequence[dict[str, np.ndarray]], *,
               transformer: bool = True, fast_bias_correction: bool = True) -> Path:
     """NNCF post-training int8 (weights int8 per channel, activations calibrated on ``feeds``) of the OpenVINO
@@ -223,7 +228,13 @@ def nncf_int8(src: str | Path, dst: str | Path, feeds: Sequence[dict[str, np.nda
 
     ``transformer``: NNCF's transformer scheme (what optimum-intel uses for diffusion UNets and ViTs): softmax,
     layer norms and the other accuracy-critical inputs stay float, SmoothQuant on the MatMuls. The IR keeps
-    fp32 weights for the float parts (``compress_to_fp16=False``): the runtime loads exactly what was verified."""
+    fp32 weights for the float parts (``compress_to_fp16=False``): the runtime loads exactly what was verified.
+
+    Every layer's weights keep NNCF's overflow headroom (7-bit values, :data:`OV_WEIGHT_LIMIT`), not only the first
+    layer's (NNCF's default): a CPU without VNNI multiplies u8 x s8 pairs into saturating 16-bit sums, and an IR
+    quantized anywhere may run on one. Measured on an AVX2-only CPU (MobileSAM-size encoder, seeded random
+    weights, astronaut photo): default embedding error 12.8 % vs fp32, masks IoU 0.87-0.93 over 20 clicks; with the
+    headroom 4.0 %, IoU 0.955-0.979, at the same speed (1.11 / 1.12 s)."""
     import nncf
     import openvino as ov
 
@@ -235,7 +246,9 @@ def nncf_int8(src: str | Path, dst: str | Path, feeds: Sequence[dict[str, np.nda
     model = ov.Core().read_model(str(src))
     quantized = nncf.quantize(model, nncf.Dataset(list(feeds)), subset_size=len(feeds),
                               model_type=nncf.ModelType.TRANSFORMER if transformer else None,
-                              fast_bias_correction=fast_bias_correction)
+                              fast_bias_correction=fast_bias_correction,
+                              advanced_parameters=nncf.AdvancedQuantizationParameters(
+                                  overflow_fix=nncf.OverflowFix.ENABLE))
     del model
     ov.save_model(quantized, str(dst), compress_to_fp16=False)
     return dst
