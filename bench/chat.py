@@ -43,6 +43,9 @@ if TYPE_CHECKING:
 
 PROMPT = "Question {i}: write a detailed paragraph about the history of bread making in Europe."
 
+PAUSE = 2.0
+"""Seconds before each timed run of an engine: edge-run's CPU-load average (halving every 0.2 s) forgets the last one."""
+
 
 def measure(stream_fn, runs: int) -> tuple[float, float]:
     """stream_fn(i) yields text pieces; returns (median decode tok/s, median TTFT ms)."""
@@ -333,10 +336,6 @@ def concurrent_table(args: argparse.Namespace, home: Path, gguf: Path) -> None:
           + ", ".join(f"N={n} {k}/{n}" for n, k in same.items()))
 
 
-PAUSE = 2.0
-"""Seconds between two timed runs of a round (edge-run's CPU-load average decays by 2x every 0.2 s)."""
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
@@ -360,15 +359,13 @@ def main() -> None:
     proc, http = edge_http(home, args.threads, args.tokens)
     try:
         results = {"raw": [], "api": [], "http": []}
+        engines = {"raw": raw.run, "api": api.run, "http": lambda i: measure(lambda _: http(i), 1)}
         for rnd in range(args.runs):  # interleave the three so drift in machine load hits all alike; the pause
             # lets edge-run's CPU-load average forget the previous engine's run (else it reads it as another
             # program's and prefills its prompt on one thread: TTFT 1.8x raw's)
-            time.sleep(PAUSE)
-            results["raw"].append(raw.run(rnd * 100))
-            time.sleep(PAUSE)
-            results["api"].append(api.run(rnd * 100))
-            time.sleep(PAUSE)
-            results["http"].append(measure(lambda i: http(i + rnd * 100), 1))
+            for name, run in engines.items():
+                time.sleep(PAUSE)
+                results[name].append(run(rnd * 100))
         agg = {k: (median([r for r, _ in v]), median([t for _, t in v])) for k, v in results.items()}
         base_rate, base_ttft = agg["raw"]
         for name, label in (("raw", "raw llama-cpp-python (peer)"), ("api", "edge-run Runtime.chat stream"),
